@@ -1,0 +1,247 @@
+"""The stack's settings: one typed object, read once at the entry points and passed down.
+
+Every field comes from an environment variable ``STACK_<FIELD>`` (for example
+``STACK_WORKER_COUNT=2``) or from the optional TOML file named by ``STACK_CONFIG_FILE``
+(default ``stack.toml`` in the working directory, git-ignored). Environment wins.
+
+Bad input raises :class:`SettingsError` whose message is one line per bad setting,
+naming the environment variable and what to do; nothing is created before that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "STACK_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# moto ships an old AMI catalogue; this one exists in it. Real AWS needs STACK_AMI_ID.
+EMULATOR_DEFAULT_AMI = "ami-785db401"
+# moto accepts any key; these are its documented dummy credentials, not secrets.
+EMULATOR_ACCESS_KEY = "test"
+EMULATOR_SECRET_KEY = "test"
+
+_REGION_RE = re.compile(r"^(us|eu|ap|sa|ca|me|af|il|mx)(-gov)?-(north|south|east|west|central|northeast|southeast|northwest|southwest)-\d$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class SettingsError(ValueError):
+    """Settings are invalid; ``str()`` is one line per problem, ready to print."""
+
+
+class StackSettings(BaseSettings):
+    """Everything the stack's steps need to know, validated up front."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+    target: Literal["local", "aws"] = Field(
+        "local", description="`local`: moto + host containers; `aws`: real AWS."
+    )
+    region: str = Field("us-east-1", description="AWS region.")
+    name_prefix: str = Field(
+        "prefect2",
+        description="Prefix of every resource name and the Project tag; hosts are <prefix>-ec2-N.",
+    )
+    instance_type: str = Field("t3.small", description="EC2 instance type of every host.")
+    worker_count: int = Field(1, ge=1, le=10, description="Number of worker hosts (1-10).")
+    operator_cidr: str | None = Field(
+        None,
+        description="CIDR allowed to reach ports 4200 and 22. Default 127.0.0.1/32 on local; required on aws.",
+    )
+    allow_public_api: bool = Field(
+        False, description="Explicit opt-in to open the Prefect API (4200) to 0.0.0.0/0."
+    )
+    ami_id: str | None = Field(
+        None, description="AMI of every host. Default on local: an AMI moto knows; required on aws."
+    )
+    bucket_name: str | None = Field(
+        None, description="S3 bucket for flow code. Default: derived from prefix and region."
+    )
+    ssh_user: str = Field("admin", description="Login user of the AMI (aws target, SSH).")
+    emulator_port: int = Field(4566, ge=1024, le=65535, description="Loopback port of moto.")
+    control_plane_port: int = Field(
+        4200, ge=1024, le=65535, description="Loopback port of the local control-plane Prefect server."
+    )
+    platform_port: int = Field(
+        4201, ge=1024, le=65535, description="Loopback port the platform server host publishes (local)."
+    )
+    state_dir: Path = Field(
+        Path(".stack"), description="Where state, keys, logs and generated files live (git-ignored)."
+    )
+    terraform_plugin_mirror: Path | None = Field(
+        None,
+        description="Filesystem mirror holding registry.terraform.io/hashicorp/aws; detected when unset.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get(f"{ENV_PREFIX}CONFIG_FILE", "stack.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file))
+
+    # --- field checks -----------------------------------------------------------------
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _REGION_RE.match(v):
+            raise ValueError(f"{v!r} is not an AWS region; use one like us-east-1 or eu-west-1")
+        return v
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _name_prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,19}", v) or v.endswith("-"):
+            raise ValueError(
+                f"{v!r} is not usable in resource names; use 2-20 lowercase letters, digits or '-', starting with a letter"
+            )
+        return v
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9]+", v):
+            raise ValueError(f"{v!r} is not an EC2 instance type; use one like t3.small")
+        return v
+
+    @field_validator("operator_cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_network(v, strict=True))
+        except ValueError:
+            raise ValueError(f"{v!r} is not a CIDR block; use one like 203.0.113.7/32") from None
+
+    @field_validator("ami_id")
+    @classmethod
+    def _ami(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"ami-[0-9a-f]{8,17}", v):
+            raise ValueError(f"{v!r} is not an AMI id; use one like ami-0abcdef1234567890")
+        return v
+
+    @field_validator("bucket_name")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is not None and (
+            not _BUCKET_RE.match(v) or ".." in v or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", v)
+        ):
+            raise ValueError(
+                f"{v!r} is not a valid S3 bucket name; use 3-63 lowercase letters, digits, '-' or '.'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "StackSettings":
+        if self.operator_cidr is None and self.target == "aws":
+            raise ValueError(
+                "operator_cidr: required when target is aws; set STACK_OPERATOR_CIDR to your public IP, e.g. 203.0.113.7/32"
+            )
+        if self.effective_operator_cidr in ("0.0.0.0/0", "::/0") and not self.allow_public_api:
+            raise ValueError(
+                "operator_cidr: 0.0.0.0/0 opens the Prefect API to the whole internet; narrow it, or set STACK_ALLOW_PUBLIC_API=true to accept that"
+            )
+        if self.ami_id is None and self.target == "aws":
+            raise ValueError(
+                "ami_id: required when target is aws; set STACK_AMI_ID to a Debian or Ubuntu AMI of your region"
+            )
+        ports = {"emulator_port": self.emulator_port, "control_plane_port": self.control_plane_port,
+                 "platform_port": self.platform_port}
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"ports: emulator, control-plane and platform ports must differ, got {ports}")
+        return self
+
+    # --- derived values ---------------------------------------------------------------
+    @property
+    def effective_operator_cidr(self) -> str:
+        return self.operator_cidr or "127.0.0.1/32"
+
+    @property
+    def effective_ami_id(self) -> str:
+        return self.ami_id or EMULATOR_DEFAULT_AMI
+
+    @cached_property
+    def effective_bucket_name(self) -> str:
+        if self.bucket_name:
+            return self.bucket_name
+        # A short stable suffix keeps derived names unique per prefix+region without
+        # asking AWS for the account id.
+        suffix = hashlib.sha256(f"{self.name_prefix}/{self.region}".encode()).hexdigest()[:8]
+        return f"{self.name_prefix}-flow-code-{suffix}"
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory as an absolute path (relative paths are from the repo root)."""
+        p = self.state_dir if self.state_dir.is_absolute() else REPO_ROOT / self.state_dir
+        return p.resolve()
+
+    @property
+    def emulator_endpoint(self) -> str | None:
+        """The AWS endpoint the operator uses; None means real AWS."""
+        return f"http://127.0.0.1:{self.emulator_port}" if self.target == "local" else None
+
+    @property
+    def control_plane_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_plane_port}/api"
+
+    @property
+    def docker_network(self) -> str:
+        return f"{self.name_prefix}-net"
+
+    def host_name(self, index: int) -> str:
+        return f"{self.name_prefix}-ec2-{index}"
+
+    def aws_env(self) -> dict[str, str]:
+        """Environment for AWS clients (boto3, terraform, ansible) of this target."""
+        env = {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+        if self.target == "local":
+            env |= {
+                "AWS_ACCESS_KEY_ID": EMULATOR_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": EMULATOR_SECRET_KEY,
+                "AWS_ENDPOINT_URL": self.emulator_endpoint or "",
+            }
+        return env
+
+
+def _env_name(loc: tuple) -> str:
+    field = str(loc[0]) if loc else ""
+    return f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+
+
+def load_settings(**overrides) -> StackSettings:
+    """Read and validate the settings; raise SettingsError with one line per problem."""
+    try:
+        return StackSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["loc"]:
+                got = err.get("input")
+                lines.append(f"setting {_env_name(err['loc'])}={got!r}: {msg}")
+            else:  # cross-field checks name their setting themselves
+                field, _, rest = msg.partition(": ")
+                lines.append(f"setting {_env_name((field,))}: {rest or msg}")
+        raise SettingsError("\n".join(lines)) from None
