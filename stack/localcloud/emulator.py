@@ -1,0 +1,131 @@
+"""The emulated cloud: moto's server as a container on the stack's Docker network.
+
+Host containers and flow-run containers reach it by name (``http://aws:5000``); the
+operator reaches it on ``127.0.0.1:<emulator_port>``. moto keeps no state across a
+restart, so callers compare :attr:`EmulatorStatus.started_at` with what they saw last.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from stack.localcloud.images import docker_client, ensure_image
+from stack.proc import StackError, get_logger
+from stack.settings import StackSettings
+
+EMULATOR_ALIAS = "aws"      # its name on the stack network
+EMULATOR_INNER_PORT = 5000  # moto_server's port inside the container
+LABEL_PROJECT = "stack.project"
+LABEL_ROLE = "stack.role"
+
+
+@dataclass(frozen=True)
+class EmulatorStatus:
+    state: str                 # "running", "stopped" or "absent"
+    endpoint: str
+    started_at: str | None = None
+    image: str | None = None
+
+
+def container_name(settings: StackSettings) -> str:
+    return f"{settings.name_prefix}-aws"
+
+
+def inner_endpoint() -> str:
+    """The endpoint as seen from containers on the stack network."""
+    return f"http://{EMULATOR_ALIAS}:{EMULATOR_INNER_PORT}"
+
+
+def ensure_network(client: docker.DockerClient, settings: StackSettings):
+    try:
+        return client.networks.get(settings.docker_network)
+    except docker.errors.NotFound:
+        return client.networks.create(
+            settings.docker_network, driver="bridge",
+            labels={LABEL_PROJECT: settings.name_prefix},
+        )
+
+
+def status(settings: StackSettings, client: docker.DockerClient | None = None) -> EmulatorStatus:
+    client = client or docker_client()
+    endpoint = settings.emulator_endpoint or ""
+    try:
+        c = client.containers.get(container_name(settings))
+    except docker.errors.NotFound:
+        return EmulatorStatus("absent", endpoint)
+    state = "running" if c.status == "running" else "stopped"
+    return EmulatorStatus(state, endpoint, c.attrs["State"].get("StartedAt"), c.image.tags[0] if c.image.tags else None)
+
+
+def _healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_healthy(endpoint: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(endpoint):
+            return
+        time.sleep(0.5)
+    raise StackError(f"the emulated cloud at {endpoint} did not answer within {timeout:.0f} s; see `docker logs` of its container")
+
+
+def up(settings: StackSettings) -> EmulatorStatus:
+    """Start the emulator (building its image if needed) and wait until it answers."""
+    if settings.target != "local":
+        raise StackError("the emulated cloud is only for STACK_TARGET=local")
+    client = docker_client()
+    log = get_logger()
+    image = ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto")})
+    net = ensure_network(client, settings)
+    name = container_name(settings)
+    try:
+        c = client.containers.get(name)
+        if c.image.tags and image not in c.image.tags:
+            log.info("emulator image changed; replacing %s (its state is lost)", name)
+            c.remove(force=True)
+            raise docker.errors.NotFound(name)
+        if c.status != "running":
+            log.warning("emulator %s was stopped; starting it (moto starts empty)", name)
+            c.start()
+    except docker.errors.NotFound:
+        log.info("starting the emulated cloud %s on 127.0.0.1:%s", name, settings.emulator_port)
+        c = client.containers.run(
+            image, name=name, detach=True, hostname=EMULATOR_ALIAS,
+            environment={"MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+            ports={f"{EMULATOR_INNER_PORT}/tcp": ("127.0.0.1", settings.emulator_port)},
+            labels={LABEL_PROJECT: settings.name_prefix, LABEL_ROLE: "emulator"},
+            restart_policy={"Name": "no"}, network=net.name,
+        )
+        # The alias lets every container on the network use http://aws:5000.
+        net.disconnect(c)
+        net.connect(c, aliases=[EMULATOR_ALIAS])
+    wait_healthy(settings.emulator_endpoint or "")
+    return status(settings, client)
+
+
+def down(settings: StackSettings) -> None:
+    """Remove the emulator container (its state goes with it) and the stack network if unused."""
+    client = docker_client()
+    try:
+        client.containers.get(container_name(settings)).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    try:
+        net = client.networks.get(settings.docker_network)
+        net.reload()
+        if not net.containers:
+            net.remove()
+    except docker.errors.NotFound:
+        pass

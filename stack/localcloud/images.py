@@ -1,0 +1,127 @@
+"""Local image builder: a Debian base image made from packages, and images on top of it,
+each tagged by a hash of what it is built from so an unchanged image is never rebuilt.
+
+No registry is reachable on the machines this runs on, so the base image comes from
+``debootstrap --variant=minbase`` + ``docker import`` (about 90 s, once). Every other
+image is a folder under ``stack/localcloud/images/<name>/`` with a Dockerfile that starts
+``FROM ${BASE}``; the build context also gets the host's CA bundle (``host-ca.crt``, so
+pip and apt work behind an intercepting proxy) and the project's ``constraints.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from stack.proc import StackError, get_logger, run
+from stack.settings import REPO_ROOT
+
+IMAGES_DIR = Path(__file__).parent / "images"
+BASE_REPO = "stack-base"
+DEBIAN_SUITE = "bookworm"
+DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Packages every image needs; more are added by each image's Dockerfile.
+BASE_PACKAGES = ["ca-certificates"]
+HOST_CA_CANDIDATES = [
+    Path("/etc/ssl/certs/ca-certificates.crt"),
+    Path("/etc/pki/tls/certs/ca-bundle.crt"),
+]
+
+
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+        return client
+    except docker.errors.DockerException as exc:
+        raise StackError(f"no Docker engine answers ({exc}); run bin/setup to install and start one") from None
+
+
+def host_ca_bundle() -> Path:
+    for p in HOST_CA_CANDIDATES:
+        if p.exists():
+            return p
+    raise StackError("no CA bundle found at " + ", ".join(map(str, HOST_CA_CANDIDATES)))
+
+
+def image_exists(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _hash_tree(h: "hashlib._Hash", root: Path) -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+
+
+def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
+    """Return the tag of the Debian base image, building it with debootstrap if missing."""
+    key = hashlib.sha256(f"{DEBIAN_SUITE}|minbase|{','.join(BASE_PACKAGES)}|{mirror}".encode())
+    key.update(host_ca_bundle().read_bytes())
+    tag = f"{BASE_REPO}:{DEBIAN_SUITE}-{key.hexdigest()[:12]}"
+    if image_exists(client, tag):
+        return tag
+    if not shutil.which("debootstrap"):
+        raise StackError("debootstrap is missing and the Debian base image is not built; run bin/setup")
+    log = get_logger()
+    log.info("building base image %s with debootstrap (about 90 s, once)", tag)
+    with tempfile.TemporaryDirectory(prefix="stack-rootfs-") as rootfs:
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+             DEBIAN_SUITE, rootfs, mirror], quiet=True)
+        # The host's CA bundle, so TLS through the intercepting proxy verifies inside.
+        ca_dir = Path(rootfs, "usr/local/share/ca-certificates")
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(host_ca_bundle(), ca_dir / "host-ca.crt")
+        subprocess.run(["chroot", rootfs, "update-ca-certificates"], check=True, capture_output=True)
+        shutil.rmtree(Path(rootfs, "var/cache/apt/archives"), ignore_errors=True)
+        Path(rootfs, "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True)
+        tar.wait()
+        if imp.returncode != 0:
+            raise StackError(f"`docker import` of the base image failed: {imp.stderr.decode().strip()}")
+    return tag
+
+
+def image_tag(name: str, base: str, build_args: dict[str, str] | None = None) -> str:
+    """The content-hash tag of image ``name`` built on ``base`` with ``build_args``."""
+    h = hashlib.sha256(base.encode())
+    _hash_tree(h, IMAGES_DIR / name)
+    h.update((REPO_ROOT / "constraints.txt").read_bytes())
+    for k, v in sorted((build_args or {}).items()):
+        h.update(f"{k}={v}".encode())
+    return f"stack-{name}:{h.hexdigest()[:12]}"
+
+
+def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, str] | None = None) -> str:
+    """Build ``stack/localcloud/images/<name>`` on the base image unless already built."""
+    base = ensure_base_image(client)
+    tag = image_tag(name, base, build_args)
+    if image_exists(client, tag):
+        return tag
+    log = get_logger()
+    log.info("building image %s", tag)
+    with tempfile.TemporaryDirectory(prefix=f"stack-ctx-{name}-") as ctx:
+        shutil.copytree(IMAGES_DIR / name, ctx, dirs_exist_ok=True)
+        shutil.copy(REPO_ROOT / "constraints.txt", Path(ctx, "constraints.txt"))
+        shutil.copy(host_ca_bundle(), Path(ctx, "host-ca.crt"))
+        args = {"BASE": base, **(build_args or {})}
+        try:
+            _, stream = client.images.build(path=ctx, tag=tag, buildargs=args, rm=True, forcerm=True)
+            for chunk in stream:
+                if "stream" in chunk and chunk["stream"].strip():
+                    log.debug("%s", chunk["stream"].rstrip())
+        except docker.errors.BuildError as exc:
+            tail = "".join(c.get("stream", "") for c in list(exc.build_log)[-15:])
+            raise StackError(f"building image {name} failed: {exc.msg}\n{tail}") from None
+    return tag

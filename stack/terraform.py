@@ -1,0 +1,289 @@
+"""The one Terraform runner: a working copy of ``terraform/`` in the state directory, a
+generated CLI config (provider mirror) and, on the local target, a generated
+``emulator_override.tf``; every command streams its ``-json`` output into the logger.
+
+The committed ``terraform/`` files never mention the emulator: endpoints only come from
+the override file written here (the tflocal pattern).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from stack.proc import CommandError, StackError, get_logger, run
+from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
+
+TERRAFORM_SOURCE = REPO_ROOT / "terraform"
+OVERRIDE_FILE = "emulator_override.tf"
+PLAN_FILE = "stack.tfplan"
+INIT_STAMP = ".terraform/stack-init.sha256"
+AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
+# Emulated services the stack's resources use.
+EMULATED_SERVICES = ("ec2", "iam", "s3", "sts", "ssm")
+
+# Messages that mean "try again": the emulator restarting, throttling, network blips.
+TRANSIENT_MARKERS = (
+    "connection refused", "connection reset", "i/o timeout", "eof", "throttl",
+    "requestlimitexceeded", "serviceunavailable", "503", "timeout while waiting",
+    "no such host", "tls handshake timeout",
+)
+
+
+def is_transient(message: str) -> bool:
+    low = message.lower()
+    return any(m in low for m in TRANSIENT_MARKERS)
+
+
+class TerraformError(CommandError):
+    """A terraform command failed; the message is Terraform's own diagnostics."""
+
+
+@dataclass
+class PlanResult:
+    has_changes: bool
+    summary: dict[str, int] = field(default_factory=dict)  # add / change / remove
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (action, address)
+    plan_file: Path | None = None
+
+    def markdown(self) -> str:
+        s = self.summary
+        head = (f"**Plan:** {s.get('add', 0)} to add, {s.get('change', 0)} to change, "
+                f"{s.get('remove', 0)} to destroy.\n\n")
+        if not self.changes:
+            return head + "No changes. Infrastructure matches the configuration."
+        rows = "\n".join(f"| `{addr}` | {action} |" for action, addr in self.changes)
+        return head + "| resource | action |\n|---|---|\n" + rows
+
+
+def detect_plugin_mirror(settings: StackSettings) -> Path | None:
+    """A filesystem mirror holding the AWS provider: the setting, else a look in the usual places."""
+    if settings.terraform_plugin_mirror:
+        mirror = settings.terraform_plugin_mirror
+        if not (mirror / AWS_PROVIDER).is_dir():
+            raise StackError(
+                f"setting STACK_TERRAFORM_PLUGIN_MIRROR={mirror}: no {AWS_PROVIDER} folder in it; "
+                "point it at the folder that contains registry.terraform.io/"
+            )
+        return mirror
+    home = Path.home()
+    data_home = Path(os.environ.get("XDG_DATA_HOME", home / ".local/share"))
+    candidates = [home / ".terraform.d/plugins", data_home / "terraform/plugins",
+                  Path("/usr/local/share/terraform/plugins"), Path("/usr/share/terraform/plugins")]
+    candidates += [Path(p) for p in sorted(glob.glob("/opt/*"))]
+    for c in candidates:
+        if (c / AWS_PROVIDER).is_dir():
+            return c
+    return None
+
+
+def ssh_public_key(settings: StackSettings) -> str:
+    """The stack's SSH key pair (generated once into the state directory); returns the public key."""
+    key_dir = settings.state_path / "ssh"
+    private, public = key_dir / "id_ed25519", key_dir / "id_ed25519.pub"
+    if not private.exists():
+        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        private.touch(mode=0o600)
+        private.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        public.write_text(pub.decode() + f" {settings.name_prefix}-operator\n")
+    return public.read_text().strip()
+
+
+class Terraform:
+    """Runs terraform in the stack's working copy. Counts the processes it starts."""
+
+    def __init__(self, settings: StackSettings):
+        self.settings = settings
+        self.workdir = settings.state_path / "terraform"
+        self.cli_config = settings.state_path / "terraform.rc"
+        self.processes = 0
+        self.log = get_logger()
+
+    # --- files --------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Sync the working copy, write the override, variables and CLI config."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        wanted = {p.name for p in TERRAFORM_SOURCE.glob("*.tf")}
+        for stale in self.workdir.glob("*.tf"):
+            if stale.name not in wanted and stale.name != OVERRIDE_FILE:
+                stale.unlink()
+        for src in TERRAFORM_SOURCE.glob("*.tf"):
+            dst = self.workdir / src.name
+            if not dst.exists() or dst.read_bytes() != src.read_bytes():
+                shutil.copy(src, dst)
+        override = self.workdir / OVERRIDE_FILE
+        if self.settings.target == "local":
+            _write_if_changed(override, self._override_hcl())
+        elif override.exists():
+            override.unlink()
+        _write_if_changed(self.workdir / "terraform.tfvars.json", json.dumps(self.variables(), indent=2) + "\n")
+        _write_if_changed(self.cli_config, self._cli_config())
+
+    def variables(self) -> dict:
+        s = self.settings
+        return {
+            "region": s.region,
+            "name_prefix": s.name_prefix,
+            "instance_type": s.instance_type,
+            "ami_id": s.effective_ami_id,
+            "worker_count": s.worker_count,
+            "operator_cidr": s.effective_operator_cidr,
+            "allow_public_api": s.allow_public_api,
+            "bucket_name": s.effective_bucket_name,
+            "ssh_public_key": ssh_public_key(s),
+        }
+
+    def _override_hcl(self) -> str:
+        endpoint = self.settings.emulator_endpoint
+        endpoints = "\n".join(f'    {svc} = "{endpoint}"' for svc in EMULATED_SERVICES)
+        return f"""# Generated by stack/terraform.py for the local target: points the provider at the
+# emulated cloud. Never committed; removed when the target is aws.
+provider "aws" {{
+  access_key                  = "{EMULATOR_ACCESS_KEY}"
+  secret_key                  = "{EMULATOR_SECRET_KEY}"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_requesting_account_id  = true
+  s3_use_path_style           = true
+  max_retries                 = 2
+
+  endpoints {{
+{endpoints}
+  }}
+}}
+"""
+
+    def _cli_config(self) -> str:
+        mirror = detect_plugin_mirror(self.settings)
+        cache = self.settings.state_path / "terraform-plugin-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        text = f'plugin_cache_dir = "{cache}"\n'
+        if mirror:
+            text += f"""provider_installation {{
+  filesystem_mirror {{
+    path    = "{mirror}"
+    include = ["{AWS_PROVIDER}"]
+  }}
+  direct {{
+    exclude = ["{AWS_PROVIDER}"]
+  }}
+}}
+"""
+        return text
+
+    def env(self) -> dict[str, str]:
+        return {
+            "TF_CLI_CONFIG_FILE": str(self.cli_config),
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "CHECKPOINT_DISABLE": "1",
+            **self.settings.aws_env(),
+        }
+
+    # --- commands -----------------------------------------------------------------
+    def _run(self, *args: str, ok_codes=(0,), json_stream: bool = True) -> tuple[int, list[dict]]:
+        argv = ["terraform", *args]
+        messages: list[dict] = []
+        errors: list[str] = []
+
+        def on_line(line: str) -> None:
+            if not json_stream:
+                self.log.info("%s", line)
+                return
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                if line.strip():
+                    self.log.info("%s", line)
+                return
+            messages.append(msg)
+            level = msg.get("@level", "info")
+            text = msg.get("@message", "")
+            diag = msg.get("diagnostic")
+            if diag and diag.get("severity") == "error":
+                errors.append(f"{diag.get('summary', '')}: {diag.get('detail', '')}".strip(": "))
+            if msg.get("type") in ("version",):
+                return
+            (self.log.error if level == "error" else self.log.warning if level == "warn" else self.log.info)("%s", text)
+
+        self.processes += 1
+        try:
+            done = run(argv, cwd=self.workdir, env=self.env(), ok_codes=ok_codes, on_line=on_line)
+        except CommandError as exc:
+            message = "; ".join(errors) or exc.message
+            raise TerraformError(argv, exc.returncode, message, transient=is_transient(message)) from None
+        return done.returncode, messages
+
+    def _init_fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name in ("versions.tf", "provider.tf", OVERRIDE_FILE):
+            p = self.workdir / name
+            h.update(name.encode() + (p.read_bytes() if p.exists() else b""))
+        h.update(self.cli_config.read_bytes())
+        return h.hexdigest()
+
+    def init(self) -> bool:
+        """Run ``terraform init`` unless nothing it depends on changed. True when it ran."""
+        stamp = self.workdir / INIT_STAMP
+        fingerprint = self._init_fingerprint()
+        if stamp.exists() and stamp.read_text() == fingerprint:
+            self.log.info("terraform init skipped: providers and backend unchanged")
+            return False
+        self._run("init", "-input=false", "-no-color", json_stream=False)
+        stamp.write_text(fingerprint)
+        return True
+
+    def plan(self, destroy: bool = False) -> PlanResult:
+        plan_file = self.workdir / PLAN_FILE
+        args = ["plan", "-input=false", "-json", "-detailed-exitcode", f"-out={PLAN_FILE}"]
+        if destroy:
+            args.append("-destroy")
+        rc, messages = self._run(*args, ok_codes=(0, 2))
+        result = PlanResult(has_changes=rc == 2, plan_file=plan_file)
+        for m in messages:
+            if m.get("type") == "planned_change":
+                ch = m["change"]
+                result.changes.append((ch["action"], ch["resource"]["addr"]))
+            elif m.get("type") == "change_summary":
+                result.summary = {k: m["changes"].get(k, 0) for k in ("add", "change", "remove")}
+        return result
+
+    def apply(self, plan: PlanResult) -> None:
+        """Apply exactly the saved plan file."""
+        if plan.plan_file is None or not plan.plan_file.exists():
+            raise StackError("no saved plan to apply; run the plan step first")
+        try:
+            self._run("apply", "-input=false", "-json", "-auto-approve", plan.plan_file.name)
+        finally:
+            plan.plan_file.unlink(missing_ok=True)  # a plan file is good for one apply only
+
+    def destroy(self) -> None:
+        self._run("apply", "-destroy", "-input=false", "-json", "-auto-approve")
+
+    def output(self) -> dict:
+        self.processes += 1
+        done = run(["terraform", "output", "-json"], cwd=self.workdir, env=self.env(), quiet=True)
+        raw = json.loads("\n".join(done.lines) or "{}")
+        return {k: v["value"] for k, v in raw.items()}
+
+    def has_state(self) -> bool:
+        state = self.workdir / "terraform.tfstate"
+        if not state.exists():
+            return False
+        return bool(json.loads(state.read_text() or "{}").get("resources"))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)

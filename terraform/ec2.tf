@@ -1,0 +1,89 @@
+locals {
+  hosts = concat(
+    [{ name = "${var.name_prefix}-ec2-0", role = "server" }],
+    [for i in range(var.worker_count) : { name = "${var.name_prefix}-ec2-${i + 1}", role = "worker" }],
+  )
+}
+
+resource "aws_security_group" "platform" {
+  name        = "${var.name_prefix}-platform"
+  description = "Prefect platform hosts: API and SSH from the operator, everything inside the group"
+
+  ingress {
+    description = "Prefect API from the operator"
+    from_port   = 4200
+    to_port     = 4200
+    protocol    = "tcp"
+    cidr_blocks = [var.operator_cidr]
+  }
+
+  ingress {
+    description = "SSH from the operator"
+    from_port   = 22
+    to_port     = 22
+    protocol    = "tcp"
+    cidr_blocks = [var.operator_cidr]
+  }
+
+  ingress {
+    description = "All traffic between the platform hosts"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    self        = true
+  }
+
+  dynamic "ingress" {
+    for_each = var.allow_public_api ? [1] : []
+    content {
+      description = "Prefect API from anywhere (explicit opt-in allow_public_api)"
+      from_port   = 4200
+      to_port     = 4200
+      protocol    = "tcp"
+      cidr_blocks = ["0.0.0.0/0"]
+    }
+  }
+
+  egress {
+    description = "All outbound traffic"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = { Name = "${var.name_prefix}-platform" }
+}
+
+resource "aws_key_pair" "operator" {
+  key_name   = "${var.name_prefix}-operator"
+  public_key = var.ssh_public_key
+}
+
+resource "aws_instance" "host" {
+  for_each = { for h in local.hosts : h.name => h }
+
+  ami                    = var.ami_id
+  instance_type          = var.instance_type
+  key_name               = aws_key_pair.operator.key_name
+  iam_instance_profile   = aws_iam_instance_profile.host.name
+  vpc_security_group_ids = [aws_security_group.platform.id]
+  user_data              = local.ssm_agent_user_data
+
+  metadata_options {
+    http_endpoint               = var.metadata_options.http_endpoint
+    http_tokens                 = var.metadata_options.http_tokens
+    http_put_response_hop_limit = var.metadata_options.http_put_response_hop_limit
+  }
+
+  root_block_device {
+    encrypted   = true
+    volume_type = "gp3"
+    volume_size = var.root_volume_size
+  }
+
+  tags = {
+    Name = each.value.name
+    Role = each.value.role
+  }
+}

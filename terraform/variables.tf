@@ -1,0 +1,127 @@
+variable "region" {
+  description = "AWS region of every resource."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must look like us-east-1."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name and value of the Project tag. Hosts are <prefix>-ec2-N."
+  type        = string
+  default     = "prefect2"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,19}$", var.name_prefix))
+    error_message = "name_prefix must be 2-20 lowercase letters, digits or '-', starting with a letter."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type of the server and worker hosts."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
+    error_message = "instance_type must look like t3.small."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI of every host (a Debian or Ubuntu image of the region)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "ami_id must look like ami-0abcdef1234567890."
+  }
+}
+
+variable "worker_count" {
+  description = "Number of worker hosts."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.worker_count >= 1 && var.worker_count <= 10 && floor(var.worker_count) == var.worker_count
+    error_message = "worker_count must be a whole number from 1 to 10."
+  }
+}
+
+variable "operator_cidr" {
+  description = "CIDR allowed to reach the Prefect API (4200) and SSH (22)."
+  type        = string
+
+  validation {
+    condition     = can(cidrnetmask(var.operator_cidr))
+    error_message = "operator_cidr must be an IPv4 CIDR block such as 203.0.113.7/32."
+  }
+}
+
+variable "allow_public_api" {
+  description = "Explicit opt-in: also open the Prefect API (4200) to 0.0.0.0/0. Off by default."
+  type        = bool
+  default     = false
+}
+
+variable "bucket_name" {
+  description = "Name of the S3 bucket that holds flow code."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
+    error_message = "bucket_name must be a valid S3 bucket name (3-63 lowercase letters, digits, '-', '.')."
+  }
+}
+
+variable "bucket_force_destroy" {
+  description = "Delete the bucket with its objects on destroy (the stack is torn down nightly)."
+  type        = bool
+  default     = true
+}
+
+variable "ssh_public_key" {
+  description = "OpenSSH public key installed as the hosts' key pair."
+  type        = string
+
+  validation {
+    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256) ", var.ssh_public_key))
+    error_message = "ssh_public_key must be an OpenSSH public key line."
+  }
+}
+
+variable "metadata_options" {
+  description = "Instance metadata service settings. Hop limit 2 lets containers on a host use the instance role with IMDSv2."
+  type = object({
+    http_endpoint               = optional(string, "enabled")
+    http_tokens                 = optional(string, "required")
+    http_put_response_hop_limit = optional(number, 2)
+  })
+  default = {}
+
+  validation {
+    condition     = var.metadata_options.http_tokens == "required"
+    error_message = "metadata_options.http_tokens must be \"required\" (IMDSv2 only)."
+  }
+}
+
+variable "root_volume_size" {
+  description = "Root volume size of each host in GiB."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.root_volume_size >= 8
+    error_message = "root_volume_size must be at least 8 GiB."
+  }
+}
+
+variable "enable_ssm_association" {
+  description = "Create an SSM association that keeps the SSM agent updated. Off by default: the emulated cloud does not implement it."
+  type        = bool
+  default     = false
+}
