@@ -108,7 +108,11 @@ class Terraform:
         self.workdir = settings.state_path / "terraform"
         self.cli_config = settings.state_path / "terraform.rc"
         self.processes = 0
-        self.log = get_logger()
+
+    @property
+    def log(self):
+        # Looked up per call so lines land in the task run that ran the command.
+        return get_logger()
 
     # --- files --------------------------------------------------------------------
     def prepare(self) -> None:

@@ -1,0 +1,47 @@
+"""The one command: every step, in order, as sub-flows of one parent flow.
+
+    python -m flows.bootstrap        # STACK_TARGET=local (default) or aws
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from flows.preflight import PreflightReport, preflight
+from flows.provision import ProvisionOutputs, provision
+from stack.settings import StackSettings, load_settings
+
+
+class BootstrapReport(BaseModel):
+    preflight: PreflightReport
+    provision: ProvisionOutputs
+    seconds: dict[str, float]
+
+
+@flow(name="bootstrap")
+def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
+    """Stand up the whole platform."""
+    settings = settings or load_settings()
+    log = get_run_logger()
+    seconds: dict[str, float] = {}
+
+    t = time.monotonic()
+    pre = preflight(settings)
+    seconds["preflight"] = round(time.monotonic() - t, 2)
+
+    t = time.monotonic()
+    outputs = provision(settings)
+    seconds["provision"] = round(time.monotonic() - t, 2)
+
+    log.info("bootstrap done: %s", ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return BootstrapReport(preflight=pre, provision=outputs, seconds=seconds)
+
+
+if __name__ == "__main__":
+    from stack.cli import main
+
+    report = main(lambda s: bootstrap(s))
+    print(report.model_dump_json(indent=2))

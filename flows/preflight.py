@@ -1,0 +1,54 @@
+"""Step 1, preflight: settings valid, tools present, the cloud answers (emulated on local)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from stack import aws
+from stack.localcloud import emulator
+from stack.localcloud.images import docker_client
+from stack.proc import StackError
+from stack.settings import StackSettings, load_settings
+
+
+class PreflightReport(BaseModel):
+    target: str
+    region: str
+    account: str
+    emulator_endpoint: str | None = None
+
+
+def _require_tool(name: str, hint: str) -> str:
+    venv_bin = Path(sys.executable).parent / name
+    found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"`{name}` is not installed; {hint}")
+    return found
+
+
+@flow(name="preflight")
+def preflight(settings: StackSettings | None = None) -> PreflightReport:
+    """Check everything the later steps need, before anything is created."""
+    settings = settings or load_settings()
+    log = get_run_logger()
+    _require_tool("terraform", "install Terraform >= 1.6 and put it on PATH")
+    _require_tool("ansible-playbook", "run bin/setup to install the pinned Python packages")
+    endpoint = None
+    if settings.target == "local":
+        docker_client()  # raises with a clear message when no engine answers
+        st = emulator.up(settings)
+        endpoint = st.endpoint
+        log.info("emulated cloud %s is %s at %s", emulator.container_name(settings), st.state, endpoint)
+    try:
+        account = aws.client(settings, "sts").get_caller_identity()["Account"]
+    except Exception as exc:  # botocore raises many kinds; all mean "credentials do not work"
+        raise StackError(f"AWS credentials do not work in {settings.region}: {exc}. "
+                         "Configure them (aws configure / AWS_PROFILE) and run again") from None
+    log.info("target %s, region %s, account %s", settings.target, settings.region, account)
+    return PreflightReport(target=settings.target, region=settings.region, account=account,
+                           emulator_endpoint=endpoint)

@@ -1,0 +1,37 @@
+"""What every ``python -m flows.<step>`` entry point shares: read settings once, point
+Prefect at the control plane, and turn errors into one clear line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from stack.proc import StackError
+from stack.settings import SettingsError, StackSettings, load_settings
+
+T = TypeVar("T")
+
+
+def main(step: Callable[[StackSettings], T], *, control_plane: bool = True) -> T:
+    """Run ``step(settings)``; exit 2 on bad settings and 1 on a failed step."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        if not control_plane:
+            return step(settings)
+        from stack import controlplane
+
+        with controlplane.client_settings(settings) as url:
+            print(f"control plane: {url.removesuffix('/api')} (runs, logs and artifacts of every step)",
+                  file=sys.stderr)
+            return step(settings)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,91 @@
+"""The local control plane: a Prefect server on 127.0.0.1:<control_plane_port> (SQLite in
+the state directory) that records every provisioning step's runs, logs and artifacts.
+
+It is started detached on first use and left running, so the UI at
+http://127.0.0.1:<port> shows the history; ``stop()`` ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from stack.proc import StackError, get_logger
+from stack.settings import StackSettings
+
+
+def _home(settings: StackSettings) -> Path:
+    return settings.state_path / "controlplane"
+
+
+def healthy(settings: StackSettings) -> bool:
+    try:
+        url = settings.control_plane_api_url + "/health"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def ensure_running(settings: StackSettings, timeout: float = 120) -> str:
+    """Start the control-plane server unless it answers; return its API URL."""
+    if healthy(settings):
+        return settings.control_plane_api_url
+    home = _home(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    get_logger().info("starting the control-plane Prefect server on 127.0.0.1:%s (log: %s)",
+                      settings.control_plane_port, log_path)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(settings.control_plane_port)],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,  # outlives this process, like a service
+        )
+    (home / "server.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(settings):
+            return settings.control_plane_api_url
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = log_path.read_text(errors="replace").splitlines()[-10:]
+    raise StackError(
+        f"the control-plane Prefect server on port {settings.control_plane_port} did not start "
+        f"(is the port taken? set STACK_CONTROL_PLANE_PORT). Last log lines:\n" + "\n".join(tail)
+    )
+
+
+def stop(settings: StackSettings) -> None:
+    pid_file = _home(settings) / "server.pid"
+    if not pid_file.exists():
+        return
+    with contextlib.suppress(ProcessLookupError, ValueError):
+        os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+    pid_file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def client_settings(settings: StackSettings) -> Iterator[str]:
+    """Point Prefect in this process at the control plane (started if needed)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = ensure_running(settings)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
