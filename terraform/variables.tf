@@ -60,6 +60,11 @@ variable "operator_cidr" {
     condition     = can(cidrnetmask(var.operator_cidr))
     error_message = "operator_cidr must be an IPv4 CIDR block such as 203.0.113.7/32."
   }
+
+  validation {
+    condition     = var.operator_cidr != "0.0.0.0/0" || var.allow_public_api
+    error_message = "operator_cidr 0.0.0.0/0 opens the Prefect API to the internet; set allow_public_api = true to accept that."
+  }
 }
 
 variable "allow_public_api" {

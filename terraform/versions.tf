@@ -1,5 +1,5 @@
 terraform {
-  required_version = ">= 1.6.0"
+  required_version = ">= 1.9.0" # cross-variable validation
 
   required_providers {
     aws = {

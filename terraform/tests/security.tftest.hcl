@@ -1,0 +1,160 @@
+# Security properties of the stack, checked offline: `terraform test` with a mocked
+# provider plans the configuration and asserts on what it would create.
+
+mock_provider "aws" {
+  # Policy documents must be valid JSON for the resources that take them.
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+    }
+  }
+  mock_resource "aws_s3_bucket" {
+    defaults = {
+      arn = "arn:aws:s3:::tftest-flow-code"
+    }
+  }
+}
+
+variables {
+  ami_id         = "ami-0123456789abcdef0"
+  operator_cidr  = "203.0.113.7/32"
+  bucket_name    = "tftest-flow-code"
+  ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBYvUOGkx8vjbKrXnPPm1Q+8ZqgQeexamplekey0000 test"
+}
+
+run "one_server_and_n_workers_with_name_and_role_tags" {
+  command = plan
+
+  variables {
+    worker_count = 3
+  }
+
+  assert {
+    condition     = length(aws_instance.host) == 4
+    error_message = "expected one server and three workers"
+  }
+  assert {
+    condition     = aws_instance.host["prefect2-ec2-0"].tags["Role"] == "server"
+    error_message = "host 0 must be the server"
+  }
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "worker"]) == 3
+    error_message = "expected three hosts with Role=worker"
+  }
+}
+
+run "imdsv2_required_with_hop_limit_2" {
+  command = plan
+
+  assert {
+    condition = alltrue([for h in aws_instance.host :
+      h.metadata_options[0].http_tokens == "required" && h.metadata_options[0].http_put_response_hop_limit == 2
+    ])
+    error_message = "every host must require IMDSv2 tokens with hop limit 2"
+  }
+}
+
+run "root_volumes_encrypted" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for h in aws_instance.host : h.root_block_device[0].encrypted])
+    error_message = "every root volume must be encrypted"
+  }
+}
+
+run "api_and_ssh_only_from_operator_cidr" {
+  command = plan
+
+  assert {
+    condition = alltrue([for r in aws_security_group.platform.ingress :
+      !contains(r.cidr_blocks == null ? [] : r.cidr_blocks, "0.0.0.0/0") if r.from_port == 4200 || r.from_port == 22
+    ])
+    error_message = "ports 4200 and 22 must not be open to 0.0.0.0/0"
+  }
+  assert {
+    condition = length([for r in aws_security_group.platform.ingress : r
+      if r.from_port == 4200 && contains(r.cidr_blocks == null ? [] : r.cidr_blocks, "203.0.113.7/32")
+    ]) == 1
+    error_message = "port 4200 must be open to the operator CIDR"
+  }
+  assert {
+    condition     = length([for r in aws_security_group.platform.ingress : r if r.self == true && r.protocol == "-1"]) == 1
+    error_message = "all traffic must be allowed inside the group"
+  }
+}
+
+run "open_api_refused_without_opt_in" {
+  command = plan
+
+  variables {
+    operator_cidr = "0.0.0.0/0"
+  }
+
+  expect_failures = [var.operator_cidr]
+}
+
+run "open_api_allowed_with_opt_in" {
+  command = plan
+
+  variables {
+    allow_public_api = true
+  }
+
+  assert {
+    condition = length([for r in aws_security_group.platform.ingress : r
+      if r.from_port == 4200 && contains(r.cidr_blocks == null ? [] : r.cidr_blocks, "0.0.0.0/0")
+    ]) == 1
+    error_message = "allow_public_api must open 4200 to 0.0.0.0/0"
+  }
+}
+
+run "bucket_private_encrypted_versioned_tls_only" {
+  command = plan
+
+  assert {
+    condition = (aws_s3_bucket_public_access_block.code.block_public_acls
+      && aws_s3_bucket_public_access_block.code.block_public_policy
+      && aws_s3_bucket_public_access_block.code.ignore_public_acls
+    && aws_s3_bucket_public_access_block.code.restrict_public_buckets)
+    error_message = "all public access to the bucket must be blocked"
+  }
+  assert {
+    condition     = one(one(aws_s3_bucket_server_side_encryption_configuration.code.rule).apply_server_side_encryption_by_default).sse_algorithm == "AES256"
+    error_message = "the bucket must be encrypted by default"
+  }
+  assert {
+    condition     = aws_s3_bucket_versioning.code.versioning_configuration[0].status == "Enabled"
+    error_message = "the bucket must be versioned"
+  }
+  assert {
+    condition = anytrue([for s in data.aws_iam_policy_document.code_bucket_tls_only.statement :
+      s.effect == "Deny" && anytrue([for c in s.condition : c.variable == "aws:SecureTransport" && contains(c.values, "false")])
+    ])
+    error_message = "the bucket policy must deny requests without TLS"
+  }
+}
+
+run "instance_role_least_privilege_on_bucket" {
+  command = plan
+
+  assert {
+    condition = alltrue(flatten([for s in data.aws_iam_policy_document.code_bucket.statement :
+      [for a in s.actions : !endswith(a, "*")]
+    ]))
+    error_message = "the bucket policy of the instance role must not use wildcard actions"
+  }
+  assert {
+    condition     = aws_iam_role_policy_attachment.ssm_core.policy_arn == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    error_message = "hosts need the SSM managed policy"
+  }
+}
+
+run "ssm_association_off_by_default" {
+  command = plan
+
+  assert {
+    condition     = length(aws_ssm_association.update_agent) == 0
+    error_message = "the SSM association must be opt-in (the emulator lacks it)"
+  }
+}
