@@ -1,0 +1,72 @@
+"""Step 4, configure: the Ansible playbooks over the dynamic inventory, a per-host recap
+table as an artifact, and a clear failure naming the host, task and message."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from stack.ansible import AnsibleError, PlaybookResult, pinned_versions, run_playbook
+from stack.settings import REPO_ROOT, StackSettings, load_settings
+
+PLAYBOOK = "site.yml"
+UNREACHABLE_RETRIES = 3
+UNREACHABLE_DELAY_SECONDS = 5
+
+
+class ConfigureReport(BaseModel):
+    recap: dict[str, dict[str, int]]   # host -> ok / changed / failed / unreachable
+    changed: int
+    attempts: int
+
+
+def extravars(settings: StackSettings) -> dict:
+    return {
+        "prefect_pip_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
+        "prefect_constraints_file": str(REPO_ROOT / "constraints.txt"),
+    }
+
+
+@flow(name="configure")
+def configure(settings: StackSettings | None = None, playbook: str = PLAYBOOK) -> ConfigureReport:
+    """Configure every host with Ansible; retry unreachable hosts a bounded number of times."""
+    settings = settings or load_settings()
+    log = get_run_logger()
+    recap: dict[str, dict[str, int]] = {}
+    limit = None
+    result: PlaybookResult | None = None
+    attempts = 0
+    for attempts in range(1, UNREACHABLE_RETRIES + 2):
+        result = run_playbook(settings, playbook, extravars=extravars(settings), limit=limit)
+        for host, r in result.recap.items():
+            recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
+        failed = [h for h, r in result.recap.items() if r.failed]
+        if result.unreachable_hosts and not failed and attempts <= UNREACHABLE_RETRIES:
+            limit = ",".join(sorted(set(result.unreachable_hosts)))
+            log.warning("unreachable: %s; retrying in %d s (attempt %d of %d)",
+                        limit, UNREACHABLE_DELAY_SECONDS, attempts + 1, UNREACHABLE_RETRIES + 1)
+            time.sleep(UNREACHABLE_DELAY_SECONDS)
+            continue
+        break
+    assert result is not None
+    rows = [{"host": h, **v} for h, v in sorted(recap.items())]
+    create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", table=rows,
+                          description=f"Ansible recap of {playbook}")
+    if result.first_failure or result.status != "successful":
+        host, task, msg = result.first_failure or ("-", playbook, result.status)
+        raise AnsibleError(f"configure failed on host {host}, task '{task}': {msg}")
+    if not recap:
+        raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
+                           f"Project={settings.name_prefix}? (python -m flows.status)")
+    changed = sum(v["changed"] for v in recap.values())
+    log.info("configured %d hosts, %d changes", len(recap), changed)
+    return ConfigureReport(recap=recap, changed=changed, attempts=attempts)
+
+
+if __name__ == "__main__":
+    from stack.cli import main
+
+    main(lambda s: configure(s))
