@@ -10,6 +10,8 @@ import time
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from flows.configure import ConfigureReport, configure
+from flows.hosts import HostsReport, hosts
 from flows.preflight import PreflightReport, preflight
 from flows.provision import ProvisionOutputs, provision
 from stack.settings import StackSettings, load_settings
@@ -18,6 +20,8 @@ from stack.settings import StackSettings, load_settings
 class BootstrapReport(BaseModel):
     preflight: PreflightReport
     provision: ProvisionOutputs
+    hosts: HostsReport
+    configure: ConfigureReport
     seconds: dict[str, float]
 
 
@@ -28,16 +32,21 @@ def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
     log = get_run_logger()
     seconds: dict[str, float] = {}
 
-    t = time.monotonic()
-    pre = preflight(settings)
-    seconds["preflight"] = round(time.monotonic() - t, 2)
+    def timed(name, step):
+        started = time.monotonic()
+        result = step(settings)
+        seconds[name] = round(time.monotonic() - started, 2)
+        return result
 
-    t = time.monotonic()
-    outputs = provision(settings)
-    seconds["provision"] = round(time.monotonic() - t, 2)
-
+    report = BootstrapReport(
+        preflight=timed("preflight", preflight),
+        provision=timed("provision", provision),
+        hosts=timed("hosts", hosts),
+        configure=timed("configure", configure),
+        seconds=seconds,
+    )
     log.info("bootstrap done: %s", ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
-    return BootstrapReport(preflight=pre, provision=outputs, seconds=seconds)
+    return report
 
 
 if __name__ == "__main__":

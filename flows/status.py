@@ -9,6 +9,9 @@ import json
 
 from stack import aws
 from stack.localcloud import emulator
+from stack.localcloud import hosts as host_containers
+from stack.localcloud.hosts import LABEL_INSTANCE
+from stack.localcloud.images import docker_client
 from stack.settings import StackSettings
 
 
@@ -26,6 +29,16 @@ def collect(settings: StackSettings) -> dict:
         if st.state != "running":
             return report
     report["instances"] = aws.project_instances(settings)
+    if settings.target == "local":
+        containers = host_containers.project_hosts(docker_client(), settings)
+        by_instance = {c.labels.get(LABEL_INSTANCE): c for c in containers.values()}
+        for inst in report["instances"]:
+            c = by_instance.get(inst["id"])
+            inst["host"] = c.name if c is not None else None
+            inst["host_state"] = c.status if c is not None else "absent"
+    else:
+        for inst in report["instances"]:
+            inst["host"] = inst["name"]
     return report
 
 
@@ -36,7 +49,8 @@ def print_table(report: dict) -> None:
     if not report["instances"]:
         print("no instances")
     for i in report["instances"]:
-        print(f"  {i['name']:<20} {i['role']:<8} {i['state']:<10} {i['id']:<22} {i['private_ip'] or '-'}")
+        print(f"  {i['name']:<20} {i['role']:<8} {i['state']:<10} {i['id']:<22} "
+              f"{i['private_ip'] or '-':<16} host {i.get('host') or '-'}")
 
 
 if __name__ == "__main__":

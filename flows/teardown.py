@@ -1,4 +1,4 @@
-"""Step 8, teardown: terraform destroy (and, in later steps, the host containers).
+"""Step 8, teardown: terraform destroy, then removal of the host containers (local).
 
 A second teardown succeeds with nothing to do. ``--emulator`` also stops the emulated
 cloud. Also served as a deployment on a nightly schedule (see flows/serve.py).
@@ -13,12 +13,14 @@ from pydantic import BaseModel
 
 from flows.provision import terraform_init
 from stack.localcloud import emulator
+from stack.localcloud import hosts as host_containers
 from stack.settings import StackSettings, load_settings
 from stack.terraform import Terraform
 
 
 class TeardownReport(BaseModel):
     destroyed: bool
+    hosts_removed: list[str] = []
     terraform_processes: int
 
 
@@ -38,10 +40,15 @@ def teardown(settings: StackSettings | None = None, stop_emulator: bool = False)
         terraform_init(tf)
         tf.destroy()
         destroyed = True
+    removed: list[str] = []
+    if settings.target == "local":
+        removed = host_containers.remove_all(settings)
+        if removed:
+            log.info("removed host containers and their volumes: %s", ", ".join(removed))
     if stop_emulator and settings.target == "local":
         emulator.down(settings)
         log.info("emulated cloud stopped")
-    return TeardownReport(destroyed=destroyed, terraform_processes=tf.processes)
+    return TeardownReport(destroyed=destroyed, hosts_removed=removed, terraform_processes=tf.processes)
 
 
 if __name__ == "__main__":
