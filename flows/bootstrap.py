@@ -52,5 +52,4 @@ def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
 if __name__ == "__main__":
     from stack.cli import main
 
-    report = main(lambda s: bootstrap(s))
-    print(report.model_dump_json(indent=2))
+    main(lambda s: bootstrap(s))

@@ -8,14 +8,19 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from pydantic import BaseModel
+
 from stack.proc import StackError
 from stack.settings import SettingsError, StackSettings, load_settings
 
 T = TypeVar("T")
 
 
-def main(step: Callable[[StackSettings], T], *, control_plane: bool = True) -> T:
-    """Run ``step(settings)``; exit 2 on bad settings and 1 on a failed step."""
+def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, print_result: bool = True) -> T:
+    """Run ``step(settings)``; exit 2 on bad settings and 1 on a failed step.
+
+    A step's typed result (a pydantic model) is printed as JSON on stdout; logs go to stderr.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         settings = load_settings()
@@ -25,13 +30,17 @@ def main(step: Callable[[StackSettings], T], *, control_plane: bool = True) -> T
         sys.exit(2)
     try:
         if not control_plane:
-            return step(settings)
-        from stack import controlplane
+            result = step(settings)
+        else:
+            from stack import controlplane
 
-        with controlplane.client_settings(settings) as url:
-            print(f"control plane: {url.removesuffix('/api')} (runs, logs and artifacts of every step)",
-                  file=sys.stderr)
-            return step(settings)
+            with controlplane.client_settings(settings) as url:
+                print(f"control plane: {url.removesuffix('/api')} (runs, logs and artifacts of every step)",
+                      file=sys.stderr)
+                result = step(settings)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    if print_result and isinstance(result, BaseModel):
+        print(result.model_dump_json(indent=2))
+    return result

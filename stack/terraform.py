@@ -132,7 +132,7 @@ class Terraform:
         elif override.exists():
             override.unlink()
         _write_if_changed(self.workdir / "terraform.tfvars.json", json.dumps(self.variables(), indent=2) + "\n")
-        _write_if_changed(self.cli_config, self._cli_config())
+        _write_if_changed(self.cli_config, self.cli_config_text())
 
     def variables(self) -> dict:
         s = self.settings
@@ -168,7 +168,7 @@ provider "aws" {{
 }}
 """
 
-    def _cli_config(self) -> str:
+    def cli_config_text(self) -> str:
         mirror = detect_plugin_mirror(self.settings)
         cache = self.settings.state_path / "terraform-plugin-cache"
         cache.mkdir(parents=True, exist_ok=True)

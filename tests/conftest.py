@@ -1,0 +1,79 @@
+"""Shared test fixtures.
+
+The end-to-end tests build one stack per session on the emulated cloud, with its own
+name prefix, state directory and ports, so they never touch a stack a user has running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The test stack: everything differs from the defaults a user's stack has.
+TEST_STACK_ENV = {
+    "STACK_NAME_PREFIX": "p2test",
+    "STACK_STATE_DIR": str(REPO / ".stack-test"),
+    "STACK_EMULATOR_PORT": "4666",
+    "STACK_CONTROL_PLANE_PORT": "4300",
+    "STACK_PLATFORM_PORT": "4301",
+    "STACK_CONFIG_FILE": "/nonexistent/stack.toml",  # a user's stack.toml must not leak in
+}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The process environment without any STACK_* of the user's, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACK_") and k != "PREFECT_API_URL"}
+    env.update(extra)
+    return env
+
+
+def run_step(module: str, *args: str, env: dict[str, str] | None = None, check: bool = True,
+             timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run ``python -m <module>`` the way a user does; stdout holds its JSON result."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env or clean_env(**TEST_STACK_ENV),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"python -m {module} exited {proc.returncode}\n--- stderr tail ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def result_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def test_settings():
+    from stack.settings import StackSettings
+
+    # Build from the test environment only, whatever the developer's shell holds.
+    env = TEST_STACK_ENV
+    return StackSettings(
+        name_prefix=env["STACK_NAME_PREFIX"], state_dir=Path(env["STACK_STATE_DIR"]),
+        emulator_port=int(env["STACK_EMULATOR_PORT"]), control_plane_port=int(env["STACK_CONTROL_PLANE_PORT"]),
+        platform_port=int(env["STACK_PLATFORM_PORT"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(test_settings):
+    """One bootstrapped test stack for the whole session; torn down at the end."""
+    first = run_step("flows.bootstrap")
+    yield {"settings": test_settings, "first_bootstrap": result_json(first)}
+    run_step("flows.teardown", "--emulator", check=False)
+    from stack import controlplane
+
+    controlplane.stop(test_settings)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``teardown_last`` destroy the shared stack: run them after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("teardown_last") is not None)

@@ -1,0 +1,90 @@
+"""Host containers and Ansible, for real: Docker, moto, ansible-runner, systemd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stack.ansible import ANSIBLE_DIR, environment
+from stack.localcloud.images import docker_client, ensure_base_image
+from tests.conftest import REPO, result_json, run_step
+
+pytestmark = pytest.mark.e2e
+WORKER, SERVER = "p2test-ec2-1", "p2test-ec2-0"
+
+
+def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, **kw)
+
+
+def assert_host_configured(name: str, docker: bool) -> None:
+    version = sh("docker", "exec", name, "/opt/prefect/venv/bin/python", "-c",
+                 "import prefect; print(prefect.__version__)")
+    assert version.stdout.strip() == "3.8.8", version.stderr
+    if docker:
+        assert sh("docker", "exec", name, "systemctl", "is-active", "docker").stdout.strip() == "active"
+
+
+def test_inventory_groups_hosts_by_role(stack):
+    env = {**os.environ, **environment(stack["settings"])}
+    proc = sh(str(Path(sys.executable).parent / "ansible-inventory"), "-i", "inventory.aws_ec2.yml", "--graph",
+              cwd=ANSIBLE_DIR, env=env)
+    assert proc.returncode == 0, proc.stderr
+    graph = proc.stdout
+    server_group = graph.split("@role_server:")[1].split("@")[0]
+    worker_group = graph.split("@role_worker:")[1].split("@")[0]
+    assert SERVER in server_group and WORKER not in server_group
+    assert WORKER in worker_group
+
+
+def test_hosts_are_containers_named_by_instance_with_systemd(stack):
+    hosts = stack["first_bootstrap"]["hosts"]["hosts"]
+    assert sorted(hosts.values()) == [SERVER, WORKER]
+    for instance_id, name in hosts.items():
+        label = sh("docker", "inspect", "-f", '{{index .Config.Labels "stack.instance-id"}}', name).stdout.strip()
+        assert label == instance_id
+        assert sh("docker", "exec", name, "hostname").stdout.strip() == name
+        assert sh("docker", "exec", name, "ps", "-p", "1", "-o", "comm=").stdout.strip() == "systemd"
+    ports = sh("docker", "port", SERVER, "4200").stdout.strip()
+    assert ports == f"127.0.0.1:{stack['settings'].platform_port}"
+
+
+def test_configured_hosts_have_prefect_and_the_worker_runs_a_loaded_image(stack):
+    assert_host_configured(SERVER, docker=False)
+    assert_host_configured(WORKER, docker=True)
+    image = ensure_base_image(docker_client())
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    load = sh("docker", "exec", "-i", WORKER, "docker", "load", stdin=save.stdout)
+    save.wait()
+    assert load.returncode == 0, load.stderr
+    ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", image, "cat", "/etc/debian_version")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().startswith("12")
+
+
+def test_second_configure_changes_nothing(stack):
+    report = result_json(run_step("flows.configure"))
+    assert set(report["recap"]) == {SERVER, WORKER}
+    for host, recap in report["recap"].items():
+        assert recap["changed"] == 0, (host, recap)
+        assert recap["failed"] == 0 and recap["unreachable"] == 0
+        assert recap["ok"] > 0
+
+
+def test_killed_worker_host_is_recreated_and_reconfigured(stack):
+    assert sh("docker", "kill", WORKER).returncode == 0
+    report = result_json(run_step("flows.bootstrap"))
+    assert report["hosts"]["created"] == [WORKER]
+    assert report["hosts"]["unchanged"] == [SERVER]
+    assert report["configure"]["recap"][WORKER]["failed"] == 0
+    assert_host_configured(WORKER, docker=True)
+
+
+def test_ansible_lint_passes():
+    lint = Path(sys.executable).parent / "ansible-lint"
+    proc = sh(str(lint), "--offline", "-q", cwd=ANSIBLE_DIR, env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,79 @@
+"""Provision against a real moto server with real Terraform, through the real entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stack import aws
+from tests.conftest import result_json, run_step
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bootstrap_creates_server_and_worker_with_tags_and_imdsv2(stack):
+    s = stack["settings"]
+    ec2 = aws.client(s, "ec2")
+    reservations = ec2.describe_instances(Filters=[
+        {"Name": "tag:Project", "Values": [s.name_prefix]},
+        {"Name": "instance-state-name", "Values": ["running"]},
+    ])["Reservations"]
+    instances = [i for r in reservations for i in r["Instances"]]
+    tags = {(t["Key"], t["Value"]) for i in instances for t in i["Tags"]}
+    assert ("Name", "p2test-ec2-0") in tags and ("Name", "p2test-ec2-1") in tags
+    roles = sorted({t["Value"] for i in instances for t in i["Tags"] if t["Key"] == "Role"})
+    assert roles == ["server", "worker"]
+    for i in instances:
+        assert i["MetadataOptions"]["HttpTokens"] == "required"
+        assert i["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+        assert i["IamInstanceProfile"]["Arn"].endswith("/p2test-host")
+
+
+def test_api_port_is_not_open_to_the_world(stack):
+    s = stack["settings"]
+    groups = aws.client(s, "ec2").describe_security_groups(
+        Filters=[{"Name": "tag:Project", "Values": [s.name_prefix]}])["SecurityGroups"]
+    assert groups
+    for g in groups:
+        for perm in g["IpPermissions"]:
+            if perm.get("FromPort") in (4200, 22):
+                cidrs = [r["CidrIp"] for r in perm.get("IpRanges", [])]
+                assert "0.0.0.0/0" not in cidrs
+                assert cidrs == ["127.0.0.1/32"]
+
+
+def test_code_bucket_is_encrypted_private_and_tls_only(stack):
+    s = stack["settings"]
+    s3 = aws.client(s, "s3")
+    bucket = stack["first_bootstrap"]["provision"]["bucket_name"]
+    assert bucket == s.effective_bucket_name
+    enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert enc["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values()) and len(block) == 4
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    deny = [st for st in policy["Statement"] if st["Effect"] == "Deny"]
+    assert deny and deny[0]["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+
+
+def test_second_bootstrap_reports_no_changes_and_does_not_apply(stack):
+    second = result_json(run_step("flows.bootstrap"))
+    stack["second_bootstrap"] = second
+    assert second["provision"]["applied"] is False
+    # init skipped, one plan, one output: no apply process was started.
+    assert second["provision"]["terraform_processes"] == 2
+    assert stack["first_bootstrap"]["provision"]["applied"] is True
+
+
+def test_status_lists_instances_with_their_hosts(stack):
+    status = json.loads(run_step("flows.status", "--json").stdout)
+    assert status["target"] == "local"
+    assert status["emulator_endpoint"] == "http://127.0.0.1:4666"
+    assert status["bucket"] == stack["settings"].effective_bucket_name
+    by_name = {i["name"]: i for i in status["instances"]}
+    assert set(by_name) == {"p2test-ec2-0", "p2test-ec2-1"}
+    for name, inst in by_name.items():
+        assert set(inst) >= {"id", "name", "role", "state", "private_ip", "host"}
+        assert inst["state"] == "running" and inst["host"] == name

@@ -1,0 +1,59 @@
+"""Bad settings fail before anything is created, with one line naming the setting."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from stack.settings import SettingsError, load_settings
+from tests.conftest import clean_env, run_step
+
+BAD_INPUTS = [
+    ("STACK_REGION", "mars-north-1"),
+    ("STACK_OPERATOR_CIDR", "10.0.0.300/32"),
+    ("STACK_OPERATOR_CIDR", "0.0.0.0/0"),
+    ("STACK_WORKER_COUNT", "0"),
+    ("STACK_WORKER_COUNT", "two"),
+    ("STACK_BUCKET_NAME", "Not_A_Bucket"),
+    ("STACK_TARGET", "gcp"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_INPUTS)
+def test_bad_setting_exits_with_one_line_naming_it_and_creates_nothing(variable, value, tmp_path):
+    prefix = "p2bad"
+    state_dir = tmp_path / "state"
+    env = clean_env(STACK_NAME_PREFIX=prefix, STACK_STATE_DIR=str(state_dir),
+                    STACK_EMULATOR_PORT="4766", STACK_CONTROL_PLANE_PORT="4700",
+                    **{variable: value})
+    proc = run_step("flows.bootstrap", env=env, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: setting ") and variable in lines[0]
+    # Nothing was created: no state, no emulator or host container for this prefix.
+    assert not state_dir.exists()
+    names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert not [n for n in names if n.startswith(prefix)]
+
+
+def test_aws_target_requires_operator_cidr_and_ami():
+    with pytest.raises(SettingsError, match="STACK_OPERATOR_CIDR"):
+        load_settings(target="aws", ami_id="ami-0123456789abcdef0")
+    with pytest.raises(SettingsError, match="STACK_AMI_ID"):
+        load_settings(target="aws", operator_cidr="203.0.113.7/32")
+
+
+def test_public_api_needs_explicit_opt_in():
+    s = load_settings(operator_cidr="0.0.0.0/0", allow_public_api=True)
+    assert s.effective_operator_cidr == "0.0.0.0/0"
+
+
+def test_defaults_name_hosts_and_derive_a_valid_bucket():
+    s = load_settings(name_prefix="prefect2", region="us-east-1")
+    assert s.host_name(0) == "prefect2-ec2-0" and s.host_name(1) == "prefect2-ec2-1"
+    assert s.effective_operator_cidr == "127.0.0.1/32"
+    assert load_settings(bucket_name=s.effective_bucket_name).bucket_name == s.effective_bucket_name
+    assert s.effective_bucket_name != load_settings(name_prefix="other", region="us-east-1").effective_bucket_name
