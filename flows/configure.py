@@ -25,8 +25,8 @@ class ConfigureReport(BaseModel):
 
 def extravars(settings: StackSettings) -> dict:
     return {
-        "prefect_pip_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
-        "prefect_constraints_file": str(REPO_ROOT / "constraints.txt"),
+        "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
+        "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
     }
 
 
