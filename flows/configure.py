@@ -9,7 +9,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
+from stack import platform
 from stack.ansible import AnsibleError, PlaybookResult, pinned_versions, run_playbook
+from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
 from stack.settings import REPO_ROOT, StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
@@ -21,12 +23,20 @@ class ConfigureReport(BaseModel):
     recap: dict[str, dict[str, int]]   # host -> ok / changed / failed / unreachable
     changed: int
     attempts: int
+    flow_runner_image: str
+    platform_api_url: str
 
 
-def extravars(settings: StackSettings) -> dict:
+def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str) -> dict:
+    """Variables of the playbooks. Secrets are not among them: the auth string is read
+    on the controller from its 0600 file (group_vars/all.yml), so it never lands in
+    ansible-runner's files."""
     return {
         "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
         "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
+        "prefect_server_ui_api_url": ui_api_url,
+        "prefect_worker_image": image.reference,
+        "prefect_worker_image_archive": image.archive or "",
     }
 
 
@@ -35,12 +45,17 @@ def configure(settings: StackSettings | None = None, playbook: str = PLAYBOOK) -
     """Configure every host with Ansible; retry unreachable hosts a bounded number of times."""
     settings = settings or load_settings()
     log = get_run_logger()
+    image = flow_runner_image(settings)
+    ui_api_url = platform.operator_api_url(settings)
+    variables = extravars(settings, image, ui_api_url)
+    platform.auth_string(settings)  # created once per stack, before any host needs it
     recap: dict[str, dict[str, int]] = {}
     limit = None
     result: PlaybookResult | None = None
     attempts = 0
     for attempts in range(1, UNREACHABLE_RETRIES + 2):
-        result = run_playbook(settings, playbook, extravars=extravars(settings), limit=limit)
+        result = run_playbook(settings, playbook, extravars=variables, limit=limit,
+                              secrets=(platform.auth_string(settings),))
         for host, r in result.recap.items():
             recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
         failed = [h for h, r in result.recap.items() if r.failed]
@@ -63,7 +78,8 @@ def configure(settings: StackSettings | None = None, playbook: str = PLAYBOOK) -
                            f"Project={settings.name_prefix}? (python -m flows.status)")
     changed = sum(v["changed"] for v in recap.values())
     log.info("configured %d hosts, %d changes", len(recap), changed)
-    return ConfigureReport(recap=recap, changed=changed, attempts=attempts)
+    return ConfigureReport(recap=recap, changed=changed, attempts=attempts,
+                           flow_runner_image=image.reference, platform_api_url=ui_api_url)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_NAME_PREFIX": settings.name_prefix,
         "STACK_SSH_USER": settings.ssh_user,
         "STACK_SSH_KEY_FILE": str(settings.state_path / "ssh" / "id_ed25519"),
+        "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         **settings.aws_env(),
     }

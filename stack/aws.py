@@ -33,5 +33,6 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
                     "role": tags.get("Role", ""),
                     "state": inst["State"]["Name"],
                     "private_ip": inst.get("PrivateIpAddress"),
+                    "public_ip": inst.get("PublicIpAddress"),
                 })
     return sorted(out, key=lambda i: i["name"])

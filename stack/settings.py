@@ -84,6 +84,10 @@ class StackSettings(BaseSettings):
     state_dir: Path = Field(
         Path(".stack"), description="Where state, keys, logs and generated files live (git-ignored)."
     )
+    flow_runner_image: str | None = Field(
+        None,
+        description="Image of the Docker work pool. Default on local: built here; on aws: prefecthq/prefect:3.8.8-python3.12.",
+    )
     terraform_plugin_mirror: Path | None = Field(
         None,
         description="Filesystem mirror holding registry.terraform.io/hashicorp/aws; detected when unset.",

@@ -1,0 +1,66 @@
+"""Step 5, register: blocks (AWS credentials, S3 bucket) and work pools (process,
+docker, and the operator's process pool) with their queues, on the platform server.
+Registering twice leaves the same objects."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectAlreadyExists
+from pydantic import BaseModel
+
+from blocks import definitions
+from stack import platform
+from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
+from stack.settings import StackSettings, load_settings
+
+
+class RegisterReport(BaseModel):
+    blocks: list[str]
+    work_pools: dict[str, list[str]]   # pool -> queues
+
+
+async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -> RegisterReport:
+    async with platform.prefect_client(settings, url) as client:
+        creds = definitions.flow_code_credentials(settings)
+        await creds.asave(platform.FLOW_CODE_CREDENTIALS, overwrite=True, client=client)
+        bucket = definitions.flow_code_bucket(settings, creds)
+        await bucket.asave(platform.FLOW_CODE_BUCKET, overwrite=True, client=client)
+
+        pools: dict[str, list[str]] = {}
+        for name, (kind, template) in definitions.work_pools(settings, image.reference, image.extra_pip_packages).items():
+            try:
+                await client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
+            except ObjectAlreadyExists:
+                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+            existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
+            for queue in platform.QUEUES:
+                if queue not in existing:
+                    await client.create_work_queue(name=queue, work_pool_name=name)
+            pools[name] = sorted({q.name for q in await client.read_work_queues(work_pool_name=name)})
+    return RegisterReport(
+        blocks=[f"aws-credentials/{platform.FLOW_CODE_CREDENTIALS}", f"s3-bucket/{platform.FLOW_CODE_BUCKET}"],
+        work_pools=pools,
+    )
+
+
+@flow(name="register")
+def register(settings: StackSettings | None = None) -> RegisterReport:
+    """Create or update the platform's blocks and work pools."""
+    settings = settings or load_settings()
+    url = platform.operator_api_url(settings)
+    platform.wait_ready(settings, url)
+    report = asyncio.run(_register(settings, url, flow_runner_image(settings)))
+    log = get_run_logger()
+    log.info("blocks: %s", ", ".join(report.blocks))
+    for pool, queues in report.work_pools.items():
+        log.info("work pool %s with queues %s", pool, ", ".join(queues))
+    return report
+
+
+if __name__ == "__main__":
+    from stack.cli import main
+
+    main(lambda s: register(s))

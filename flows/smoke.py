@@ -1,0 +1,55 @@
+"""Step 7, smoke: run the testflow in every runbook case, wait for each, check each
+result (`finished FIRST`, `finished SECOND`), and publish a table with per-case times."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from flows.deploy import stage
+from stack import platform, smoke
+from stack.proc import StackError
+from stack.settings import StackSettings, load_settings
+
+
+class SmokeReport(BaseModel):
+    cases: list[dict]
+    ok: bool
+
+
+@flow(name="smoke")
+def smoke_test(settings: StackSettings | None = None) -> SmokeReport:
+    """Prove every way of running the testflow works on the platform."""
+    settings = settings or load_settings()
+    log = get_run_logger()
+    url = platform.operator_api_url(settings)
+    platform.wait_ready(settings, url)
+    deploy_dir = stage(settings)
+
+    results = [smoke.run_direct(settings, url, deploy_dir)]
+    with smoke.operator_worker(settings, url, deploy_dir):
+        results.append(smoke.run_case(settings, url, "case2-local-storage", smoke.CASE_DEPLOYMENTS["case2-local-storage"]))
+    for case in ("case3-s3-process", "case4-s3-docker"):
+        results.append(smoke.run_case(settings, url, case, smoke.CASE_DEPLOYMENTS[case]))
+    results.append(smoke.run_case(settings, url, "misplaced-local-storage", smoke.MISPLACED, expect_failure=True))
+
+    rows = []
+    for r in results:
+        rows.append({
+            "case": r.case, "state": r.state, "ok": r.ok,
+            "created_to_running_s": r.created_to_running, "running_to_completed_s": r.running_to_completed,
+            "note": "; ".join(r.problems) or r.explanation,
+        })
+        (log.info if r.ok else log.error)("%s: %s %s", r.case, r.state, "; ".join(r.problems) or r.explanation)
+    create_table_artifact(key=f"{settings.name_prefix}-smoke", table=rows, description="Testflow cases on the platform")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise StackError("smoke failed: " + "; ".join(f"{r.case}: {', '.join(r.problems)}" for r in failed))
+    return SmokeReport(cases=rows, ok=True)
+
+
+if __name__ == "__main__":
+    from stack.cli import main
+
+    main(lambda s: smoke_test(s))

@@ -1,0 +1,129 @@
+"""The platform: the Prefect server on the server host, as its clients see it.
+
+The API auth string ("user:password") is generated once per stack into
+``<state>/platform-auth`` (mode 0600) and handed to every client; it is never printed,
+and the process runner redacts it from every line it logs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+from stack.localcloud.emulator import inner_endpoint
+from stack.proc import StackError
+from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
+
+AUTH_USER = "admin"
+SERVER_PORT = 4200
+# Work pools and queues of the platform (the runbook's queues are `default` and `dev`).
+PROCESS_POOL = "process"          # process worker on the worker host(s)
+DOCKER_POOL = "docker"            # Docker worker on the worker host(s)
+OPERATOR_POOL = "operator-process"  # process worker on the operator machine (case 2)
+QUEUES = ("default", "dev")
+# Block names.
+FLOW_CODE_CREDENTIALS = "flow-code"   # aws-credentials block the hosts' pull steps use
+FLOW_CODE_BUCKET = "flow-code"        # s3-bucket block of the code bucket
+
+
+def auth_file(settings: StackSettings) -> Path:
+    return settings.state_path / "platform-auth"
+
+
+def auth_string(settings: StackSettings) -> str:
+    """The stack's API auth string, created on first use (0600, never printed)."""
+    path = auth_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{AUTH_USER}:{secrets.token_urlsafe(24)}")
+    os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+def server_host(settings: StackSettings) -> str:
+    return settings.host_name(0)
+
+
+def inner_api_url(settings: StackSettings) -> str:
+    """The API as the worker hosts and flow runs see it (the runbook's URL)."""
+    return f"http://{server_host(settings)}:{SERVER_PORT}/api"
+
+
+def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str:
+    """The API as the operator sees it."""
+    if settings.target == "local":
+        return f"http://127.0.0.1:{settings.platform_port}/api"
+    if not server_public_ip:
+        raise StackError("the server host has no public IP yet; run provision first")
+    return f"http://{server_public_ip}:{SERVER_PORT}/api"
+
+
+def operator_api_url(settings: StackSettings) -> str:
+    """The operator's API URL, looking up the server's public IP on aws."""
+    if settings.target == "local":
+        return api_url(settings)
+    from stack import aws
+
+    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
+    return api_url(settings, servers[0].get("public_ip") if servers else None)
+
+
+def flow_code_aws(settings: StackSettings) -> dict:
+    """AWS settings of the flow-code credentials block: the emulator as the hosts see it
+    on local; nothing on aws, so the instance role is used."""
+    if settings.target == "local":
+        return {"aws_access_key_id": EMULATOR_ACCESS_KEY, "aws_secret_access_key": EMULATOR_SECRET_KEY,
+                "region_name": settings.region, "aws_client_parameters": {"endpoint_url": inner_endpoint()}}
+    return {"region_name": settings.region}
+
+
+def client_env(settings: StackSettings, url: str) -> dict[str, str]:
+    """Environment of a Prefect client process on the operator machine."""
+    return {
+        "PREFECT_API_URL": url,
+        "PREFECT_API_AUTH_STRING": auth_string(settings),
+        "PREFECT_API_KEY": "",  # an API key would take precedence over the auth string
+        "PREFECT_HOME": str(settings.state_path / "platform-client"),
+        **settings.aws_env(),
+    }
+
+
+def get(url: str, auth: str | None = None, timeout: float = 5) -> int:
+    """HTTP status of a GET (0 when nothing answers)."""
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0
+
+
+def wait_ready(settings: StackSettings, url: str, timeout: float = 120) -> None:
+    auth = auth_string(settings)
+    deadline = time.monotonic() + timeout
+    status = 0
+    while time.monotonic() < deadline:
+        status = get(f"{url}/ready", auth)
+        if status == 200:
+            return
+        time.sleep(1)
+    raise StackError(f"the platform API at {url} is not ready (last status {status}); "
+                     "see `journalctl -u prefect-server` on the server host")
+
+
+def prefect_client(settings: StackSettings, url: str):
+    """An async PrefectClient for the platform (not the control plane)."""
+    from prefect.client.orchestration import PrefectClient
+
+    return PrefectClient(api=url, auth_string=auth_string(settings))
