@@ -146,6 +146,9 @@ class Terraform:
             "allow_public_api": s.allow_public_api,
             "bucket_name": s.effective_bucket_name,
             "ssh_public_key": ssh_public_key(s),
+            # The emulator speaks plain HTTP and enforces bucket policies: a TLS-only
+            # policy would refuse every request there. Always on for real AWS.
+            "bucket_tls_only": s.target != "local",
         }
 
     def _override_hcl(self) -> str:

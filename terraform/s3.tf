@@ -50,6 +50,8 @@ data "aws_iam_policy_document" "code_bucket_tls_only" {
 }
 
 resource "aws_s3_bucket_policy" "code" {
+  count = var.bucket_tls_only ? 1 : 0
+
   bucket = aws_s3_bucket.code.id
   policy = data.aws_iam_policy_document.code_bucket_tls_only.json
 

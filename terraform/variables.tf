@@ -89,6 +89,12 @@ variable "bucket_force_destroy" {
   default     = true
 }
 
+variable "bucket_tls_only" {
+  description = "Deny every request to the code bucket that does not use TLS. Only the emulated cloud, which speaks plain HTTP and enforces bucket policies, turns it off."
+  type        = bool
+  default     = true
+}
+
 variable "ssh_public_key" {
   description = "OpenSSH public key installed as the hosts' key pair."
   type        = string

@@ -133,6 +133,10 @@ run "bucket_private_encrypted_versioned_tls_only" {
     ])
     error_message = "the bucket policy must deny requests without TLS"
   }
+  assert {
+    condition     = length(aws_s3_bucket_policy.code) == 1
+    error_message = "the TLS-only bucket policy must be on by default"
+  }
 }
 
 run "instance_role_least_privilege_on_bucket" {
