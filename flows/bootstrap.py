@@ -11,9 +11,13 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from flows.configure import ConfigureReport, configure
+from flows.deploy import DeployReport, deploy
 from flows.hosts import HostsReport, hosts
 from flows.preflight import PreflightReport, preflight
 from flows.provision import ProvisionOutputs, provision
+from flows.register import RegisterReport, register
+from flows.smoke import SmokeReport, smoke_test
+from stack import platform
 from stack.settings import StackSettings, load_settings
 
 
@@ -22,6 +26,10 @@ class BootstrapReport(BaseModel):
     provision: ProvisionOutputs
     hosts: HostsReport
     configure: ConfigureReport
+    register: RegisterReport
+    deploy: DeployReport
+    smoke: SmokeReport
+    platform_api_url: str
     seconds: dict[str, float]
 
 
@@ -43,9 +51,14 @@ def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
         provision=timed("provision", provision),
         hosts=timed("hosts", hosts),
         configure=timed("configure", configure),
+        register=timed("register", register),
+        deploy=timed("deploy", deploy),
+        smoke=timed("smoke", smoke_test),
+        platform_api_url=platform.operator_api_url(settings),
         seconds=seconds,
     )
     log.info("bootstrap done: %s", ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    log.info("platform API %s (auth string in %s)", report.platform_api_url, platform.auth_file(settings))
     return report
 
 

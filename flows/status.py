@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from stack import aws
+from stack import aws, platform
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.localcloud.hosts import LABEL_INSTANCE
@@ -22,6 +22,8 @@ def collect(settings: StackSettings) -> dict:
         "emulator_endpoint": settings.emulator_endpoint,
         "bucket": settings.effective_bucket_name,
         "instances": [],
+        "platform_api_url": None,
+        "platform_auth_file": str(platform.auth_file(settings)) if platform.auth_file(settings).exists() else None,
     }
     if settings.target == "local":
         st = emulator.status(settings)
@@ -29,6 +31,8 @@ def collect(settings: StackSettings) -> dict:
         if st.state != "running":
             return report
     report["instances"] = aws.project_instances(settings)
+    if any(i["role"] == "server" for i in report["instances"]):
+        report["platform_api_url"] = platform.operator_api_url(settings)
     if settings.target == "local":
         containers = host_containers.project_hosts(docker_client(), settings)
         by_instance = {c.labels.get(LABEL_INSTANCE): c for c in containers.values()}
@@ -46,6 +50,8 @@ def print_table(report: dict) -> None:
     print(f"target {report['target']}  region {report['region']}  bucket {report['bucket']}")
     if report.get("emulator_endpoint"):
         print(f"emulated cloud {report['emulator_endpoint']} ({report.get('emulator_state')})")
+    if report.get("platform_api_url"):
+        print(f"platform API {report['platform_api_url']} (auth string in {report['platform_auth_file']})")
     if not report["instances"]:
         print("no instances")
     for i in report["instances"]:

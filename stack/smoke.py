@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ CASE_DEPLOYMENTS = {
 }
 MISPLACED = f"{TESTFLOW}/misplaced-local-storage"
 RUN_TIMEOUT_SECONDS = 300
+LOG_WAIT_SECONDS = 15
 
 
 @dataclass
@@ -63,8 +65,19 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
         fr = await client.read_flow_run(run_id)
         children = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
-        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
-    text = "\n".join(log.message for log in logs)
+        # Logs are shipped in batches and may land after the final state: wait for them.
+        deadline = time.monotonic() + LOG_WAIT_SECONDS
+        while True:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+            text = "\n".join(log.message for log in logs)
+            if expect_failure or all(e in text for e in EXPECTED_RESULTS) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        pull_dirs = []
+        if expect_failure and fr.deployment_id:
+            dep = await client.read_deployment(fr.deployment_id)
+            pull_dirs = [step["prefect.deployments.steps.set_working_directory"]["directory"]
+                         for step in (dep.pull_steps or []) if "prefect.deployments.steps.set_working_directory" in step]
     state = fr.state.type.value if fr.state else "UNKNOWN"
     result = CaseResult(case=case, flow_run_id=str(run_id), state=state, ok=False,
                         created_to_running=_seconds(fr.created, fr.start_time),
@@ -73,7 +86,7 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
         if state == "COMPLETED":
             result.problems.append("expected a failure: local storage should not be reachable from the worker host")
         else:
-            result.explanation = explain_misplaced(text)
+            result.explanation = explain_misplaced(text, pull_dirs)
         result.ok = not result.problems
         return result
     if state != "COMPLETED":
@@ -88,13 +101,16 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
     return result
 
 
-def explain_misplaced(log_text: str) -> str:
+def explain_misplaced(log_text: str, pull_dirs: list[str]) -> str:
     """Why a local-storage deployment fails on a remote worker, in plain words."""
-    if "FileNotFoundError" in log_text or "No such file or directory" in log_text:
-        return ("failed as expected: the deployment uses local storage (set_working_directory to a "
-                "folder on the operator machine), and that folder does not exist on the worker host. "
-                "Remote workers need the code in S3 (case 3) or in an image (case 4).")
-    return "failed as expected (no FileNotFoundError in its logs: check the run)"
+    worker = re.search(r"Worker '([^']+)' submitting", log_text)
+    where = f"worker {worker.group(1)}" if worker else "the remote worker"
+    folder = pull_dirs[0] if pull_dirs else "a folder on the operator machine"
+    if "set_working_directory" in log_text or "FileNotFoundError" in log_text:
+        return (f"failed as expected: the deployment uses local storage ({folder}), which exists only on "
+                f"the operator machine, not on the host of {where}. Remote workers need the code in S3 "
+                "(case 3) or in an image (case 4).")
+    return f"failed as expected, but not at its pull step: check the run on {where}"
 
 
 async def run_deployment_once(settings: StackSettings, url: str, deployment: str) -> UUID:
