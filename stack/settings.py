@@ -31,9 +31,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # moto ships an old AMI catalogue; this one exists in it. Real AWS needs STACK_AMI_ID.
 EMULATOR_DEFAULT_AMI = "ami-785db401"
-# moto accepts any key; these are its documented dummy credentials, not secrets.
-EMULATOR_ACCESS_KEY = "test"
-EMULATOR_SECRET_KEY = "test"
+# moto accepts any key. These are not secrets, but distinctive, so the tests can prove
+# that no AWS key the stack handles ever reaches a log or an artifact.
+EMULATOR_ACCESS_KEY = "AKIAEMULATEDSTACK000"
+EMULATOR_SECRET_KEY = "emulated-secret-key-never-logged"
 
 _REGION_RE = re.compile(r"^(us|eu|ap|sa|ca|me|af|il|mx)(-gov)?-(north|south|east|west|central|northeast|southeast|northwest|southwest)-\d$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
