@@ -72,13 +72,38 @@ def ensure_running(settings: StackSettings, timeout: float = 120) -> str:
     )
 
 
-def stop(settings: StackSettings) -> None:
-    pid_file = _home(settings) / "server.pid"
-    if not pid_file.exists():
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (FileNotFoundError, ProcessLookupError, ValueError, PermissionError):
+        return False
+
+
+def ensure_runner(settings: StackSettings) -> None:
+    """Serve the step deployments (Run buttons, nightly teardown) unless already served."""
+    home = _home(settings)
+    pid_file = home / "runner.pid"
+    if _alive(pid_file):
         return
-    with contextlib.suppress(ProcessLookupError, ValueError):
-        os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-    pid_file.unlink(missing_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": settings.control_plane_api_url}
+    env |= {f"STACK_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
+    with open(home / "runner.log", "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=str(Path(__file__).parent.parent),
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+
+
+def stop(settings: StackSettings) -> None:
+    """Stop the control-plane server and its runner."""
+    for name in ("runner.pid", "server.pid"):
+        pid_file = _home(settings) / name
+        if not pid_file.exists():
+            continue
+        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        pid_file.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -87,5 +112,6 @@ def client_settings(settings: StackSettings) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     url = ensure_running(settings)
+    ensure_runner(settings)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url

@@ -89,6 +89,10 @@ class StackSettings(BaseSettings):
         None,
         description="Image of the Docker work pool. Default on local: built here; on aws: prefecthq/prefect:3.8.8-python3.12.",
     )
+    nightly_teardown_cron: str = Field(
+        "0 3 * * *",
+        description="Cron (UTC) of the teardown deployment on the control plane; empty for no schedule.",
+    )
     terraform_plugin_mirror: Path | None = Field(
         None,
         description="Filesystem mirror holding registry.terraform.io/hashicorp/aws; detected when unset.",
@@ -156,6 +160,13 @@ class StackSettings(BaseSettings):
             raise ValueError(
                 f"{v!r} is not a valid S3 bucket name; use 3-63 lowercase letters, digits, '-' or '.'"
             )
+        return v
+
+    @field_validator("nightly_teardown_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if v and len(v.split()) != 5:
+            raise ValueError(f"{v!r} is not a 5-field cron expression; use one like '0 3 * * *', or '' for none")
         return v
 
     @model_validator(mode="after")

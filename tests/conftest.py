@@ -24,6 +24,7 @@ TEST_STACK_ENV = {
     "STACK_CONTROL_PLANE_PORT": "4300",
     "STACK_PLATFORM_PORT": "4301",
     "STACK_CONFIG_FILE": "/nonexistent/stack.toml",  # a user's stack.toml must not leak in
+    "STACK_NIGHTLY_TEARDOWN_CRON": "",  # no scheduled teardown in the middle of a test run
 }
 
 
