@@ -26,8 +26,8 @@ class BootstrapReport(BaseModel):
     provision: ProvisionOutputs
     hosts: HostsReport
     configure: ConfigureReport
-    register: RegisterReport
-    deploy: DeployReport
+    registration: RegisterReport
+    deployments: DeployReport
     smoke: SmokeReport
     platform_api_url: str
     seconds: dict[str, float]
@@ -51,8 +51,8 @@ def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
         provision=timed("provision", provision),
         hosts=timed("hosts", hosts),
         configure=timed("configure", configure),
-        register=timed("register", register),
-        deploy=timed("deploy", deploy),
+        registration=timed("register", register),
+        deployments=timed("deploy", deploy),
         smoke=timed("smoke", smoke_test),
         platform_api_url=platform.operator_api_url(settings),
         seconds=seconds,

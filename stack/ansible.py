@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -73,6 +74,21 @@ def environment(settings: StackSettings) -> dict[str, str]:
     return env
 
 
+SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY)", re.I)
+
+
+def _scrub_command_artifact(artifact_dir: Path) -> None:
+    """ansible-runner records the whole environment in artifacts/<id>/command: mask the
+    values of every sensitive variable (AWS keys, tokens, passwords)."""
+    command_file = artifact_dir / "command"
+    if not command_file.exists():
+        return
+    data = json.loads(command_file.read_text())
+    env = data.get("env") or {}
+    data["env"] = {k: ("****" if SENSITIVE_ENV.search(k) and v else v) for k, v in env.items()}
+    command_file.write_text(json.dumps(data))
+
+
 def run_playbook(
     settings: StackSettings,
     playbook: str,
@@ -122,6 +138,7 @@ def run_playbook(
         rotate_artifacts=5,
         suppress_env_files=True,  # keep the environment (AWS keys) out of the artifacts
     )
+    _scrub_command_artifact(Path(r.config.artifact_dir))
     result.status = r.status
     stats = r.stats or {}
     hosts = set()

@@ -30,9 +30,9 @@ def test_every_case_completes_with_the_expected_results(stack):
 def test_platform_api_needs_the_auth_string(stack):
     s = stack["settings"]
     url = platform.api_url(s)
-    assert platform.get(f"{url}/health") == 401
-    assert platform.get(f"{url}/health", platform.auth_string(s)) == 200
-    assert platform.get(f"{url}/health", "admin:wrong-password") == 401
+    assert platform.get(f"{url}/admin/version") == 401
+    assert platform.get(f"{url}/admin/version", platform.auth_string(s)) == 200
+    assert platform.get(f"{url}/admin/version", "admin:wrong-password") == 401
 
 
 def test_auth_file_is_private(stack):
@@ -101,10 +101,13 @@ def _platform_objects(stack) -> dict:
             blocks = await client.read_block_documents()
             pools = await client.read_work_pools()
             deployments = await client.read_deployments()
+            queues = []
+            for p in pools:
+                queues += [(str(q.id), p.name, q.name) for q in await client.read_work_queues(work_pool_name=p.name)]
             return {
                 "blocks": sorted((str(b.id), b.name) for b in blocks if not b.is_anonymous),
                 "pools": sorted((str(p.id), p.name, json.dumps(p.base_job_template, sort_keys=True)) for p in pools),
-                "queues": sorted((str(q.id), q.name) for p in pools for q in await client.read_work_queues(work_pool_name=p.name)),
+                "queues": sorted(queues),
                 "deployments": sorted((str(d.id), d.name, d.work_pool_name) for d in deployments),
             }
 

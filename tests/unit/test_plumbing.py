@@ -35,3 +35,22 @@ def test_host_packages_are_pinned_from_constraints():
     pins = pinned_versions()
     assert "prefect==3.8.8" in pins
     assert all("==" in p for p in pins)
+
+
+class _FailedState:
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_terraform_tasks_retry_transient_errors_only():
+    from flows.provision import retry_if_transient
+    from stack.terraform import TerraformError
+
+    transient = TerraformError(["terraform", "plan"], 1, "connection refused", transient=True)
+    config = TerraformError(["terraform", "plan"], 1, "Unsupported argument", transient=False)
+    assert retry_if_transient(None, None, _FailedState(transient)) is True
+    assert retry_if_transient(None, None, _FailedState(config)) is False
+    assert retry_if_transient(None, None, _FailedState(ValueError("bug"))) is False
