@@ -67,6 +67,8 @@ def test_settings():
 @pytest.fixture(scope="session")
 def stack(test_settings):
     """One bootstrapped test stack for the whole session; torn down at the end."""
+    # Leftovers of an interrupted run (containers, emulator) would not match a new state.
+    run_step("flows.teardown", "--emulator", check=False)
     first = run_step("flows.bootstrap")
     yield {"settings": test_settings, "first_bootstrap": result_json(first)}
     run_step("flows.teardown", "--emulator", check=False)
