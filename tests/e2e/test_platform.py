@@ -120,3 +120,28 @@ def test_register_and_deploy_twice_leave_the_same_objects(stack):
     assert result_json(run_step("flows.register"))["work_pools"]["process"] == ["default", "dev"]
     run_step("flows.deploy")
     assert _platform_objects(stack) == before
+
+
+def test_control_plane_serves_every_step_and_its_run_button_works(stack):
+    """The runner on the control plane serves each step; running one from there works."""
+    from prefect.client.orchestration import PrefectClient
+
+    s = stack["settings"]
+
+    async def go():
+        async with PrefectClient(api=s.control_plane_api_url) as client:
+            names = {d.name for d in await client.read_deployments()}
+            dep = await client.read_deployment_by_name("smoke/p2test-smoke")
+            run = await client.create_flow_run_from_deployment(dep.id)
+            for _ in range(600):
+                run = await client.read_flow_run(run.id)
+                if run.state and run.state.is_final():
+                    break
+                await asyncio.sleep(0.5)
+            return names, run
+
+    names, run = asyncio.run(go())
+    for step in ("bootstrap", "preflight", "provision", "hosts", "configure", "register", "deploy", "smoke",
+                 "nightly-teardown"):
+        assert f"p2test-{step}" in names
+    assert run.state.is_completed(), run.state

@@ -57,3 +57,15 @@ def test_defaults_name_hosts_and_derive_a_valid_bucket():
     assert s.effective_operator_cidr == "127.0.0.1/32"
     assert load_settings(bucket_name=s.effective_bucket_name).bucket_name == s.effective_bucket_name
     assert s.effective_bucket_name != load_settings(name_prefix="other", region="us-east-1").effective_bucket_name
+
+
+def test_teardown_deployment_is_scheduled_nightly_unless_disabled():
+    from flows.serve import deployments
+
+    scheduled = {d.name: d for d in deployments(load_settings(name_prefix="prefect2", nightly_teardown_cron="0 3 * * *"))}
+    teardown = scheduled["prefect2-nightly-teardown"]
+    assert [sch.schedule.cron for sch in teardown.schedules] == ["0 3 * * *"]
+    unscheduled = {d.name: d for d in deployments(load_settings(name_prefix="prefect2", nightly_teardown_cron=""))}
+    assert not unscheduled["prefect2-nightly-teardown"].schedules
+    with pytest.raises(SettingsError, match="STACK_NIGHTLY_TEARDOWN_CRON"):
+        load_settings(nightly_teardown_cron="every night")
