@@ -48,6 +48,7 @@ class CaseResult:
     flow_run_id: str
     state: str
     ok: bool
+    created_to_pending: float | None = None   # until a worker picked it up
     created_to_running: float | None = None
     running_to_completed: float | None = None
     problems: list[str] = field(default_factory=list)
@@ -63,6 +64,8 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
     """Read a finished run back: state, timings, its subflows and the printed results."""
     async with platform.prefect_client(settings, url) as client:
         fr = await client.read_flow_run(run_id)
+        states = await client.read_flow_run_states(run_id)
+        pending = next((st.timestamp for st in states if st.type.value == "PENDING"), None)
         children = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
         # Logs are shipped in batches and may land after the final state: wait for them.
@@ -80,6 +83,7 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
                          for step in (dep.pull_steps or []) if "prefect.deployments.steps.set_working_directory" in step]
     state = fr.state.type.value if fr.state else "UNKNOWN"
     result = CaseResult(case=case, flow_run_id=str(run_id), state=state, ok=False,
+                        created_to_pending=_seconds(fr.created, pending),
                         created_to_running=_seconds(fr.created, fr.start_time),
                         running_to_completed=_seconds(fr.start_time, fr.end_time))
     if expect_failure:
@@ -163,7 +167,7 @@ def operator_worker(settings: StackSettings, url: str, deploy_dir: Path):
     """A process worker on the operator machine for case 2, for as long as the block runs."""
     log_path = settings.state_path / "operator-worker.log"
     env = {**os.environ, **platform.client_env(settings, url),
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LOG_PRINTS": "true"}
+           "PREFECT_WORKER_QUERY_SECONDS": "0.5", "PREFECT_LOGGING_LOG_PRINTS": "true"}
     prefect_cli = str(Path(sys.executable).parent / "prefect")
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
