@@ -67,7 +67,6 @@ def run(
     secrets: Iterable[str] = (),
     ok_codes: Iterable[int] = (0,),
     on_line: Callable[[str], None] | None = None,
-    input_bytes: bytes | None = None,
     quiet: bool = False,
 ) -> Completed:
     """Run ``argv``; each output line goes to ``on_line`` or the logger, secrets redacted.
@@ -84,15 +83,11 @@ def run(
     try:
         proc = subprocess.Popen(
             list(argv), cwd=cwd, env=full_env, text=True, bufsize=1,
-            stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
     except FileNotFoundError:
         raise StackError(f"`{argv[0]}` is not installed or not on PATH; run bin/setup") from None
-    if input_bytes is not None:
-        assert proc.stdin
-        proc.stdin.write(input_bytes.decode())
-        proc.stdin.close()
     assert proc.stdout
     for raw in proc.stdout:
         line = redact(raw.rstrip("\n"), secrets)

@@ -27,7 +27,7 @@ from prefect.client.schemas.filters import (
 )
 
 from stack import platform
-from stack.proc import StackError
+from stack.proc import StackError, redact
 from stack.settings import StackSettings
 
 TESTFLOW = "concurrent-flows"
@@ -152,14 +152,10 @@ def run_direct(settings: StackSettings, url: str, deploy_dir: Path) -> CaseResul
     proc = subprocess.run([sys.executable, "-c", code], cwd=deploy_dir, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_SECONDS)
     if proc.returncode != 0:
-        tail = platform_redact(settings, proc.stderr[-1500:])
+        tail = redact(proc.stderr[-1500:], [platform.auth_string(settings)])
         raise StackError(f"case 1 (direct run) failed: {tail}")
     run_id = UUID(json.loads(proc.stdout.strip().splitlines()[-1])["id"])
     return asyncio.run(inspect_run(settings, url, "case1-direct", run_id))
-
-
-def platform_redact(settings: StackSettings, text: str) -> str:
-    return text.replace(platform.auth_string(settings), "****")
 
 
 @contextmanager
