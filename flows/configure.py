@@ -9,6 +9,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
+from flows.hosts import HostsReport
+from flows.provision import ProvisionOutputs
 from stack import platform
 from stack.ansible import AnsibleError, PlaybookResult, pinned_versions, run_playbook
 from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
@@ -27,11 +29,15 @@ class ConfigureReport(BaseModel):
     platform_api_url: str
 
 
-def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str) -> dict:
+def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str,
+              data_volume_id: str | None = None) -> dict:
     """Variables of the playbooks. Secrets are not among them: the auth string is read
     on the controller from its 0600 file (group_vars/all.yml), so it never lands in
     ansible-runner's files."""
     return {
+        # aws: the role mounts this EBS volume; local: the host container already has
+        # the named volume at the same path, so the role has nothing to mount.
+        "prefect_server_data_volume_id": data_volume_id if settings.target == "aws" and data_volume_id else "",
         "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
         "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
         "prefect_server_ui_api_url": ui_api_url,
@@ -41,13 +47,20 @@ def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str) 
 
 
 @flow(name="configure")
-def configure(settings: StackSettings | None = None, playbook: str = PLAYBOOK) -> ConfigureReport:
-    """Configure every host with Ansible; retry unreachable hosts a bounded number of times."""
+def configure(settings: StackSettings | None = None, provisioned: ProvisionOutputs | None = None,
+              booted: HostsReport | None = None, playbook: str = PLAYBOOK) -> ConfigureReport:
+    """Configure every host with Ansible; retry unreachable hosts a bounded number of times.
+
+    ``provisioned`` and ``booted`` are the earlier steps' outputs (the data volume to
+    mount, the hosts just created); run alone, it configures whatever the inventory finds."""
     settings = settings or load_settings()
     log = get_run_logger()
+    if booted is not None and booted.created:
+        log.info("new hosts to configure: %s", ", ".join(booted.created))
     image = flow_runner_image(settings)
     ui_api_url = platform.operator_api_url(settings)
-    variables = extravars(settings, image, ui_api_url)
+    volume_id = provisioned.data_volume.id if provisioned else None
+    variables = extravars(settings, image, ui_api_url, volume_id)
     platform.auth_string(settings)  # created once per stack, before any host needs it
     recap: dict[str, dict[str, int]] = {}
     limit = None

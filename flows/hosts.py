@@ -1,34 +1,44 @@
-"""Step 3, hosts (local target only): one systemd container per running instance."""
+"""Step 3, hosts (local target only): one systemd container per instance, following the
+instance's state the way EC2 would (see stack/localcloud/hosts.py)."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from flows.provision import ProvisionOutputs
 from stack import aws
 from stack.localcloud import hosts as host_containers
 from stack.settings import StackSettings, load_settings
 
 
 class HostsReport(BaseModel):
-    hosts: dict[str, str]          # instance id -> host container name
+    hosts: dict[str, str]          # instance id -> host container name (running hosts)
     created: list[str]
+    started: list[str] = []
+    stopped: list[str] = []
     removed: list[str]
     unchanged: list[str]
+    data_volume: str | None = None  # named Docker volume mounted on the server host
 
 
 @flow(name="hosts")
-def hosts(settings: StackSettings | None = None) -> HostsReport:
-    """Make the host containers match the running instances of the emulated cloud."""
+def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs | None = None) -> HostsReport:
+    """Make the host containers follow the emulated cloud's instances."""
     settings = settings or load_settings()
     log = get_run_logger()
     if settings.target != "local":
         log.info("target %s: the instances are real hosts, nothing to emulate", settings.target)
         return HostsReport(hosts={}, created=[], removed=[], unchanged=[])
-    instances = aws.project_instances(settings, states=("running",))
-    r = host_containers.reconcile(settings, instances)
-    log.info("hosts: %d created, %d removed, %d unchanged", len(r.created), len(r.removed), len(r.unchanged))
-    return HostsReport(hosts=r.hosts, created=r.created, removed=r.removed, unchanged=r.unchanged)
+    # The instances' current states (running, stopped) come from EC2 itself: a user may
+    # have stopped or started one since provision ran.
+    instances = aws.project_instances(settings, states=("pending", "running", "stopping", "stopped"))
+    data_volume = provisioned.data_volume.name if provisioned else settings.data_volume_name
+    r = host_containers.reconcile(settings, instances, data_volume=data_volume)
+    log.info("hosts: %d created, %d started, %d stopped, %d removed, %d unchanged",
+             len(r.created), len(r.started), len(r.stopped), len(r.removed), len(r.unchanged))
+    return HostsReport(hosts=r.hosts, created=r.created, started=r.started, stopped=r.stopped,
+                       removed=r.removed, unchanged=r.unchanged, data_volume=data_volume)
 
 
 if __name__ == "__main__":

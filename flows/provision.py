@@ -1,5 +1,10 @@
-"""Step 2, provision: terraform init (only when needed), plan -out with the plan as a
-markdown artifact, apply of that plan only when it has changes, outputs as a typed object."""
+"""Step 2, provision: for each Terraform root module, data first (bucket, data volume)
+then compute (instances, security group, key pair, role, volume attachment): terraform
+init (only when needed), plan -out with the plan as a markdown artifact, apply of that
+plan only when it has changes, outputs as a typed object.
+
+On the local target it first checks that the emulated cloud still holds what the states
+describe (it forgets everything when it restarts) and re-provisions when it does not."""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from stack import cloudstate
+from stack.localcloud import images
 from stack.proc import CommandError
 from stack.settings import StackSettings, load_settings
-from stack.terraform import PlanResult, Terraform
+from stack.terraform import COMPUTE, DATA, PlanResult, Terraform
 
 
 class Instance(BaseModel):
@@ -21,15 +28,26 @@ class Instance(BaseModel):
     public_ip: str | None = None
 
 
+class DataVolume(BaseModel):
+    """The platform database's EBS volume (data root module)."""
+
+    id: str
+    name: str                         # Name tag; on local also the named Docker volume
+    size: int                         # GiB
+    availability_zone: str
+
+
 class ProvisionOutputs(BaseModel):
     """What Terraform created, as later steps read it."""
 
     instances: list[Instance]
     server_name: str
     bucket_name: str
+    data_volume: DataVolume
     security_group_id: str
     instance_role_arn: str
     applied: bool = False             # this run changed the infrastructure
+    cloud_was_lost: bool = False      # the emulated cloud had restarted: everything re-created
     terraform_processes: int = 0      # each costs seconds of provider start-up
 
 
@@ -72,29 +90,57 @@ def terraform_output(tf: Terraform) -> dict:
     return tf.output()
 
 
-@flow(name="provision")
-def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
-    """Create or update the stack's AWS resources with Terraform."""
-    settings = settings or load_settings()
+def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
+    """init, plan (as an artifact), apply when the plan has changes; the module's outputs."""
     log = get_run_logger()
-    tf = Terraform(settings)
     tf.prepare()
     terraform_init(tf)
     plan = terraform_plan(tf)
     create_markdown_artifact(
-        key=f"{settings.name_prefix}-terraform-plan", markdown=plan.markdown(),
-        description="What the provision step planned",
+        key=f"{settings.name_prefix}-terraform-plan-{tf.root}", markdown=plan.markdown(),
+        description=f"What the provision step planned for the {tf.root} root module",
     )
     if plan.has_changes:
         terraform_apply(tf, plan)
     else:
-        log.info("no changes: the infrastructure matches the configuration, nothing applied")
+        log.info("%s: no changes, the infrastructure matches the configuration", tf.root)
         if plan.plan_file:
             plan.plan_file.unlink(missing_ok=True)
-    outputs = ProvisionOutputs(**terraform_output(tf), applied=plan.has_changes,
-                               terraform_processes=tf.processes)
-    log.info("provisioned %d instances and bucket %s with %d terraform processes",
-             len(outputs.instances), outputs.bucket_name, tf.processes)
+    tf.applied = plan.has_changes
+    return terraform_output(tf)
+
+
+def host_image_version(settings: StackSettings) -> str:
+    """What the hosts boot besides the AMI: the host image on local (a new one replaces
+    the instances, as a new AMI would); nothing on aws, where the AMI says it all."""
+    return images.image_tag("host") if settings.target == "local" else ""
+
+
+@flow(name="provision")
+def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
+    """Create or update the stack's AWS resources: the data module, then the compute module."""
+    settings = settings or load_settings()
+    log = get_run_logger()
+    cloud_was_lost = cloudstate.forget_if_lost(settings)
+    data_tf = Terraform(settings, DATA)
+    data = apply_root_module(settings, data_tf)
+    volume = DataVolume(**data["data_volume"])
+    compute_tf = Terraform(settings, COMPUTE, inputs={
+        "bucket_arn": data["bucket_arn"],
+        "availability_zone": volume.availability_zone,
+        "data_volume_id": volume.id,
+        "host_image_version": host_image_version(settings),
+    })
+    compute = apply_root_module(settings, compute_tf)
+    cloudstate.record(settings)
+    outputs = ProvisionOutputs(
+        instances=compute["instances"], server_name=compute["server_name"], bucket_name=data["bucket_name"],
+        data_volume=volume, security_group_id=compute["security_group_id"],
+        instance_role_arn=compute["instance_role_arn"], applied=data_tf.applied or compute_tf.applied,
+        cloud_was_lost=cloud_was_lost, terraform_processes=data_tf.processes + compute_tf.processes,
+    )
+    log.info("provisioned %d instances, bucket %s and data volume %s (%s) with %d terraform processes",
+             len(outputs.instances), outputs.bucket_name, volume.name, volume.id, outputs.terraform_processes)
     return outputs
 
 

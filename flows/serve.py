@@ -1,5 +1,7 @@
 """The control plane's runner: every step as a deployment with a Run button in the
-Prefect UI, and teardown on a nightly schedule (STACK_NIGHTLY_TEARDOWN_CRON).
+Prefect UI; teardown (compute only, data kept) on a nightly schedule
+(STACK_NIGHTLY_TEARDOWN_CRON) and a backup of the platform database on its own
+(STACK_BACKUP_CRON), both in STACK_NIGHTLY_TEARDOWN_TIMEZONE.
 
 Started in the background by the entry points (``stack/controlplane.py``); run it in the
 foreground with ``python -m flows.serve``.
@@ -8,7 +10,9 @@ foreground with ``python -m flows.serve``.
 from __future__ import annotations
 
 from prefect import serve
+from prefect.schedules import Cron
 
+from flows.backup import backup
 from flows.bootstrap import bootstrap
 from flows.configure import configure
 from flows.deploy import deploy
@@ -16,6 +20,7 @@ from flows.hosts import hosts
 from flows.preflight import preflight
 from flows.provision import provision
 from flows.register import register
+from flows.restore import restore
 from flows.smoke import smoke_test
 from flows.teardown import teardown
 from stack.settings import load_settings
@@ -23,12 +28,21 @@ from stack.settings import load_settings
 
 def deployments(settings):
     tag = settings.name_prefix
-    steps = [bootstrap, preflight, provision, hosts, configure, register, deploy, smoke_test]
+    tz = settings.nightly_teardown_timezone
+
+    def scheduled(cron: str) -> list:
+        return [Cron(cron, timezone=tz)] if cron else []
+
+    steps = [bootstrap, preflight, provision, hosts, configure, restore, register, deploy, smoke_test]
     out = [f.to_deployment(name=f"{tag}-{f.name}", tags=[tag]) for f in steps]
     out.append(teardown.to_deployment(
-        name=f"{tag}-nightly-teardown", tags=[tag],
-        cron=settings.nightly_teardown_cron or None,
-        description="Destroys the stack's cloud resources; scheduled nightly.",
+        name=f"{tag}-nightly-teardown", tags=[tag], schedules=scheduled(settings.nightly_teardown_cron),
+        description="Destroys the stack's compute and keeps its data (a backup is taken first); "
+                    "a run that starts overdue is skipped.",
+    ))
+    out.append(backup.to_deployment(
+        name=f"{tag}-backup", tags=[tag], schedules=scheduled(settings.backup_cron),
+        description="pg_dump of the platform database to the code bucket (backups/) and the state directory.",
     ))
     return out
 

@@ -1,13 +1,16 @@
 """What the stack looks like now. ``python -m flows.status --json`` prints a JSON object
-with ``target``, ``emulator_endpoint``, ``bucket`` and ``instances``; without ``--json``
-a short table."""
+with ``target``, ``emulator_endpoint``, ``bucket``, ``instances``, ``data_volume`` (id,
+name, size), ``last_backup`` (time, size, location), ``control_plane_api_url`` and
+``next_teardown``; without ``--json`` a short table."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from stack import aws, platform
+import datetime as dt
+
+from stack import aws, backups, platform
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.localcloud.hosts import LABEL_INSTANCE
@@ -25,11 +28,18 @@ def collect(settings: StackSettings) -> dict:
         "platform_api_url": None,
         "platform_auth_file": str(platform.auth_file(settings)) if platform.auth_file(settings).exists() else None,
     }
+    report["control_plane_api_url"] = settings.control_plane_api_url
+    report["next_teardown"] = next_time(settings.nightly_teardown_cron, settings.nightly_teardown_timezone)
+    report["next_backup"] = next_time(settings.backup_cron, settings.nightly_teardown_timezone)
+    found = backups.available(settings, settings.effective_bucket_name if _cloud_answers(settings) else None)
+    report["last_backup"] = found[-1].as_dict() if found else None
+    report["data_volume"] = None
     if settings.target == "local":
         st = emulator.status(settings)
         report["emulator_state"] = st.state
         if st.state != "running":
             return report
+    report["data_volume"] = data_volume(settings)
     report["instances"] = aws.project_instances(settings)
     if any(i["role"] == "server" for i in report["instances"]):
         report["platform_api_url"] = platform.operator_api_url(settings)
@@ -46,12 +56,56 @@ def collect(settings: StackSettings) -> dict:
     return report
 
 
+def _cloud_answers(settings: StackSettings) -> bool:
+    return settings.target != "local" or emulator.status(settings).state == "running"
+
+
+def next_time(cron: str, timezone: str) -> str | None:
+    """When a cron schedule fires next, as an ISO time (None for no schedule)."""
+    if not cron:
+        return None
+    from zoneinfo import ZoneInfo
+
+    from cronsim import CronSim  # what Prefect's own cron schedules are evaluated with
+
+    return next(CronSim(cron, dt.datetime.now(ZoneInfo(timezone)))).isoformat()
+
+
+def data_volume(settings: StackSettings) -> dict | None:
+    """The platform database's EBS volume (found by its Name tag), and on local whether
+    the named Docker volume that stands in for it exists."""
+    vols = aws.client(settings, "ec2").describe_volumes(
+        Filters=[{"Name": "tag:Name", "Values": [settings.data_volume_name]}])["Volumes"]
+    if not vols:
+        return None
+    v = vols[0]
+    out = {"id": v["VolumeId"], "name": settings.data_volume_name, "size": v["Size"], "state": v["State"],
+           "availability_zone": v["AvailabilityZone"]}
+    if settings.target == "local":
+        import docker.errors
+
+        try:
+            docker_client().volumes.get(settings.data_volume_name)
+            out["docker_volume"] = settings.data_volume_name
+        except docker.errors.NotFound:
+            out["docker_volume"] = None
+    return out
+
+
 def print_table(report: dict) -> None:
     print(f"target {report['target']}  region {report['region']}  bucket {report['bucket']}")
     if report.get("emulator_endpoint"):
         print(f"emulated cloud {report['emulator_endpoint']} ({report.get('emulator_state')})")
     if report.get("platform_api_url"):
         print(f"platform API {report['platform_api_url']} (auth string in {report['platform_auth_file']})")
+    if report.get("data_volume"):
+        v = report["data_volume"]
+        print(f"data volume {v['name']} {v['id']} {v['size']} GiB ({v['state']})")
+    if report.get("last_backup"):
+        b = report["last_backup"]
+        print(f"last backup {b['time']} {b['size']} bytes at {b['location']}")
+    print(f"control plane {report['control_plane_api_url']}; next teardown {report['next_teardown'] or 'none'}, "
+          f"next backup {report['next_backup'] or 'none'}")
     if not report["instances"]:
         print("no instances")
     for i in report["instances"]:

@@ -1,60 +1,162 @@
-"""Step 8, teardown: terraform destroy, then removal of the host containers (local).
+"""Step 8, teardown: two lifetimes.
 
-A second teardown succeeds with nothing to do. ``--emulator`` also stops the emulated
-cloud. Also served as a deployment on a nightly schedule (see flows/serve.py).
+    python -m flows.teardown              # the compute: instances, security group, key pair,
+                                          # instance role, attachment, host containers.
+                                          # The data (database volume, code bucket with its
+                                          # backups) is kept; a backup is taken first.
+    python -m flows.teardown --all        # everything, data included (asks; --yes for scripts)
+    python -m flows.teardown --emulator   # ... and stop the emulated cloud (local)
+
+Twice is fine: a second teardown finds nothing to destroy. Also served on the control
+plane on a nightly schedule (STACK_NIGHTLY_TEARDOWN_CRON); a scheduled run that starts
+more than STACK_TEARDOWN_GRACE_MINUTES late (the machine was asleep, the runner down)
+destroys nothing and ends Skipped, so it never hits a stack someone is standing up.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import sys
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed
 from pydantic import BaseModel
 
+from flows.backup import backup
 from flows.provision import terraform_init
+from stack import aws, backups, cloudstate, platform
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
+from stack.proc import StackError
 from stack.settings import StackSettings, load_settings
-from stack.terraform import Terraform
+from stack.terraform import COMPUTE, DATA, Terraform
 
 
 class TeardownReport(BaseModel):
-    destroyed: bool
+    scope: str                          # "compute" or "all"
+    destroyed: list[str] = []           # Terraform root modules destroyed
     hosts_removed: list[str] = []
-    terraform_processes: int
+    backup: str | None = None           # location of the backup taken first
+    data_removed: list[str] = []        # data volume, local backup copies (--all)
+    terraform_processes: int = 0
+
+
+def overdue_by(settings: StackSettings) -> dt.timedelta | None:
+    """How late this run started, when it is a scheduled deployment run later than the grace."""
+    if not flow_run.get_id() or not flow_run.deployment_id:
+        return None
+    scheduled = flow_run.scheduled_start_time
+    late = dt.datetime.now(dt.UTC) - scheduled
+    return late if late > dt.timedelta(minutes=settings.teardown_grace_minutes) else None
+
+
+def _server_running(settings: StackSettings) -> bool:
+    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
+    if not servers:
+        return False
+    if settings.target == "local":
+        hosts = host_containers.project_hosts(host_containers.docker_client(), settings)
+        c = hosts.get(servers[0]["name"])
+        return c is not None and c.status == "running"
+    return True
+
+
+def _destroy(tf: Terraform) -> None:
+    tf.prepare()
+    terraform_init(tf)
+    tf.destroy()
 
 
 @flow(name="teardown")
-def teardown(settings: StackSettings | None = None, stop_emulator: bool = False) -> TeardownReport:
-    """Destroy every cloud resource of the stack."""
+def teardown(settings: StackSettings | None = None, destroy_data: bool = False, stop_emulator: bool = False,
+             take_backup: bool = True):
+    """Destroy the compute (keeping the data), or with ``destroy_data`` everything."""
     settings = settings or load_settings()
     log = get_run_logger()
-    tf = Terraform(settings)
-    destroyed = False
-    if not tf.has_state():
-        log.info("nothing to destroy: the Terraform state holds no resources")
+    late = overdue_by(settings)
+    if late is not None:
+        minutes = int(late.total_seconds() // 60)
+        message = (f"overdue: started {minutes} min after its scheduled time (grace "
+                   f"{settings.teardown_grace_minutes} min), so skipped; nothing was destroyed")
+        log.warning("%s", message)
+        return Completed(name="Skipped", message=message)
+
+    report = TeardownReport(scope="all" if destroy_data else "compute")
+    data, compute = Terraform(settings, DATA), Terraform(settings, COMPUTE)
+    if settings.target == "local" and (data.has_state() or compute.has_state()):
+        emulator.up(settings)
+        cloudstate.forget_if_lost(settings)  # nothing left in the cloud to destroy then
+    compute.inputs = compute.last_inputs()
+    if compute.has_state() and take_backup and _server_running(settings):
+        try:
+            report.backup = backup(settings).location
+        except Exception as exc:
+            raise StackError(f"the backup before teardown failed, so nothing was destroyed: {exc}. "
+                             "Fix it, or run python -m flows.teardown --no-backup") from None
+    elif compute.has_state():
+        log.info("no running server: no backup taken (the data volume is kept)")
+
+    if compute.has_state():
+        _destroy(compute)
+        report.destroyed.append(COMPUTE)
     else:
-        if settings.target == "local":
-            emulator.up(settings)
-        tf.prepare()
-        terraform_init(tf)
-        tf.destroy()
-        destroyed = True
-    removed: list[str] = []
+        log.info("compute: nothing to destroy")
     if settings.target == "local":
-        removed = host_containers.remove_all(settings)
-        if removed:
-            log.info("removed host containers and their volumes: %s", ", ".join(removed))
+        report.hosts_removed = host_containers.remove_all(settings)
+        if report.hosts_removed:
+            log.info("removed host containers and their root volumes: %s", ", ".join(report.hosts_removed))
+
+    if destroy_data:
+        if data.has_state():
+            _destroy(data)
+            report.destroyed.append(DATA)
+        if settings.target == "local" and host_containers.remove_data_volume(settings, settings.data_volume_name):
+            report.data_removed.append(f"volume {settings.data_volume_name}")
+        if copies := backups.delete_all_local(settings):
+            report.data_removed.append(f"{copies} local backup copies")
+        log.warning("destroyed the platform's data: %s", ", ".join(report.destroyed + report.data_removed) or "none left")
+    elif data.has_state():
+        log.info("kept the data: volume %s and bucket %s (teardown --all destroys them)",
+                 settings.data_volume_name, settings.effective_bucket_name)
     if stop_emulator and settings.target == "local":
         emulator.down(settings)
         log.info("emulated cloud stopped")
-    return TeardownReport(destroyed=destroyed, hosts_removed=removed, terraform_processes=tf.processes)
+    report.terraform_processes = compute.processes + data.processes
+    return report
+
+
+def confirm_destroy_data(settings: StackSettings, yes: bool) -> None:
+    """--all destroys the team's run history: say so, and ask unless --yes."""
+    warning = (f"teardown --all destroys the platform's DATA of stack {settings.name_prefix}: the database volume "
+               f"{settings.data_volume_name}, the bucket {settings.effective_bucket_name} with every backup, "
+               f"and the local backup copies. This cannot be undone.")
+    print(f"warning: {warning}", file=sys.stderr)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        print("error: --all needs --yes when not run from a terminal", file=sys.stderr)
+        sys.exit(2)
+    answer = input(f"type the stack's name prefix ({settings.name_prefix}) to destroy everything: ")
+    if answer.strip() != settings.name_prefix:
+        print("teardown cancelled: nothing was destroyed", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
     from stack.cli import main
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all", action="store_true", help="also destroy the data: database volume, bucket, backups")
+    parser.add_argument("--yes", action="store_true", help="do not ask before --all destroys the data")
     parser.add_argument("--emulator", action="store_true", help="also stop the emulated cloud (local)")
+    parser.add_argument("--no-backup", action="store_true", help="do not take a backup first")
     args = parser.parse_args()
-    main(lambda s: teardown(s, stop_emulator=args.emulator))
+
+    def run(settings: StackSettings):
+        if args.all:
+            confirm_destroy_data(settings, args.yes)
+        return teardown(settings, destroy_data=args.all, stop_emulator=args.emulator, take_backup=not args.no_backup)
+
+    main(run)

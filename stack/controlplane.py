@@ -8,6 +8,7 @@ http://127.0.0.1:<port> shows the history; ``stop()`` ends it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -72,20 +73,35 @@ def ensure_running(settings: StackSettings, timeout: float = 120) -> str:
     )
 
 
-def _alive(pid_file: Path) -> bool:
+def _our_process(pid_file: Path, module: str) -> int | None:
+    """The pid in ``pid_file`` when that process is alive and is ``python -m <module>``
+    (a reused pid belongs to some other program and does not count)."""
     try:
-        os.kill(int(pid_file.read_text()), 0)
-        return True
-    except (FileNotFoundError, ProcessLookupError, ValueError, PermissionError):
-        return False
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid if module.encode() in cmdline else None
+
+
+def settings_fingerprint(settings: StackSettings) -> str:
+    """What the runner serves depends on the settings: a change means a restart."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
 def ensure_runner(settings: StackSettings) -> None:
-    """Serve the step deployments (Run buttons, nightly teardown) unless already served."""
+    """Serve the step deployments (Run buttons, nightly teardown, backups), restarting the
+    runner when the settings it was started with differ from the current ones."""
     home = _home(settings)
-    pid_file = home / "runner.pid"
-    if _alive(pid_file):
-        return
+    pid_file, stamp = home / "runner.pid", home / "runner.settings"
+    fingerprint = settings_fingerprint(settings)
+    pid = _our_process(pid_file, "flows.serve")
+    if pid is not None:
+        if stamp.exists() and stamp.read_text() == fingerprint:
+            return
+        get_logger().info("the settings changed since the control-plane runner started; restarting it")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": settings.control_plane_api_url}
     env |= {f"STACK_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
     with open(home / "runner.log", "ab") as logf:
@@ -93,6 +109,7 @@ def ensure_runner(settings: StackSettings) -> None:
                                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
     pid_file.write_text(str(proc.pid))
+    stamp.write_text(fingerprint)
 
 
 def stop(settings: StackSettings) -> None:

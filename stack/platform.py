@@ -65,14 +65,21 @@ def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str
     return f"http://{server_public_ip}:{SERVER_PORT}/api"
 
 
+def server_public_ip(settings: StackSettings) -> str | None:
+    """The server instance's public IP on aws (None on local, where it is not needed)."""
+    if settings.target == "local":
+        return None
+    from stack import aws
+
+    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
+    return servers[0].get("public_ip") if servers else None
+
+
 def operator_api_url(settings: StackSettings) -> str:
     """The operator's API URL, looking up the server's public IP on aws."""
     if settings.target == "local":
         return api_url(settings)
-    from stack import aws
-
-    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
-    return api_url(settings, servers[0].get("public_ip") if servers else None)
+    return api_url(settings, server_public_ip(settings))
 
 
 def flow_code_aws(settings: StackSettings) -> dict:

@@ -91,7 +91,24 @@ class StackSettings(BaseSettings):
     )
     nightly_teardown_cron: str = Field(
         "0 3 * * *",
-        description="Cron (UTC) of the teardown deployment on the control plane; empty for no schedule.",
+        description="Cron of the nightly teardown (compute only; data kept) on the control plane; empty for no schedule.",
+    )
+    nightly_teardown_timezone: str = Field(
+        "UTC", description="Time zone of the nightly teardown and backup schedules (an IANA name like Europe/Madrid).",
+    )
+    teardown_grace_minutes: int = Field(
+        30, ge=1, le=1440,
+        description="A scheduled teardown that starts later than this after its time is skipped as overdue.",
+    )
+    backup_cron: str = Field(
+        "0 2 * * *",
+        description="Cron of the platform database backup on the control plane; empty for no schedule.",
+    )
+    data_volume_size: int = Field(
+        10, ge=1, le=16384, description="GiB of the EBS volume that holds the platform's database.",
+    )
+    availability_zone: str | None = Field(
+        None, description="Availability zone of the hosts and the data volume. Default: the region's 'a' zone.",
     )
     terraform_plugin_mirror: Path | None = Field(
         None,
@@ -162,11 +179,38 @@ class StackSettings(BaseSettings):
             )
         return v
 
-    @field_validator("nightly_teardown_cron")
+    @field_validator("nightly_teardown_cron", "backup_cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        if v and len(v.split()) != 5:
+        if not v:
+            return v
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v)  # the schedule the control plane will be given
+            valid = len(v.split()) == 5
+        except ValueError:
+            valid = False
+        if not valid:
             raise ValueError(f"{v!r} is not a 5-field cron expression; use one like '0 3 * * *', or '' for none")
+        return v
+
+    @field_validator("nightly_teardown_timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone; use an IANA name like UTC or Europe/Madrid") from None
+        return v
+
+    @field_validator("availability_zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-\d[a-z]", v):
+            raise ValueError(f"{v!r} is not an availability zone; use one like us-east-1a")
         return v
 
     @model_validator(mode="after")
@@ -183,6 +227,10 @@ class StackSettings(BaseSettings):
             raise ValueError(
                 "ami_id: required when target is aws; set STACK_AMI_ID to a Debian or Ubuntu AMI of your region"
             )
+        if self.availability_zone and not self.availability_zone.startswith(self.region):
+            raise ValueError(
+                f"availability_zone: {self.availability_zone} is not in region {self.region}; use one like {self.region}a"
+            )
         ports = {"emulator_port": self.emulator_port, "control_plane_port": self.control_plane_port,
                  "platform_port": self.platform_port}
         if len(set(ports.values())) != len(ports):
@@ -197,6 +245,16 @@ class StackSettings(BaseSettings):
     @property
     def effective_ami_id(self) -> str:
         return self.ami_id or EMULATOR_DEFAULT_AMI
+
+    @property
+    def effective_availability_zone(self) -> str:
+        return self.availability_zone or f"{self.region}a"
+
+    @property
+    def data_volume_name(self) -> str:
+        """Name tag of the platform database's EBS volume (and, on local, of the named
+        Docker volume that stands in for it: the emulator forgets ids, not names)."""
+        return f"{self.name_prefix}-platform-data"
 
     @cached_property
     def effective_bucket_name(self) -> str:

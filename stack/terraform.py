@@ -1,6 +1,13 @@
-"""The one Terraform runner: a working copy of ``terraform/`` in the state directory, a
-generated CLI config (provider mirror) and, on the local target, a generated
-``emulator_override.tf``; every command streams its ``-json`` output into the logger.
+"""The one Terraform runner: a working copy of a root module of ``terraform/`` in the
+state directory, a generated CLI config (provider mirror) and, on the local target, a
+generated ``emulator_override.tf``; every command streams its ``-json`` output into the
+logger.
+
+Two root modules, two states, two lifetimes:
+  ``data``     the code bucket (flow code, backups) and the database's EBS volume; kept
+               by the nightly teardown, destroyed only by ``teardown --all``;
+  ``compute``  instances, security group, key pair, instance role, the volume attachment;
+               destroyed every night. It takes the data module's outputs as variables.
 
 The committed ``terraform/`` files never mention the emulator: endpoints only come from
 the override file written here (the tflocal pattern).
@@ -23,6 +30,8 @@ from stack.proc import CommandError, StackError, get_logger, run
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
 
 TERRAFORM_SOURCE = REPO_ROOT / "terraform"
+DATA, COMPUTE = "data", "compute"
+ROOT_MODULES = (DATA, COMPUTE)  # in apply order; destroy goes the other way
 OVERRIDE_FILE = "emulator_override.tf"
 PLAN_FILE = "stack.tfplan"
 INIT_STAMP = ".terraform/stack-init.sha256"
@@ -101,13 +110,21 @@ def ssh_public_key(settings: StackSettings) -> str:
 
 
 class Terraform:
-    """Runs terraform in the stack's working copy. Counts the processes it starts."""
+    """Runs terraform in the stack's working copy of one root module (``data`` or
+    ``compute``). Counts the processes it starts. ``inputs`` are the variables that come
+    from another root module's outputs (the compute module's bucket and data volume)."""
 
-    def __init__(self, settings: StackSettings):
+    def __init__(self, settings: StackSettings, root: str = COMPUTE, inputs: dict | None = None):
+        if root not in ROOT_MODULES:
+            raise ValueError(f"unknown Terraform root module {root!r}; one of {ROOT_MODULES}")
         self.settings = settings
-        self.workdir = settings.state_path / "terraform"
+        self.root = root
+        self.source = TERRAFORM_SOURCE / root
+        self.workdir = settings.state_path / "terraform" / root
         self.cli_config = settings.state_path / "terraform.rc"
+        self.inputs = inputs or {}
         self.processes = 0
+        self.applied = False  # set by the provision step when an apply ran
 
     @property
     def log(self):
@@ -118,11 +135,11 @@ class Terraform:
     def prepare(self) -> None:
         """Sync the working copy, write the override, variables and CLI config."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        wanted = {p.name for p in TERRAFORM_SOURCE.glob("*.tf")}
+        wanted = {p.name for p in self.source.glob("*.tf")}
         for stale in self.workdir.glob("*.tf"):
             if stale.name not in wanted and stale.name != OVERRIDE_FILE:
                 stale.unlink()
-        for src in TERRAFORM_SOURCE.glob("*.tf"):
+        for src in self.source.glob("*.tf"):
             dst = self.workdir / src.name
             if not dst.exists() or dst.read_bytes() != src.read_bytes():
                 shutil.copy(src, dst)
@@ -136,19 +153,26 @@ class Terraform:
 
     def variables(self) -> dict:
         s = self.settings
+        common = {"region": s.region, "name_prefix": s.name_prefix}
+        if self.root == DATA:
+            return {
+                **common,
+                "availability_zone": s.effective_availability_zone,
+                "data_volume_size": s.data_volume_size,
+                "bucket_name": s.effective_bucket_name,
+                # The emulator speaks plain HTTP and enforces bucket policies: a TLS-only
+                # policy would refuse every request there. Always on for real AWS.
+                "bucket_tls_only": s.target != "local",
+            }
         return {
-            "region": s.region,
-            "name_prefix": s.name_prefix,
+            **common,
             "instance_type": s.instance_type,
             "ami_id": s.effective_ami_id,
             "worker_count": s.worker_count,
             "operator_cidr": s.effective_operator_cidr,
             "allow_public_api": s.allow_public_api,
-            "bucket_name": s.effective_bucket_name,
             "ssh_public_key": ssh_public_key(s),
-            # The emulator speaks plain HTTP and enforces bucket policies: a TLS-only
-            # policy would refuse every request there. Always on for real AWS.
-            "bucket_tls_only": s.target != "local",
+            **self.inputs,
         }
 
     def _override_hcl(self) -> str:
@@ -278,6 +302,26 @@ provider "aws" {{
     def destroy(self) -> None:
         self._run("apply", "-destroy", "-input=false", "-json", "-auto-approve")
 
+    def last_inputs(self) -> dict:
+        """The other-module inputs of the last prepare (from the working copy's variables
+        file), so a destroy can run with what the last apply used."""
+        path = self.workdir / "terraform.tfvars.json"
+        if not path.exists():
+            return {}
+        own = set(Terraform(self.settings, self.root).variables())
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in own}
+
+    def forget_state(self, reason: str) -> Path | None:
+        """Move the state aside (``terraform.tfstate.<reason>``) when the resources it
+        lists no longer exist (the emulated cloud lost them); returns where it went."""
+        state = self.workdir / "terraform.tfstate"
+        if not state.exists():
+            return None
+        aside = state.with_name(f"terraform.tfstate.{reason}")
+        state.replace(aside)
+        (self.workdir / "terraform.tfstate.backup").unlink(missing_ok=True)
+        return aside
+
     def output(self) -> dict:
         self.processes += 1
         done = run(["terraform", "output", "-json"], cwd=self.workdir, env=self.env(), quiet=True)
@@ -288,7 +332,8 @@ provider "aws" {{
         state = self.workdir / "terraform.tfstate"
         if not state.exists():
             return False
-        return bool(json.loads(state.read_text() or "{}").get("resources"))
+        resources = json.loads(state.read_text() or "{}").get("resources") or []
+        return any(r.get("mode") == "managed" for r in resources)
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -2,7 +2,8 @@
 
 Host containers and flow-run containers reach it by name (``http://aws:5000``); the
 operator reaches it on ``127.0.0.1:<emulator_port>``. moto keeps no state across a
-restart, so callers compare :attr:`EmulatorStatus.started_at` with what they saw last.
+restart, so callers compare :func:`session` with what they saw last (see
+``stack/cloudstate.py``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def status(settings: StackSettings, client: docker.DockerClient | None = None) -
     return EmulatorStatus(state, endpoint, c.attrs["State"].get("StartedAt"), c.image.tags[0] if c.image.tags else None)
 
 
+def session(settings: StackSettings) -> str | None:
+    """Identifies one life of the emulator: its container id and start time. moto keeps
+    no state across a restart, so a different session means the cloud forgot everything."""
+    try:
+        c = docker_client().containers.get(container_name(settings))
+    except docker.errors.NotFound:
+        return None
+    if c.status != "running":
+        return None
+    return f"{c.id[:12]}@{c.attrs['State'].get('StartedAt')}"
+
+
 def _healthy(endpoint: str) -> bool:
     try:
         with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2) as resp:
@@ -92,10 +105,15 @@ def up(settings: StackSettings) -> EmulatorStatus:
     name = container_name(settings)
     try:
         c = client.containers.get(name)
-        if c.image.tags and image not in c.image.tags:
-            log.info("emulator image changed; replacing %s (its state is lost)", name)
+        outdated = bool(c.image.tags) and image not in c.image.tags
+        if c.status != "running" and outdated:
+            log.info("emulator %s was stopped and its image changed; recreating it (moto starts empty)", name)
             c.remove(force=True)
             raise docker.errors.NotFound(name)
+        if outdated:
+            # Replacing a running emulator would lose the cloud's state: keep it.
+            log.info("emulator image %s is newer than the running one; it applies when the emulator is "
+                     "next recreated (python -m flows.teardown --emulator)", image)
         if c.status != "running":
             log.warning("emulator %s was stopped; starting it (moto starts empty)", name)
             c.start()
@@ -106,7 +124,8 @@ def up(settings: StackSettings) -> EmulatorStatus:
             environment={"MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
             ports={f"{EMULATOR_INNER_PORT}/tcp": ("127.0.0.1", settings.emulator_port)},
             labels={LABEL_PROJECT: settings.name_prefix, LABEL_ROLE: "emulator"},
-            restart_policy={"Name": "no"}, network=net.name,
+            # Comes back with the Docker engine (a reboot of the operator machine).
+            restart_policy={"Name": "unless-stopped"}, network=net.name,
         )
         # The alias lets every container on the network use http://aws:5000.
         net.disconnect(c)

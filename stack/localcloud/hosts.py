@@ -1,11 +1,18 @@
-"""Emulated EC2 hosts: one systemd container per running instance of the project.
+"""Emulated EC2 hosts: one systemd container per instance of the project.
 
-A container is named and hostnamed by its instance's Name tag (``prefect2-ec2-0``),
-labelled with the instance id, on the stack network, with ``/var/lib/docker`` on a named
-volume (Docker inside needs overlay2, not vfs). The server host publishes 4200 on
-``127.0.0.1:<platform_port>`` only. :func:`reconcile` makes the containers match the
-instances: it removes containers whose instance is gone, (re)creates missing, stopped or
-outdated ones, and leaves matching ones alone.
+A host container *is* the instance: named and hostnamed by its Name tag
+(``prefect2-ec2-0``), labelled with the instance id, on the stack network, its writable
+layer the root volume, ``/var/lib/docker`` on a per-instance named volume (Docker inside
+needs overlay2, not vfs). The server host publishes 4200 on ``127.0.0.1:<platform_port>``
+only, and mounts the named Docker volume that stands in for the platform's EBS data
+volume (named by its Name tag, which the emulator does not forget, unlike ids) at
+:data:`DATA_MOUNT`.
+
+:func:`reconcile` treats containers the way EC2 treats instances: a stopped instance's
+container is stopped, a running one's is started again (never recreated: its disk is
+kept), a terminated instance's is removed with its root volumes, and only a replaced
+instance (a new id for that name) gets a new container. The data volume is never removed
+here; only ``teardown --all`` does that. Containers restart with the Docker engine.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from stack.proc import StackError, get_logger, run
 from stack.settings import StackSettings
 
 LABEL_INSTANCE = "stack.instance-id"
+LABEL_DATA_VOLUME = "stack.data-volume"
 PLATFORM_INNER_PORT = 4200
+# Where the server sees its data volume (the prefect_server role keeps PostgreSQL there).
+DATA_MOUNT = "/srv/prefect-data"
 
 # systemd as PID 1 without --privileged (refused here): every capability but
 # SYS_RESOURCE, no seccomp/apparmor/masked paths, the host's cgroup tree, tmpfs runtime dirs.
@@ -35,11 +45,13 @@ SYSTEMD_RUN_FLAGS = [
 
 
 @dataclass
-class HostsReport:
+class Reconciled:
     created: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    hosts: dict[str, str] = field(default_factory=dict)  # instance id -> container name
+    hosts: dict[str, str] = field(default_factory=dict)  # instance id -> container name (running ones)
 
 
 def docker_volume(name: str) -> str:
@@ -61,15 +73,29 @@ def _remove(client: docker.DockerClient, container, with_volume: bool) -> None:
             pass
 
 
-def _create(settings: StackSettings, image: str, instance: dict) -> None:
+def ensure_data_volume(client: docker.DockerClient, settings: StackSettings, name: str):
+    """The named Docker volume that stands in for the EBS data volume ``name``."""
+    try:
+        return client.volumes.get(name)
+    except docker.errors.NotFound:
+        get_logger().info("creating data volume %s (the platform database's EBS volume)", name)
+        return client.volumes.create(name, labels={LABEL_PROJECT: settings.name_prefix, LABEL_DATA_VOLUME: "true"})
+
+
+def _create(settings: StackSettings, image: str, instance: dict, data_volume: str | None) -> None:
     name = instance["name"]
     argv = ["docker", "run", "-d", "--name", name, "--hostname", name,
             "--network", settings.docker_network,
+            # Comes back with the Docker engine, like an instance after a host reboot;
+            # a container someone stopped stays stopped, like a stopped instance.
+            "--restart", "unless-stopped",
             "--label", f"{LABEL_PROJECT}={settings.name_prefix}", "--label", f"{LABEL_ROLE}=host",
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
             "-v", f"{docker_volume(name)}:/var/lib/docker", *SYSTEMD_RUN_FLAGS]
     if instance["role"] == "server":
         argv += ["-p", f"127.0.0.1:{settings.platform_port}:{PLATFORM_INNER_PORT}"]
+        if data_volume:
+            argv += ["-v", f"{data_volume}:{DATA_MOUNT}"]
     run([*argv, image, "/sbin/init"], quiet=True)
 
 
@@ -86,40 +112,72 @@ def wait_booted(name: str, timeout: float = 60) -> None:
     raise StackError(f"host container {name} did not finish booting in {timeout:.0f} s (systemd says {state!r})")
 
 
-def reconcile(settings: StackSettings, instances: list[dict]) -> HostsReport:
-    """Make host containers match the running instances (dicts with id, name, role)."""
+def reconcile(settings: StackSettings, instances: list[dict], data_volume: str | None = None) -> Reconciled:
+    """Make host containers follow the instances (dicts with id, name, role, state), the
+    server's with the named data volume ``data_volume`` mounted."""
     client = docker_client()
     log = get_logger()
     image = ensure_image(client, "host")
     ensure_network(client, settings)
-    report = HostsReport()
-    wanted = {i["name"]: i for i in instances if i.get("state", "running") == "running"}
+    if data_volume:
+        ensure_data_volume(client, settings, data_volume)
+    report = Reconciled()
+    live = {i["name"]: i for i in instances if i.get("state", "running") in ("pending", "running", "stopping", "stopped")}
     existing = project_hosts(client, settings)
 
     for name, c in existing.items():
-        if name not in wanted or c.labels.get(LABEL_INSTANCE) != wanted[name]["id"]:
-            log.info("removing host container %s: its instance is gone", name)
-            _remove(client, c, with_volume=True)
-            report.removed.append(name)
+        inst = live.get(name)
+        if inst is None:
+            log.info("removing host container %s and its root volumes: its instance is terminated", name)
+        elif c.labels.get(LABEL_INSTANCE) != inst["id"]:
+            log.info("instance %s was replaced (%s -> %s): a new host container with a new root volume; "
+                     "the data volume is kept", name, c.labels.get(LABEL_INSTANCE), inst["id"])
+        else:
+            continue
+        _remove(client, c, with_volume=True)
+        report.removed.append(name)
     existing = project_hosts(client, settings)
 
-    for name, inst in sorted(wanted.items()):
+    for name, inst in sorted(live.items()):
         c = existing.get(name)
-        if c is not None and c.status == "running" and image in c.image.tags:
-            report.unchanged.append(name)
-        else:
-            if c is not None:
-                why = "stopped" if c.status != "running" else "its image changed"
-                log.info("recreating host container %s: %s", name, why)
-                _remove(client, c, with_volume=False)
-            else:
-                log.info("creating host container %s for %s (%s)", name, inst["id"], inst["role"])
-            _create(settings, image, inst)
+        wants_running = inst.get("state", "running") in ("pending", "running")
+        if c is None:
+            if not wants_running:
+                continue  # a stopped instance that never had a container: nothing to stop
+            log.info("creating host container %s for %s (%s)", name, inst["id"], inst["role"])
+            _create(settings, image, inst, data_volume if inst["role"] == "server" else None)
             report.created.append(name)
-        report.hosts[inst["id"]] = name
-    for name in report.created:
+        elif wants_running and c.status != "running":
+            log.info("starting host container %s again: its instance %s is running (its disk is kept)",
+                     name, inst["id"])
+            c.start()
+            report.started.append(name)
+        elif not wants_running and c.status == "running":
+            log.info("stopping host container %s: its instance %s is %s", name, inst["id"], inst["state"])
+            c.stop()
+            report.stopped.append(name)
+        else:
+            if wants_running and image not in c.image.tags:
+                # Provision replaces the instances when the host image changes (as a new
+                # AMI would); an instance that was not replaced keeps what it booted.
+                log.warning("host container %s runs an older host image than %s; it changes when its "
+                            "instance is replaced", name, image)
+            report.unchanged.append(name)
+        if wants_running:
+            report.hosts[inst["id"]] = name
+    for name in report.created + report.started:
         wait_booted(name)
     return report
+
+
+def remove_data_volume(settings: StackSettings, name: str) -> bool:
+    """Remove the named Docker volume that stands in for the data volume (teardown --all)."""
+    client = docker_client()
+    try:
+        client.volumes.get(name).remove(force=True)
+        return True
+    except docker.errors.NotFound:
+        return False
 
 
 def remove_all(settings: StackSettings) -> list[str]:

@@ -4,7 +4,7 @@ each tagged by a hash of what it is built from so an unchanged image is never re
 No registry is reachable on the machines this runs on, so the base image comes from
 ``debootstrap --variant=minbase`` + ``docker import`` (about 90 s, once). Every other
 image is a folder under ``stack/localcloud/images/<name>/`` with a Dockerfile that starts
-``FROM ${BASE}``; the build context also gets the host's CA bundle (``host-ca.crt``, so
+``FROM ${BASE}``; the build context also gets, when its Dockerfile names them, the host's CA bundle (``host-ca.crt``, so
 pip and apt work behind an intercepting proxy) and the project's ``constraints.txt``.
 """
 
@@ -64,11 +64,16 @@ def _hash_tree(h: "hashlib._Hash", root: Path) -> None:
         h.update(path.read_bytes())
 
 
-def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
-    """Return the tag of the Debian base image, building it with debootstrap if missing."""
+def base_image_tag(mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
+    """The content-hash tag of the Debian base image (suite, packages, mirror, CA bundle)."""
     key = hashlib.sha256(f"{DEBIAN_SUITE}|minbase|{','.join(BASE_PACKAGES)}|{mirror}".encode())
     key.update(host_ca_bundle().read_bytes())
-    tag = f"{BASE_REPO}:{DEBIAN_SUITE}-{key.hexdigest()[:12]}"
+    return f"{BASE_REPO}:{DEBIAN_SUITE}-{key.hexdigest()[:12]}"
+
+
+def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
+    """Return the tag of the Debian base image, building it with debootstrap if missing."""
+    tag = base_image_tag(mirror)
     if image_exists(client, tag):
         return tag
     if not shutil.which("debootstrap"):
@@ -93,11 +98,27 @@ def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_
     return tag
 
 
-def image_tag(name: str, base: str, build_args: dict[str, str] | None = None) -> str:
-    """The content-hash tag of image ``name`` built on ``base`` with ``build_args``."""
-    h = hashlib.sha256(base.encode())
+# Files the builder can add to an image's build context; each goes in (and into the
+# image's tag) only when that image's Dockerfile uses it, so a changed pin does not
+# change the tag of an image that holds no pins.
+CONTEXT_EXTRAS = {
+    "constraints.txt": lambda: REPO_ROOT / "constraints.txt",
+    "host-ca.crt": host_ca_bundle,
+}
+
+
+def _context_extras(name: str) -> dict[str, Path]:
+    dockerfile = (IMAGES_DIR / name / "Dockerfile").read_text()
+    return {f: source() for f, source in CONTEXT_EXTRAS.items() if f in dockerfile}
+
+
+def image_tag(name: str, base: str | None = None, build_args: dict[str, str] | None = None) -> str:
+    """The content-hash tag of image ``name`` built on ``base`` with ``build_args``: it
+    hashes only what goes into that image."""
+    h = hashlib.sha256((base or base_image_tag()).encode())
     _hash_tree(h, IMAGES_DIR / name)
-    h.update((REPO_ROOT / "constraints.txt").read_bytes())
+    for extra, path in sorted(_context_extras(name).items()):
+        h.update(extra.encode() + path.read_bytes())
     for k, v in sorted((build_args or {}).items()):
         h.update(f"{k}={v}".encode())
     return f"stack-{name}:{h.hexdigest()[:12]}"
@@ -113,8 +134,8 @@ def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, s
     log.info("building image %s", tag)
     with tempfile.TemporaryDirectory(prefix=f"stack-ctx-{name}-") as ctx:
         shutil.copytree(IMAGES_DIR / name, ctx, dirs_exist_ok=True)
-        shutil.copy(REPO_ROOT / "constraints.txt", Path(ctx, "constraints.txt"))
-        shutil.copy(host_ca_bundle(), Path(ctx, "host-ca.crt"))
+        for extra, path in _context_extras(name).items():
+            shutil.copy(path, Path(ctx, extra))
         args = {"BASE": base, **(build_args or {})}
         try:
             _, stream = client.images.build(path=ctx, tag=tag, buildargs=args, rm=True, forcerm=True)

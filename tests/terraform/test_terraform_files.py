@@ -9,18 +9,18 @@ import subprocess
 
 import pytest
 
-from stack.terraform import TERRAFORM_SOURCE, Terraform
+from stack.terraform import ROOT_MODULES, TERRAFORM_SOURCE, Terraform
 
 
 def tf(*args: str, cwd, env) -> subprocess.CompletedProcess:
     return subprocess.run(["terraform", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def initialised_copy(tmp_path_factory, test_settings):
-    """A copy of terraform/ (no override file) initialised from the provider mirror."""
-    work = tmp_path_factory.mktemp("tf")
-    shutil.copytree(TERRAFORM_SOURCE, work, dirs_exist_ok=True)
+@pytest.fixture(scope="module", params=ROOT_MODULES)
+def initialised_copy(request, tmp_path_factory, test_settings):
+    """A copy of one root module of terraform/ (no override file) initialised from the provider mirror."""
+    work = tmp_path_factory.mktemp(f"tf-{request.param}")
+    shutil.copytree(TERRAFORM_SOURCE / request.param, work, dirs_exist_ok=True)
     cli_config = work / "cli.tfrc"
     cli_config.write_text(Terraform(test_settings).cli_config_text())
     env = {**os.environ, "TF_CLI_CONFIG_FILE": str(cli_config), "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}

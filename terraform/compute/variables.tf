@@ -73,26 +73,46 @@ variable "allow_public_api" {
   default     = false
 }
 
-variable "bucket_name" {
-  description = "Name of the S3 bucket that holds flow code."
+variable "bucket_arn" {
+  description = "ARN of the code bucket (an output of the data root module); the instance role may read and write its objects."
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
-    error_message = "bucket_name must be a valid S3 bucket name (3-63 lowercase letters, digits, '-', '.')."
+    condition     = can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_arn))
+    error_message = "bucket_arn must be an S3 bucket ARN such as arn:aws:s3:::my-bucket."
   }
 }
 
-variable "bucket_force_destroy" {
-  description = "Delete the bucket with its objects on destroy (the stack is torn down nightly)."
-  type        = bool
-  default     = true
+variable "availability_zone" {
+  description = "Availability zone of every host: the data volume's zone (an output of the data root module)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$", var.availability_zone))
+    error_message = "availability_zone must look like us-east-1a."
+  }
 }
 
-variable "bucket_tls_only" {
-  description = "Deny every request to the code bucket that does not use TLS. Only the emulated cloud, which speaks plain HTTP and enforces bucket policies, turns it off."
-  type        = bool
-  default     = true
+variable "data_volume_id" {
+  description = "EBS volume of the platform database (an output of the data root module), attached to the server."
+  type        = string
+
+  validation {
+    condition     = can(regex("^vol-[0-9a-f]{8,17}$", var.data_volume_id))
+    error_message = "data_volume_id must look like vol-0123456789abcdef0."
+  }
+}
+
+variable "data_device_name" {
+  description = "Device name the data volume is attached as (on Nitro instances it shows up as an NVMe device; the role finds it by volume id)."
+  type        = string
+  default     = "/dev/sdf"
+}
+
+variable "host_image_version" {
+  description = "Version of what the hosts boot when that is not the AMI (the emulated cloud's host image). A change replaces the instances, as a new AMI would; the data volume is re-attached."
+  type        = string
+  default     = ""
 }
 
 variable "ssh_public_key" {

@@ -1,4 +1,4 @@
-# Security properties of the stack, checked offline: `terraform test` with a mocked
+# Security properties of the compute root module, checked offline: `terraform test` with a mocked
 # provider plans the configuration and asserts on what it would create.
 
 mock_provider "aws" {
@@ -8,18 +8,15 @@ mock_provider "aws" {
       json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
     }
   }
-  mock_resource "aws_s3_bucket" {
-    defaults = {
-      arn = "arn:aws:s3:::tftest-flow-code"
-    }
-  }
 }
 
 variables {
-  ami_id         = "ami-0123456789abcdef0"
-  operator_cidr  = "203.0.113.7/32"
-  bucket_name    = "tftest-flow-code"
-  ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBYvUOGkx8vjbKrXnPPm1Q+8ZqgQeexamplekey0000 test"
+  ami_id            = "ami-0123456789abcdef0"
+  operator_cidr     = "203.0.113.7/32"
+  bucket_arn        = "arn:aws:s3:::tftest-flow-code"
+  availability_zone = "us-east-1a"
+  data_volume_id    = "vol-0123456789abcdef0"
+  ssh_public_key    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBYvUOGkx8vjbKrXnPPm1Q+8ZqgQeexamplekey0000 test"
 }
 
 run "one_server_and_n_workers_with_name_and_role_tags" {
@@ -109,36 +106,6 @@ run "open_api_allowed_with_opt_in" {
   }
 }
 
-run "bucket_private_encrypted_versioned_tls_only" {
-  command = plan
-
-  assert {
-    condition = (aws_s3_bucket_public_access_block.code.block_public_acls
-      && aws_s3_bucket_public_access_block.code.block_public_policy
-      && aws_s3_bucket_public_access_block.code.ignore_public_acls
-    && aws_s3_bucket_public_access_block.code.restrict_public_buckets)
-    error_message = "all public access to the bucket must be blocked"
-  }
-  assert {
-    condition     = one(one(aws_s3_bucket_server_side_encryption_configuration.code.rule).apply_server_side_encryption_by_default).sse_algorithm == "AES256"
-    error_message = "the bucket must be encrypted by default"
-  }
-  assert {
-    condition     = aws_s3_bucket_versioning.code.versioning_configuration[0].status == "Enabled"
-    error_message = "the bucket must be versioned"
-  }
-  assert {
-    condition = anytrue([for s in data.aws_iam_policy_document.code_bucket_tls_only.statement :
-      s.effect == "Deny" && anytrue([for c in s.condition : c.variable == "aws:SecureTransport" && contains(c.values, "false")])
-    ])
-    error_message = "the bucket policy must deny requests without TLS"
-  }
-  assert {
-    condition     = length(aws_s3_bucket_policy.code) == 1
-    error_message = "the TLS-only bucket policy must be on by default"
-  }
-}
-
 run "instance_role_least_privilege_on_bucket" {
   command = plan
 
@@ -160,5 +127,18 @@ run "ssm_association_off_by_default" {
   assert {
     condition     = length(aws_ssm_association.update_agent) == 0
     error_message = "the SSM association must be opt-in (the emulator lacks it)"
+  }
+}
+
+run "data_volume_attached_to_the_server_in_its_zone" {
+  command = plan
+
+  assert {
+    condition     = aws_volume_attachment.data.volume_id == "vol-0123456789abcdef0"
+    error_message = "the data volume must be attached"
+  }
+  assert {
+    condition     = alltrue([for h in aws_instance.host : h.availability_zone == "us-east-1a"])
+    error_message = "every host must be in the data volume's availability zone"
   }
 }

@@ -60,10 +60,16 @@ resource "aws_key_pair" "operator" {
   public_key = var.ssh_public_key
 }
 
+# Replacing this replaces every instance, the way a new AMI would (see host_image_version).
+resource "terraform_data" "host_image" {
+  input = var.host_image_version
+}
+
 resource "aws_instance" "host" {
   for_each = { for h in local.hosts : h.name => h }
 
   ami                    = var.ami_id
+  availability_zone      = var.availability_zone
   instance_type          = var.instance_type
   key_name               = aws_key_pair.operator.key_name
   iam_instance_profile   = aws_iam_instance_profile.host.name
@@ -86,4 +92,17 @@ resource "aws_instance" "host" {
     Name = each.value.name
     Role = each.value.role
   }
+
+  lifecycle {
+    replace_triggered_by = [terraform_data.host_image]
+  }
+}
+
+# The platform database's volume (created by the data root module) on the server.
+resource "aws_volume_attachment" "data" {
+  device_name = var.data_device_name
+  volume_id   = var.data_volume_id
+  instance_id = aws_instance.host[local.hosts[0].name].id
+  # Stop PostgreSQL's host cleanly before the volume goes away (teardown, replacement).
+  stop_instance_before_detaching = true
 }

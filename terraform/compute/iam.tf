@@ -24,12 +24,12 @@ data "aws_iam_policy_document" "code_bucket" {
   statement {
     sid       = "ListCodeBucket"
     actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [aws_s3_bucket.code.arn]
+    resources = [var.bucket_arn]
   }
   statement {
     sid       = "ReadWriteFlowCode"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = ["${aws_s3_bucket.code.arn}/*"]
+    resources = ["${var.bucket_arn}/*"]
   }
 }
 

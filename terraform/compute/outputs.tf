@@ -14,11 +14,6 @@ output "server_name" {
   value       = local.hosts[0].name
 }
 
-output "bucket_name" {
-  description = "S3 bucket that holds flow code."
-  value       = aws_s3_bucket.code.bucket
-}
-
 output "security_group_id" {
   description = "Security group of the platform hosts."
   value       = aws_security_group.platform.id
@@ -27,4 +22,13 @@ output "security_group_id" {
 output "instance_role_arn" {
   description = "ARN of the hosts' IAM role."
   value       = aws_iam_role.host.arn
+}
+
+output "data_volume_attachment" {
+  description = "Where the data volume is attached: volume id, server instance id and device name."
+  value = {
+    volume_id   = aws_volume_attachment.data.volume_id
+    instance_id = aws_volume_attachment.data.instance_id
+    device_name = aws_volume_attachment.data.device_name
+  }
 }

@@ -1,0 +1,46 @@
+"""Backup: a ``pg_dump`` of the platform database, streamed to the code bucket under
+``backups/`` (versioned, encrypted) with a copy under the state directory. Runs before
+every teardown and on its own schedule on the control plane (STACK_BACKUP_CRON).
+
+    python -m flows.backup
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from stack import backups, platform
+from stack.settings import StackSettings, load_settings
+
+
+class BackupReport(BaseModel):
+    name: str
+    time: str
+    size: int               # bytes
+    location: str           # s3://bucket/backups/<name>
+    local_copy: str
+
+
+@flow(name="backup", retries=1, retry_delay_seconds=10)
+def backup(settings: StackSettings | None = None) -> BackupReport:
+    """Back up the platform database to the code bucket and the state directory."""
+    settings = settings or load_settings()
+    log = get_run_logger()
+    server = platform.server_host(settings)
+    taken = backups.take(settings, server, settings.effective_bucket_name, platform.server_public_ip(settings))
+    report = BackupReport(**taken.as_dict(), local_copy=str(backups.local_dir(settings) / taken.name))
+    create_markdown_artifact(
+        key=f"{settings.name_prefix}-backup",
+        markdown=f"**Backup** `{report.name}`: {report.size} bytes at `{report.location}`, copy at `{report.local_copy}`",
+        description="The latest backup of the platform database",
+    )
+    log.info("backed up the platform database: %s (%d bytes)", report.location, report.size)
+    return report
+
+
+if __name__ == "__main__":
+    from stack.cli import main
+
+    main(lambda s: backup(s))

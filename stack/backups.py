@@ -1,0 +1,163 @@
+"""Backups of the platform database: ``pg_dump`` (custom format) on the server host,
+streamed to the code bucket under ``backups/`` (versioned, encrypted) and, in the same
+pass, to a copy under the state directory; restore streams one back into
+``pg_restore`` on the server host.
+
+One code path for both targets: the bytes travel over ``docker exec`` (local) or SSH
+(aws), see stack/hostexec.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack import aws
+from stack.hostexec import open_on_host, run_on_host
+from stack.proc import StackError, get_logger
+from stack.settings import StackSettings
+
+BACKUP_PREFIX = "backups/"
+DB_NAME = "prefect"          # the prefect_server role's database and its owner
+DB_OWNER = "prefect"
+SERVER_SERVICE = "prefect-server"
+LOCAL_COPIES_KEPT = 10
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+@dataclass(frozen=True)
+class Backup:
+    name: str                 # <prefix>-platform-<UTC stamp>.dump
+    created_at: dt.datetime
+    size: int                 # bytes
+    location: str             # s3://bucket/backups/... or a local path
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "time": self.created_at.isoformat(), "size": self.size, "location": self.location}
+
+
+def local_dir(settings: StackSettings) -> Path:
+    return settings.state_path / "backups"
+
+
+def backup_name(settings: StackSettings, when: dt.datetime) -> str:
+    return f"{settings.name_prefix}-platform-{when.strftime(_STAMP)}.dump"
+
+
+def _time_of(name: str) -> dt.datetime | None:
+    m = re.search(r"-platform-(\d{8}T\d{6}Z)\.dump$", name)
+    return dt.datetime.strptime(m.group(1), _STAMP).replace(tzinfo=dt.UTC) if m else None
+
+
+class _Tee:
+    """A read-only file object that copies what is read from ``source`` into ``copy``,
+    so one pass of the dump feeds the S3 upload and the local copy."""
+
+    def __init__(self, source, copy):
+        self.source, self.copy, self.size = source, copy, 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.source.read(n)
+        self.copy.write(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+def take(settings: StackSettings, server: str, bucket: str, public_ip: str | None = None) -> Backup:
+    """Dump the platform database on ``server`` into the bucket and the state directory."""
+    name = backup_name(settings, dt.datetime.now(dt.UTC))
+    local = local_dir(settings) / name
+    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = local.with_suffix(".partial")
+    dump = open_on_host(settings, server, ["sudo", "-u", DB_OWNER, "pg_dump", "--format=custom", DB_NAME], public_ip)
+    s3 = aws.client(settings, "s3")
+    try:
+        with open(partial, "wb") as copy:
+            partial.chmod(0o600)  # the dump holds the platform's blocks
+            tee = _Tee(dump.stdout, copy)
+            s3.upload_fileobj(tee, bucket, BACKUP_PREFIX + name, ExtraArgs={"ServerSideEncryption": "AES256"})
+        err = dump.stderr.read().decode(errors="replace").strip() if dump.stderr else ""
+        if dump.wait() != 0 or tee.size == 0:
+            s3.delete_object(Bucket=bucket, Key=BACKUP_PREFIX + name)
+            raise StackError(f"pg_dump on {server} failed (exit {dump.returncode}): {err or 'no output'}")
+    except BaseException:
+        dump.kill()
+        partial.unlink(missing_ok=True)
+        raise
+    partial.rename(local)
+    for old in sorted(local.parent.glob("*.dump"))[:-LOCAL_COPIES_KEPT]:
+        old.unlink()
+    get_logger().info("backup %s: %d bytes to s3://%s/%s%s and %s", name, tee.size, bucket, BACKUP_PREFIX, name, local)
+    return Backup(name, _time_of(name), tee.size, f"s3://{bucket}/{BACKUP_PREFIX}{name}")
+
+
+def available(settings: StackSettings, bucket: str | None) -> list[Backup]:
+    """Every backup in the bucket (unless None) and under the state directory, oldest
+    first (the bucket's copy wins when both have it)."""
+    found: dict[str, Backup] = {}
+    for path in sorted(local_dir(settings).glob("*.dump")):
+        if (when := _time_of(path.name)) is not None:
+            found[path.name] = Backup(path.name, when, path.stat().st_size, str(path))
+    if bucket is None:
+        return sorted(found.values(), key=lambda b: b.created_at)
+    try:
+        pages = aws.client(settings, "s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=BACKUP_PREFIX)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                name = obj["Key"].removeprefix(BACKUP_PREFIX)
+                if (when := _time_of(name)) is not None:
+                    found[name] = Backup(name, when, obj["Size"], f"s3://{bucket}/{obj['Key']}")
+    except Exception as exc:  # no bucket (yet, or any more): the local copies still count
+        get_logger().info("no backups listed from bucket %s (%s)", bucket, type(exc).__name__)
+    return sorted(found.values(), key=lambda b: b.created_at)
+
+
+def database_is_empty(settings: StackSettings, server: str, public_ip: str | None = None) -> bool:
+    """True when the platform database holds nothing a user made: no deployment, flow
+    run, work pool or named block (what a new or lost data volume looks like)."""
+    query = ("select (select count(*) from deployment) + (select count(*) from flow_run)"
+             " + (select count(*) from work_pool) + (select count(*) from block_document where not is_anonymous)")
+    out = run_on_host(settings, server, ["sudo", "-u", DB_OWNER, "psql", "-d", DB_NAME, "-tAc", query], public_ip)
+    return int(out.strip() or 0) == 0
+
+
+def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str | None = None) -> None:
+    """Replace the platform database on ``server`` with ``backup``; the Prefect server is
+    stopped meanwhile and started again afterwards."""
+    log = get_logger()
+    if backup.location.startswith("s3://"):
+        bucket, _, key = backup.location.removeprefix("s3://").partition("/")
+        body = aws.client(settings, "s3").get_object(Bucket=bucket, Key=key)["Body"]
+    else:
+        body = open(backup.location, "rb")  # noqa: SIM115 - closed below
+    log.info("restoring %s (%d bytes) into the platform database on %s", backup.name, backup.size, server)
+    try:
+        run_on_host(settings, server, ["systemctl", "stop", SERVER_SERVICE], public_ip)
+        run_on_host(settings, server, ["sudo", "-u", "postgres", "dropdb", "--if-exists", DB_NAME], public_ip)
+        run_on_host(settings, server, ["sudo", "-u", "postgres", "createdb", "-O", DB_OWNER, DB_NAME], public_ip)
+        proc = open_on_host(settings, server, ["sudo", "-u", DB_OWNER, "pg_restore", "--no-owner", "--no-privileges",
+                                               "--no-comments", "--exit-on-error", "-d", DB_NAME], public_ip, write=True)
+        assert proc.stdin
+        try:
+            while chunk := body.read(1 << 20):
+                proc.stdin.write(chunk)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise StackError(f"pg_restore of {backup.name} on {server} failed (exit {proc.returncode}): "
+                             f"{err.decode(errors='replace').strip()[-500:]}")
+    finally:
+        body.close()
+        run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE], public_ip)
+
+
+def delete_all_local(settings: StackSettings) -> int:
+    """Remove the local copies (teardown --all); returns how many."""
+    copies = list(local_dir(settings).glob("*.dump"))
+    for p in copies:
+        p.unlink()
+    return len(copies)

@@ -1,0 +1,64 @@
+variable "region" {
+  description = "AWS region of every resource."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must look like us-east-1."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name and value of the Project tag."
+  type        = string
+  default     = "prefect2"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,19}$", var.name_prefix))
+    error_message = "name_prefix must be 2-20 lowercase letters, digits or '-', starting with a letter."
+  }
+}
+
+variable "availability_zone" {
+  description = "Availability zone of the data volume; the server instance is placed in the same one."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$", var.availability_zone))
+    error_message = "availability_zone must look like us-east-1a."
+  }
+}
+
+variable "data_volume_size" {
+  description = "Size in GiB of the EBS volume that holds the platform's PostgreSQL database."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.data_volume_size >= 1 && var.data_volume_size <= 16384
+    error_message = "data_volume_size must be from 1 to 16384 GiB."
+  }
+}
+
+variable "bucket_name" {
+  description = "Name of the S3 bucket that holds flow code and the platform's backups."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
+    error_message = "bucket_name must be a valid S3 bucket name (3-63 lowercase letters, digits, '-', '.')."
+  }
+}
+
+variable "bucket_force_destroy" {
+  description = "Delete the bucket with its objects (flow code, backups) when the data is destroyed (teardown --all)."
+  type        = bool
+  default     = true
+}
+
+variable "bucket_tls_only" {
+  description = "Deny every request to the code bucket that does not use TLS. Only the emulated cloud, which speaks plain HTTP and enforces bucket policies, turns it off."
+  type        = bool
+  default     = true
+}
