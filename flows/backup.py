@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from stack import backups, platform
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -24,6 +25,7 @@ class BackupReport(BaseModel):
 
 
 @flow(name="backup", retries=1, retry_delay_seconds=10)
+@exclusive
 def backup(settings: StackSettings | None = None) -> BackupReport:
     """Back up the platform database to the code bucket and the state directory."""
     settings = settings or load_settings()

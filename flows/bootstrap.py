@@ -21,6 +21,7 @@ from flows.register import RegisterReport, register
 from flows.restore import RestoreReport, restore
 from flows.smoke import SmokeReport, smoke_test
 from stack import platform
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -38,6 +39,7 @@ class BootstrapReport(BaseModel):
 
 
 @flow(name="bootstrap")
+@exclusive
 def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
     """Stand up the whole platform (its data comes back from the data volume or a backup)."""
     settings = settings or load_settings()

@@ -14,6 +14,7 @@ from flows.provision import ProvisionOutputs
 from stack import platform
 from stack.ansible import AnsibleError, PlaybookResult, pinned_versions, run_playbook
 from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
+from stack.lock import exclusive
 from stack.settings import REPO_ROOT, StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
@@ -47,6 +48,7 @@ def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str,
 
 
 @flow(name="configure")
+@exclusive
 def configure(settings: StackSettings | None = None, provisioned: ProvisionOutputs | None = None,
               booted: HostsReport | None = None, playbook: str = PLAYBOOK) -> ConfigureReport:
     """Configure every host with Ansible; retry unreachable hosts a bounded number of times.

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from stack import platform
 from stack.localcloud.flow_runner import flow_runner_image
 from stack.proc import run
+from stack.lock import exclusive
 from stack.settings import REPO_ROOT, StackSettings, load_settings
 
 TESTFLOW_NAME = "concurrent-flows"
@@ -49,6 +50,7 @@ async def _read_deployments(settings: StackSettings, url: str) -> dict[str, str]
 
 
 @flow(name="deploy")
+@exclusive
 def deploy(settings: StackSettings | None = None) -> DeployReport:
     """Create or update the testflow deployments of every case."""
     settings = settings or load_settings()

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from flows.provision import ProvisionOutputs
 from stack import aws
 from stack.localcloud import hosts as host_containers
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -23,6 +24,7 @@ class HostsReport(BaseModel):
 
 
 @flow(name="hosts")
+@exclusive
 def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs | None = None) -> HostsReport:
     """Make the host containers follow the emulated cloud's instances."""
     settings = settings or load_settings()

@@ -13,6 +13,7 @@ from stack import aws
 from stack.localcloud import emulator
 from stack.localcloud.images import docker_client
 from stack.proc import StackError
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -32,6 +33,7 @@ def _require_tool(name: str, hint: str) -> str:
 
 
 @flow(name="preflight")
+@exclusive
 def preflight(settings: StackSettings | None = None) -> PreflightReport:
     """Check everything the later steps need, before anything is created."""
     settings = settings or load_settings()

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from stack import cloudstate
 from stack.localcloud import images
 from stack.proc import CommandError
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 from stack.terraform import COMPUTE, DATA, PlanResult, Terraform
 
@@ -117,6 +118,7 @@ def host_image_version(settings: StackSettings) -> str:
 
 
 @flow(name="provision")
+@exclusive
 def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     """Create or update the stack's AWS resources: the data module, then the compute module."""
     settings = settings or load_settings()

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from blocks import definitions
 from stack import platform
 from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -47,6 +48,7 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
 
 
 @flow(name="register")
+@exclusive
 def register(settings: StackSettings | None = None) -> RegisterReport:
     """Create or update the platform's blocks and work pools."""
     settings = settings or load_settings()

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from stack import backups, platform
 from stack.proc import StackError
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -26,6 +27,7 @@ class RestoreReport(BaseModel):
 
 
 @flow(name="restore")
+@exclusive
 def restore(settings: StackSettings | None = None, backup_name: str | None = None,
             only_if_empty: bool = False) -> RestoreReport:
     """Restore a backup into the platform database (only into an empty one with ``only_if_empty``)."""

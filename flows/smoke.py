@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from flows.deploy import stage
 from stack import platform, smoke
 from stack.proc import StackError
+from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
 
@@ -19,6 +20,7 @@ class SmokeReport(BaseModel):
 
 
 @flow(name="smoke")
+@exclusive
 def smoke_test(settings: StackSettings | None = None) -> SmokeReport:
     """Prove every way of running the testflow works on the platform."""
     settings = settings or load_settings()

@@ -30,6 +30,7 @@ from stack import aws, backups, cloudstate, platform
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
+from stack.lock import stack_lock
 from stack.settings import StackSettings, load_settings
 from stack.terraform import COMPUTE, DATA, Terraform
 
@@ -83,6 +84,12 @@ def teardown(settings: StackSettings | None = None, destroy_data: bool = False, 
         log.warning("%s", message)
         return Completed(name="Skipped", message=message)
 
+    with stack_lock(settings):
+        return _teardown(settings, destroy_data, stop_emulator, take_backup)
+
+
+def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, take_backup: bool) -> TeardownReport:
+    log = get_run_logger()
     report = TeardownReport(scope="all" if destroy_data else "compute")
     data, compute = Terraform(settings, DATA), Terraform(settings, COMPUTE)
     if settings.target == "local" and (data.has_state() or compute.has_state()):

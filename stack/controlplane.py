@@ -112,15 +112,34 @@ def ensure_runner(settings: StackSettings) -> None:
     stamp.write_text(fingerprint)
 
 
-def stop(settings: StackSettings) -> None:
-    """Stop the control-plane server and its runner."""
-    for name in ("runner.pid", "server.pid"):
-        pid_file = _home(settings) / name
-        if not pid_file.exists():
-            continue
-        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+def stop(settings: StackSettings) -> list[str]:
+    """Stop the control-plane runner and server (only processes that are theirs); returns what was stopped."""
+    stopped = []
+    for name, module in (("runner", "flows.serve"), ("server", "prefect")):
+        pid_file = _home(settings) / f"{name}.pid"
+        pid = _our_process(pid_file, module)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
         pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def describe(settings: StackSettings) -> dict:
+    """Whether the server answers and the runner runs with the current settings."""
+    home = _home(settings)
+    runner = _our_process(home / "runner.pid", "flows.serve")
+    stamp = home / "runner.settings"
+    return {
+        "api_url": settings.control_plane_api_url,
+        "server": "running" if healthy(settings) else "stopped",
+        "runner": "stopped" if runner is None else (
+            "running" if stamp.exists() and stamp.read_text() == settings_fingerprint(settings)
+            else "running with old settings (restarted by the next command)"),
+        "runner_pid": runner,
+        "home": str(home),
+    }
 
 
 @contextlib.contextmanager

@@ -104,6 +104,10 @@ class StackSettings(BaseSettings):
         "0 2 * * *",
         description="Cron of the platform database backup on the control plane; empty for no schedule.",
     )
+    lock_wait_seconds: int = Field(
+        600, ge=0, le=86400,
+        description="How long a command waits for another command on the same stack to finish.",
+    )
     data_volume_size: int = Field(
         10, ge=1, le=16384, description="GiB of the EBS volume that holds the platform's database.",
     )

@@ -40,7 +40,7 @@ def run_step(module: str, *args: str, env: dict[str, str] | None = None, check: 
     """Run ``python -m <module>`` the way a user does; stdout holds its JSON result."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env or clean_env(**TEST_STACK_ENV),
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:
         pytest.fail(f"python -m {module} exited {proc.returncode}\n--- stderr tail ---\n{proc.stderr[-4000:]}")
@@ -67,11 +67,12 @@ def test_settings():
 @pytest.fixture(scope="session")
 def stack(test_settings):
     """One bootstrapped test stack for the whole session; torn down at the end."""
-    # Leftovers of an interrupted run (containers, emulator) would not match a new state.
-    run_step("flows.teardown", "--emulator", check=False)
+    # Leftovers of an interrupted run (containers, data volume, backups, emulator) would
+    # not match a new state.
+    run_step("flows.teardown", "--all", "--yes", "--emulator", check=False)
     first = run_step("flows.bootstrap")
     yield {"settings": test_settings, "first_bootstrap": result_json(first)}
-    run_step("flows.teardown", "--emulator", check=False)
+    run_step("flows.teardown", "--all", "--yes", "--emulator", check=False)
     from stack import controlplane
 
     controlplane.stop(test_settings)

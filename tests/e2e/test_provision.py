@@ -62,8 +62,8 @@ def test_second_bootstrap_reports_no_changes_and_does_not_apply(stack):
     second = result_json(run_step("flows.bootstrap"))
     stack["second_bootstrap"] = second
     assert second["provision"]["applied"] is False
-    # init skipped, one plan, one output: no apply process was started.
-    assert second["provision"]["terraform_processes"] == 2
+    # Per root module (data, compute): init skipped, one plan, one output, no apply.
+    assert second["provision"]["terraform_processes"] == 4
     assert stack["first_bootstrap"]["provision"]["applied"] is True
 
 

@@ -54,3 +54,27 @@ def test_terraform_tasks_retry_transient_errors_only():
     assert retry_if_transient(None, None, _FailedState(transient)) is True
     assert retry_if_transient(None, None, _FailedState(config)) is False
     assert retry_if_transient(None, None, _FailedState(ValueError("bug"))) is False
+
+
+def test_an_image_tag_hashes_only_what_goes_into_that_image(tmp_path, monkeypatch):
+    from stack.localcloud import images
+
+    base = "stack-base:bookworm-test"
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("prefect==3.8.8\n")
+    monkeypatch.setitem(images.CONTEXT_EXTRAS, "constraints.txt", lambda: pins)
+    before = {name: images.image_tag(name, base) for name in ("host", "moto", "flow-runner")}
+    pins.write_text("prefect==3.8.8\nrequests==9.9.9\n")
+    after = {name: images.image_tag(name, base) for name in ("host", "moto", "flow-runner")}
+    assert after["host"] == before["host"] and after["moto"] == before["moto"]
+    assert after["flow-runner"] != before["flow-runner"]  # it installs from the pins
+
+
+def test_terraform_destroy_reuses_the_inputs_of_the_last_apply(tmp_path):
+    from stack.settings import StackSettings
+    from stack.terraform import COMPUTE, Terraform
+
+    settings = StackSettings(state_dir=tmp_path)
+    tf = Terraform(settings, COMPUTE, inputs={"data_volume_id": "vol-0123456789abcdef0"})
+    tf.prepare()
+    assert Terraform(settings, COMPUTE).last_inputs() == {"data_volume_id": "vol-0123456789abcdef0"}

@@ -69,3 +69,14 @@ def test_teardown_deployment_is_scheduled_nightly_unless_disabled():
     assert not unscheduled["prefect2-nightly-teardown"].schedules
     with pytest.raises(SettingsError, match="STACK_NIGHTLY_TEARDOWN_CRON"):
         load_settings(nightly_teardown_cron="every night")
+
+
+def test_backup_is_scheduled_and_both_schedules_use_the_configured_time_zone():
+    from flows.serve import deployments
+
+    deps = {d.name: d for d in deployments(load_settings(name_prefix="prefect2", backup_cron="0 1 * * *",
+                                                         nightly_teardown_timezone="Europe/Madrid"))}
+    assert [(s.schedule.cron, s.schedule.timezone) for s in deps["prefect2-backup"].schedules] == \
+        [("0 1 * * *", "Europe/Madrid")]
+    assert [s.schedule.timezone for s in deps["prefect2-nightly-teardown"].schedules] == ["Europe/Madrid"]
+    assert "prefect2-restore" in deps

@@ -1,0 +1,91 @@
+"""One command at a time per stack: bootstrap, teardown, backup, restore and every single
+step hold a Prefect global concurrency limit (``stack-<prefix>``, one slot) on the
+control plane for their whole run, so a nightly teardown can never run beside a
+bootstrap. A second command waits up to STACK_LOCK_WAIT_SECONDS, then fails naming the
+run that holds the stack. Steps inside a bootstrap run under the bootstrap's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from stack.proc import StackError, get_logger
+from stack.settings import StackSettings, load_settings
+
+F = TypeVar("F", bound=Callable)
+_held: contextvars.ContextVar[bool] = contextvars.ContextVar("stack_lock_held", default=False)
+
+
+def limit_name(settings: StackSettings) -> str:
+    return f"stack-{settings.name_prefix}"
+
+
+def _holder_file(settings: StackSettings):
+    return settings.state_path / "lock-holder.json"
+
+
+def _this_run() -> dict:
+    from prefect.runtime import flow_run
+
+    return {"flow": flow_run.flow_name or "?", "run": flow_run.name or "?", "id": flow_run.get_id() or "?"}
+
+
+async def _ensure_limit(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@contextlib.contextmanager
+def stack_lock(settings: StackSettings) -> Iterator[None]:
+    """Hold the stack's slot for the duration (re-entrant within one run)."""
+    if _held.get():
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    name = limit_name(settings)
+    asyncio.run(_ensure_limit(name))
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=settings.lock_wait_seconds, strict=True):
+            token = _held.set(True)
+            holder = _holder_file(settings)
+            holder.parent.mkdir(parents=True, exist_ok=True)
+            holder.write_text(json.dumps(_this_run()))
+            try:
+                yield
+            finally:
+                _held.reset(token)
+                holder.unlink(missing_ok=True)
+    except TimeoutError:
+        who = json.loads(_holder_file(settings).read_text()) if _holder_file(settings).exists() else {}
+        raise StackError(
+            f"stack {settings.name_prefix} is busy: {who.get('flow', 'another command')} run "
+            f"{who.get('run', '?')} ({who.get('id', '?')}) holds it; waited {settings.lock_wait_seconds} s. "
+            "Try again when it has finished (see the control plane UI)") from None
+
+
+def exclusive(fn: F) -> F:
+    """Run a step's flow function while holding the stack's slot (put it under ``@flow``)."""
+
+    @functools.wraps(fn)
+    def wrapper(settings: StackSettings | None = None, *args, **kwargs):
+        settings = settings or load_settings()
+        get_logger().debug("taking the stack's slot %s", limit_name(settings))
+        with stack_lock(settings):
+            return fn(settings, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,167 @@
+"""The platform keeps its data through every fault a data team's platform meets: a host
+rebooted, the Docker engine restarted, the emulated cloud restarted, the nightly
+teardown, a lost data volume. Each test records the platform's deployments, blocks, work
+pools and completed flow runs before the fault and finds every one of them afterwards,
+with a new run of case3-s3-process completing (bootstrap's smoke step runs it).
+
+These tests change the shared stack, so they run after the others (before the final
+teardown tests), each leaving the stack bootstrapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+
+import pytest
+
+from stack import aws, platform
+from tests.conftest import result_json, run_step
+
+pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
+SERVER = "p2test-ec2-0"
+
+
+def platform_records(settings) -> dict[str, set]:
+    """What a data team would miss: ids of deployments, named blocks, work pools and completed runs."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    async def read() -> dict[str, set]:
+        async with platform.prefect_client(settings, platform.api_url(settings)) as client:
+            completed = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+            return {
+                "deployments": {str(d.id) for d in await client.read_deployments()},
+                "blocks": {str(b.id) for b in await client.read_block_documents() if not b.is_anonymous},
+                "work_pools": {str(p.id) for p in await client.read_work_pools()},
+                "completed_runs": {str(r.id) for r in await client.read_flow_runs(flow_run_filter=completed, limit=200)},
+            }
+
+    return asyncio.run(read())
+
+
+def assert_nothing_lost(before: dict[str, set], settings) -> None:
+    after = platform_records(settings)
+    assert before["completed_runs"], "the platform had no completed runs to lose: the check would prove nothing"
+    for kind, ids in before.items():
+        missing = ids - after[kind]
+        assert not missing, f"{len(missing)} of {len(ids)} {kind} lost"
+
+
+def assert_case3_ran(report: dict) -> None:
+    cases = {c["case"]: c for c in report["smoke"]["cases"]}
+    assert cases["case3-s3-process"]["ok"] is True and cases["case3-s3-process"]["state"] == "COMPLETED"
+
+
+def sh(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True)
+
+
+def container_state(name: str) -> str:
+    return sh("docker", "inspect", "-f", "{{.State.Status}}", name).stdout.strip() or "absent"
+
+
+def test_server_host_stopped_is_started_again_not_recreated(stack):
+    s = stack["settings"]
+    before = platform_records(s)
+    container_id = sh("docker", "inspect", "-f", "{{.Id}}", SERVER).stdout.strip()
+    assert sh("docker", "stop", SERVER).returncode == 0
+    report = result_json(run_step("flows.bootstrap"))
+    assert report["hosts"]["started"] == [SERVER] and report["hosts"]["created"] == []
+    assert sh("docker", "inspect", "-f", "{{.Id}}", SERVER).stdout.strip() == container_id
+    assert_nothing_lost(before, s)
+    assert_case3_ran(report)
+
+
+def _restart_docker_engine() -> None:
+    """What a reboot of the operator machine does to the stack: every container stops
+    with the engine, and comes back by its restart policy when the engine starts."""
+    pid = sh("pidof", "dockerd").stdout.split()
+    assert pid, "no dockerd process to restart (the engine is managed some other way here)"
+    sh("kill", "-TERM", *pid)
+    for _ in range(120):
+        if not sh("pidof", "dockerd").stdout.strip():
+            break
+        time.sleep(1)
+    log = open(os.environ.get("DOCKERD_LOG", "/tmp/dockerd-restarted.log"), "ab")  # noqa: SIM115
+    subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(60):
+        if sh("docker", "info").returncode == 0:
+            return
+        time.sleep(1)
+    pytest.fail("dockerd did not come back within 60 s")
+
+
+def test_docker_engine_restart_brings_the_stack_back_with_its_data(stack):
+    s = stack["settings"]
+    before = platform_records(s)
+    _restart_docker_engine()
+    # The restart policy brings the emulator and every host back without any command.
+    for name in ("p2test-aws", SERVER, "p2test-ec2-1"):
+        for _ in range(30):
+            if container_state(name) == "running":
+                break
+            time.sleep(1)
+        assert container_state(name) == "running", name
+    report = result_json(run_step("flows.bootstrap"))
+    # moto restarted with the engine and forgot everything: the stack noticed.
+    assert report["provision"]["cloud_was_lost"] is True
+    assert_nothing_lost(before, s)
+    assert_case3_ran(report)
+
+
+def test_emulator_restart_is_detected_and_reprovisions_exactly_one_stack(stack):
+    s = stack["settings"]
+    before = platform_records(s)
+    assert sh("docker", "restart", "p2test-aws").returncode == 0
+    proc = run_step("flows.bootstrap")
+    report = result_json(proc)
+    assert report["provision"]["cloud_was_lost"] is True
+    assert "emulated cloud restarted since the last provision" in proc.stderr
+    running = aws.project_instances(s, states=("pending", "running", "stopping", "stopped"))
+    assert sorted(i["role"] for i in running) == ["server", "worker"]
+    buckets = [b["Name"] for b in aws.client(s, "s3").list_buckets()["Buckets"] if b["Name"].startswith("p2test")]
+    assert buckets == [s.effective_bucket_name]
+    vols = aws.client(s, "ec2").describe_volumes(
+        Filters=[{"Name": "tag:Name", "Values": [s.data_volume_name]}])["Volumes"]
+    assert len(vols) == 1
+    assert_nothing_lost(before, s)
+    assert_case3_ran(report)
+
+
+def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back(stack):
+    s = stack["settings"]
+    before = platform_records(s)
+    down = result_json(run_step("flows.teardown"))
+    assert down["scope"] == "compute" and down["destroyed"] == ["compute"]
+    assert down["backup"] and down["backup"].startswith(f"s3://{s.effective_bucket_name}/backups/")
+    key = down["backup"].split("/", 3)[3]
+    assert aws.client(s, "s3").head_object(Bucket=s.effective_bucket_name, Key=key)["ContentLength"] > 0
+    assert aws.project_instances(s, states=("pending", "running", "stopping", "stopped")) == []
+    assert container_state(SERVER) == "absent"
+    assert sh("docker", "volume", "inspect", s.data_volume_name).returncode == 0  # the data is kept
+
+    report = result_json(run_step("flows.bootstrap"))
+    assert report["restore"]["restored"] is False  # the data volume still had it all
+    assert_nothing_lost(before, s)
+    assert_case3_ran(report)
+
+
+def test_lost_data_volume_is_restored_from_the_latest_backup(stack):
+    s = stack["settings"]
+    before = platform_records(s)
+    down = result_json(run_step("flows.teardown"))
+    assert sh("docker", "volume", "rm", s.data_volume_name).returncode == 0
+    proc = run_step("flows.bootstrap")
+    report = result_json(proc)
+    assert report["restore"]["restored"] is True
+    assert report["restore"]["backup"]["location"] == down["backup"]
+    assert "restoring" in proc.stderr and "backup exists" in proc.stderr
+    assert_nothing_lost(before, s)
+    assert_case3_ran(report)
+
+    status = result_json(run_step("flows.status", "--json"))
+    assert status["data_volume"]["name"] == s.data_volume_name and status["data_volume"]["size"] == s.data_volume_size
+    assert status["last_backup"]["location"] == down["backup"] and status["last_backup"]["size"] > 0
