@@ -146,8 +146,9 @@ def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        _, err = proc.communicate()
-        if proc.returncode != 0:
+        assert proc.stderr
+        err = proc.stderr.read()
+        if proc.wait() != 0:
             raise StackError(f"pg_restore of {backup.name} on {server} failed (exit {proc.returncode}): "
                              f"{err.decode(errors='replace').strip()[-500:]}")
     finally:

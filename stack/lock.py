@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -88,4 +89,7 @@ def exclusive(fn: F) -> F:
         with stack_lock(settings):
             return fn(settings, *args, **kwargs)
 
+    # Prefect validates parameters against the signature; give it the real types (the
+    # step module's string annotations would otherwise be resolved in this module).
+    wrapper.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
