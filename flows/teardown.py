@@ -20,7 +20,7 @@ import datetime as dt
 import sys
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed
 from pydantic import BaseModel
 
@@ -46,7 +46,7 @@ class TeardownReport(BaseModel):
 
 def overdue_by(settings: StackSettings) -> dt.timedelta | None:
     """How late this run started, when it is a scheduled deployment run later than the grace."""
-    if not flow_run.get_id() or not flow_run.deployment_id:
+    if not flow_run.get_id() or not deployment.get_id():
         return None
     scheduled = flow_run.scheduled_start_time
     late = dt.datetime.now(dt.UTC) - scheduled
