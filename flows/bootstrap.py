@@ -1,15 +1,31 @@
 """The one command: every step, in order, as sub-flows of one parent flow, each handed
 the typed outputs of the steps before it.
 
-    python -m flows.bootstrap        # STACK_TARGET=local (default) or aws
+    python -m flows.bootstrap                 # STACK_TARGET=local (default) or aws
+    python -m flows.bootstrap --verify        # full smoke even when nothing changed
+    python -m flows.bootstrap --force         # ignore the steps' keys: run every step
+    python -m flows.bootstrap --from STEP     # run STEP and every later one (earlier: by their keys)
+    python -m flows.bootstrap --only STEP     # run only STEP
+
+A step whose key (files it reads, settings, inputs; see stack/steps.py) equals that of
+its last successful run, and whose probe finds what it made, is skipped: Prefect's task
+cache holds its result. So a second bootstrap takes seconds, and a failed one starts
+again at the step that failed. With nothing changed, a health check (platform ready,
+every worker online) stands in for the full smoke.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import sys
 import time
+from collections.abc import Callable
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel
 
 from flows.configure import ConfigureReport, configure
@@ -19,10 +35,19 @@ from flows.preflight import PreflightReport, preflight
 from flows.provision import ProvisionOutputs, provision
 from flows.register import RegisterReport, register
 from flows.restore import RestoreReport, restore
-from flows.smoke import SmokeReport, smoke_test
-from stack import platform
+from flows.smoke import SmokeReport, health_check, smoke_test
+from stack import platform, steps
 from stack.lock import exclusive
+from stack.proc import StackError
 from stack.settings import StackSettings, load_settings
+
+
+class StepOutcome(BaseModel):
+    step: str
+    outcome: str            # ran, skipped, failed, not run
+    seconds: float = 0.0
+    summary: str = ""
+    finished_at: str | None = None
 
 
 class BootstrapReport(BaseModel):
@@ -35,45 +60,213 @@ class BootstrapReport(BaseModel):
     deployments: DeployReport
     smoke: SmokeReport
     platform_api_url: str
+    control_plane_url: str
+    steps: list[StepOutcome]
     seconds: dict[str, float]
+
+
+def summarize(step: str, result: BaseModel) -> str:
+    """A few words on what a step did, for the table."""
+    r = result
+    match step:
+        case "preflight":
+            return f"{r.target} in {r.region}, account {r.account}"
+        case "provision":
+            return f"{len(r.instances)} instances, " + ("applied" if r.applied else "no changes") + \
+                ("; the emulated cloud had restarted" if r.cloud_was_lost else "")
+        case "hosts":
+            return f"{len(r.created)} created, {len(r.started)} started, {len(r.removed)} removed, {len(r.unchanged)} unchanged"
+        case "configure":
+            return f"{r.changed} tasks changed on {len(r.recap)} hosts"
+        case "restore":
+            return f"restored {r.backup['name']}" if r.restored else r.reason
+        case "register":
+            return f"{len(r.blocks)} blocks, {len(r.work_pools)} work pools"
+        case "deploy":
+            return f"{len(r.deployments)} deployments"
+        case "smoke":
+            passed = sum(1 for c in r.cases if c.get("ok"))
+            return f"{passed}/{len(r.cases)} " + ("workers online (health check)" if r.health_only else "cases passed")
+    return ""
+
+
+def steps_file(settings: StackSettings):
+    """Each step's last outcome (any bootstrap), for python -m flows.status."""
+    return settings.state_path / "steps.json"
+
+
+def last_run_file(settings: StackSettings):
+    """The step table of the last bootstrap."""
+    return settings.state_path / "last-bootstrap.json"
+
+
+class StepRunner:
+    """Runs the steps in order, each through a cached task keyed by stack/steps.py."""
+
+    def __init__(self, settings: StackSettings, force: bool, from_step: str | None, only: str | None):
+        self.settings, self.force, self.from_step, self.only = settings, force, from_step, only
+        self.outcomes: dict[str, StepOutcome] = {}
+        self.storage = LocalFileSystem(basepath=str(settings.state_path / "step-results"))
+        self.log = get_run_logger()
+
+    def forced(self, name: str) -> bool:
+        if self.force or self.only == name:
+            return True
+        return self.from_step is not None and steps.STEPS.index(name) >= steps.STEPS.index(self.from_step)
+
+    def run(self, name: str, fn: Callable, *inputs, **kwargs):
+        """Run step ``name`` as ``fn(settings, *inputs, **kwargs)`` unless its key and probe say skip."""
+        if self.only and self.only != name:
+            self.outcomes[name] = StepOutcome(step=name, outcome="not run")
+            return None
+        started = time.monotonic()
+        self.log.info("step %s ...", name)
+        try:
+            if name in steps.ALWAYS_RUN:
+                result, skipped = fn(self.settings, *inputs, **kwargs), False
+            else:
+                result, skipped = self._cached(name, fn, inputs, kwargs)
+        except BaseException as exc:
+            self._record(name, "failed", started, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise
+        self._record(name, "skipped" if skipped else "ran", started, summarize(name, result))
+        return result
+
+    def _cached(self, name: str, fn: Callable, inputs: tuple, kwargs: dict):
+        key = steps.step_key(name, self.settings, inputs)
+        settings = self.settings
+
+        @task(name=f"{name}-step", cache_key_fn=lambda ctx, params: params["key"], persist_result=True,
+              result_storage=self.storage, result_serializer="pickle")
+        def step_task(key: str, inputs: tuple):
+            return fn(settings, *inputs, **kwargs)
+
+        state = step_task.with_options(refresh_cache=self.forced(name))(key, inputs, return_state=True)
+        result = state.result()
+        skipped = state.name == "Cached"
+        probe = steps.PROBES.get(name)
+        if skipped and probe is not None and not probe(settings, result):
+            self.log.info("%s: its key is unchanged but what it made is gone; running it", name)
+            state = step_task.with_options(refresh_cache=True)(key, inputs, return_state=True)
+            result, skipped = state.result(), False
+        if skipped:
+            self.log.info("%s: skipped, nothing it reads changed since its last success", name)
+        return result, skipped
+
+    def _record(self, name: str, outcome: str, started: float, summary: str) -> None:
+        self.outcomes[name] = StepOutcome(
+            step=name, outcome=outcome, seconds=round(time.monotonic() - started, 2), summary=summary,
+            finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        self.log.info("step %s: %s in %.1f s%s", name, outcome, self.outcomes[name].seconds,
+                      f" ({summary})" if summary else "")
+        # Kept for python -m flows.status: the last outcome of each step.
+        path = steps_file(self.settings)
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known[name] = self.outcomes[name].model_dump()
+        path.write_text(json.dumps(known, indent=2))
+
+    def anything_ran(self) -> bool:
+        return any(o.outcome == "ran" for o in self.outcomes.values())
+
+    def table(self) -> list[StepOutcome]:
+        return [self.outcomes.get(s, StepOutcome(step=s, outcome="not run")) for s in steps.STEPS]
+
+
+def markdown_table(rows: list[StepOutcome]) -> str:
+    lines = ["| step | outcome | seconds | result |", "|---|---|---|---|"]
+    lines += [f"| {r.step} | {r.outcome} | {r.seconds:.1f} | {r.summary} |" for r in rows]
+    return "\n".join(lines)
 
 
 @flow(name="bootstrap")
 @exclusive
-def bootstrap(settings: StackSettings | None = None) -> BootstrapReport:
+def bootstrap(settings: StackSettings | None = None, force: bool = False, from_step: str | None = None,
+              only: str | None = None, verify: bool = False) -> BootstrapReport | None:
     """Stand up the whole platform (its data comes back from the data volume or a backup)."""
     settings = settings or load_settings()
     log = get_run_logger()
-    seconds: dict[str, float] = {}
-
-    def timed(name, step, *args, **kwargs):
-        started = time.monotonic()
-        result = step(settings, *args, **kwargs)
-        seconds[name] = round(time.monotonic() - started, 2)
-        return result
-
-    # settings -> cloud resources -> hosts -> configured platform -> its data -> runs
-    checked = timed("preflight", preflight)
-    provisioned = timed("provision", provision)
-    booted = timed("hosts", hosts, provisioned)
-    configured = timed("configure", configure, provisioned, booted)
-    # A new or lost data volume leaves an empty database: the latest backup fills it.
-    restored = timed("restore", restore, only_if_empty=True)
-    registered = timed("register", register)
-    deployed = timed("deploy", deploy)
-    smoked = timed("smoke", smoke_test)
+    for value, option in ((from_step, "--from"), (only, "--only")):
+        if value is not None and value not in steps.STEPS:
+            raise StackError(f"{option} {value!r}: no such step; use one of {', '.join(steps.STEPS)}")
+    runner = StepRunner(settings, force, from_step, only)
+    try:
+        # settings -> cloud resources -> hosts -> configured platform -> its data -> runs
+        checked = runner.run("preflight", preflight)
+        provisioned = runner.run("provision", provision)
+        booted = runner.run("hosts", hosts, provisioned)
+        configured = runner.run("configure", configure, provisioned, booted)
+        url = configured.platform_api_url if configured else platform.operator_api_url(settings)
+        # A new or lost data volume leaves an empty database: the latest backup fills it.
+        restored = runner.run("restore", restore, only_if_empty=True)
+        registered = runner.run("register", register, url)
+        deployed = runner.run("deploy", deploy, url)
+        if verify or only == "smoke" or runner.anything_ran():
+            smoked = runner.run("smoke", smoke_test, url)
+        else:
+            workers = [i.name for i in provisioned.instances if i.role == "worker"]
+            smoked = runner.run("smoke", health_check, url, workers)
+    finally:
+        rows = runner.table()
+        last_run_file(settings).write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+        create_markdown_artifact(key=f"{settings.name_prefix}-bootstrap", markdown=markdown_table(rows),
+                                 description="What each step of the bootstrap did")
+    if only:
+        return None
     report = BootstrapReport(
         preflight=checked, provision=provisioned, hosts=booted, configure=configured, restore=restored,
-        registration=registered, deployments=deployed, smoke=smoked,
-        platform_api_url=configured.platform_api_url, seconds=seconds,
+        registration=registered, deployments=deployed, smoke=smoked, platform_api_url=url,
+        control_plane_url=settings.control_plane_api_url.removesuffix("/api"), steps=rows,
+        seconds={r.step: r.seconds for r in rows},
     )
-    log.info("bootstrap done: %s", ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     log.info("platform API %s (auth string in %s)", report.platform_api_url, platform.auth_file(settings))
     return report
+
+
+def print_summary(settings: StackSettings, rows: list[StepOutcome]) -> None:
+    """The step table and both UIs, on stderr (stdout carries the JSON result)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bootstrap")
+    for col in ("step", "outcome", "seconds", "result"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    colour = {"ran": "green", "skipped": "cyan", "failed": "red", "not run": "dim"}
+    for r in rows:
+        table.add_row(r.step, f"[{colour.get(r.outcome, '')}]{r.outcome}[/]", f"{r.seconds:.1f}", r.summary)
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"platform UI      {platform.operator_api_url(settings).removesuffix('/api')} "
+                  f"(auth string in {platform.auth_file(settings)})")
+    console.print(f"control plane UI {settings.control_plane_api_url.removesuffix('/api')}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--force", action="store_true", help="ignore the steps' keys: run every step")
+    parser.add_argument("--from", dest="from_step", metavar="STEP", help="run STEP and every later step")
+    parser.add_argument("--only", metavar="STEP", help="run only STEP")
+    parser.add_argument("--verify", action="store_true", help="run the full smoke even when nothing changed")
+    args = parser.parse_args(argv)
+    for value, option in ((args.from_step, "--from"), (args.only, "--only")):
+        if value is not None and value not in steps.STEPS:
+            parser.exit(2, f"error: {option} {value!r}: no such step; use one of {', '.join(steps.STEPS)}\n")
+    if args.from_step and args.only:
+        parser.exit(2, "error: --from and --only do not go together; use one\n")
+    return args
 
 
 if __name__ == "__main__":
     from stack.cli import main
 
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    main(lambda s: bootstrap(s))
+    args = parse_args()
+
+    def run(settings: StackSettings):
+        try:
+            return bootstrap(settings, force=args.force, from_step=args.from_step, only=args.only,
+                             verify=args.verify)
+        finally:
+            if last_run_file(settings).exists():
+                print_summary(settings, [StepOutcome(**r) for r in json.loads(last_run_file(settings).read_text())])
+
+    main(run)
+    sys.exit(0)

@@ -51,11 +51,11 @@ async def _read_deployments(settings: StackSettings, url: str) -> dict[str, str]
 
 @flow(name="deploy")
 @exclusive
-def deploy(settings: StackSettings | None = None) -> DeployReport:
-    """Create or update the testflow deployments of every case."""
+def deploy(settings: StackSettings | None = None, platform_url: str | None = None) -> DeployReport:
+    """Create or update the testflow deployments of every case (on ``platform_url``, configure's output)."""
     settings = settings or load_settings()
     log = get_run_logger()
-    url = platform.operator_api_url(settings)
+    url = platform_url or platform.operator_api_url(settings)
     staged = stage(settings)
     env = {
         **platform.client_env(settings, url),

@@ -49,10 +49,10 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
 
 @flow(name="register")
 @exclusive
-def register(settings: StackSettings | None = None) -> RegisterReport:
-    """Create or update the platform's blocks and work pools."""
+def register(settings: StackSettings | None = None, platform_url: str | None = None) -> RegisterReport:
+    """Create or update the platform's blocks and work pools (on ``platform_url``, configure's output)."""
     settings = settings or load_settings()
-    url = platform.operator_api_url(settings)
+    url = platform_url or platform.operator_api_url(settings)
     platform.wait_ready(settings, url)
     report = asyncio.run(_register(settings, url, flow_runner_image(settings)))
     log = get_run_logger()

@@ -3,12 +3,14 @@ result (`finished FIRST`, `finished SECOND`), and publish a table with per-case 
 
 from __future__ import annotations
 
+import asyncio
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from flows.deploy import stage
-from stack import platform, smoke
+from stack import platform, smoke, steps
 from stack.proc import StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -17,15 +19,16 @@ from stack.settings import StackSettings, load_settings
 class SmokeReport(BaseModel):
     cases: list[dict]
     ok: bool
+    health_only: bool = False   # a health check stood in for the cases (nothing had changed)
 
 
 @flow(name="smoke")
 @exclusive
-def smoke_test(settings: StackSettings | None = None) -> SmokeReport:
+def smoke_test(settings: StackSettings | None = None, platform_url: str | None = None) -> SmokeReport:
     """Prove every way of running the testflow works on the platform."""
     settings = settings or load_settings()
     log = get_run_logger()
-    url = platform.operator_api_url(settings)
+    url = platform_url or platform.operator_api_url(settings)
     platform.wait_ready(settings, url)
     deploy_dir = stage(settings)
 
@@ -49,6 +52,25 @@ def smoke_test(settings: StackSettings | None = None) -> SmokeReport:
     if failed:
         raise StackError("smoke failed: " + "; ".join(f"{r.case}: {', '.join(r.problems)}" for r in failed))
     return SmokeReport(cases=rows, ok=True)
+
+
+@flow(name="health-check")
+def health_check(settings: StackSettings, platform_url: str, worker_hosts: list[str]) -> SmokeReport:
+    """What bootstrap checks instead of the full smoke when nothing changed: the platform
+    API answers and every worker host's process and Docker workers are online."""
+    log = get_run_logger()
+    if platform.get(f"{platform_url}/ready", platform.auth_string(settings)) != 200:
+        raise StackError(f"health check: the platform API at {platform_url} is not ready; "
+                         "run python -m flows.bootstrap --from configure")
+    online = asyncio.run(steps.workers_online(settings, worker_hosts))
+    rows = [{"case": f"worker {name}", "ok": up, "state": "ONLINE" if up else "OFFLINE"} for name, up in online.items()]
+    create_table_artifact(key=f"{settings.name_prefix}-smoke", table=rows, description="Health check of the platform")
+    offline = [name for name, up in online.items() if not up]
+    if offline:
+        raise StackError(f"health check: workers offline: {', '.join(offline)}; "
+                         "run python -m flows.bootstrap --from configure")
+    log.info("health check: platform ready, %d workers online", len(rows))
+    return SmokeReport(cases=rows, ok=True, health_only=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import contextvars
 import functools
 import inspect
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -34,7 +36,9 @@ def _holder_file(settings: StackSettings):
 def _this_run() -> dict:
     from prefect.runtime import flow_run
 
-    return {"flow": flow_run.flow_name or "?", "run": flow_run.name or "?", "id": flow_run.get_id() or "?"}
+    if flow_run.get_id():
+        return {"flow": flow_run.flow_name, "run": flow_run.name, "id": flow_run.get_id()}
+    return {"flow": os.path.basename(sys.argv[0]) or "python", "run": f"pid {os.getpid()}", "id": "no flow run"}
 
 
 async def _ensure_limit(name: str) -> None:

@@ -1,0 +1,149 @@
+"""What makes a bootstrap step's work still valid: its key and its probe.
+
+A step's key is a hash of the files it reads (its Terraform, playbooks and roles,
+prefect.yaml, block definitions, image contexts, its own flow module), the settings it
+uses and its inputs from earlier steps. Bootstrap skips a step when the key equals that
+of its last successful run (Prefect's task cache, results persisted on the control plane
+side in the state directory) and the step's probe says what it made still exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from stack import aws, cloudstate, platform
+from stack.settings import REPO_ROOT, StackSettings
+
+STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
+# Steps that always run: preflight (cheap checks), restore (one query unless the
+# database is empty) and smoke (the full smoke, or a quick health check when nothing
+# before it ran).
+ALWAYS_RUN = ("preflight", "restore", "smoke")
+
+# The files each step reads, relative to the repository (folders are hashed whole).
+STEP_FILES: dict[str, tuple[str, ...]] = {
+    "provision": ("terraform", "flows/provision.py", "stack/terraform.py", "stack/localcloud/images/host"),
+    "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/images/host"),
+    "configure": ("ansible", "constraints.txt", "flows/configure.py", "stack/ansible.py",
+                  "stack/localcloud/images/flow-runner"),
+    "register": ("blocks", "flows/register.py"),
+    "deploy": ("deployments", "flows/testflow.py", "flows/deploy.py"),
+}
+# Settings only the control plane reads: changing them never reruns a step.
+CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "nightly_teardown_timezone", "teardown_grace_minutes",
+                          "backup_cron", "lock_wait_seconds", "control_plane_port"}
+# Fields of step results that differ from run to run without meaning a different product.
+VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts"}
+
+
+def _hash_path(h, path: Path) -> None:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if "__pycache__" in f.parts:
+            continue
+        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
+
+
+def _stable(value: BaseModel) -> dict:
+    return {k: v for k, v in value.model_dump(mode="json").items() if k not in VOLATILE_FIELDS}
+
+
+def step_key(step: str, settings: StackSettings, inputs: tuple[BaseModel | None, ...] = ()) -> str:
+    """The key of ``step`` for these settings and inputs (see the module docstring)."""
+    h = hashlib.sha256(step.encode())
+    for rel in STEP_FILES.get(step, ()):
+        _hash_path(h, REPO_ROOT / rel)
+    used = {k: v for k, v in settings.model_dump(mode="json").items() if k not in CONTROL_PLANE_SETTINGS}
+    h.update(json.dumps(used, sort_keys=True).encode())
+    if step == "configure":
+        # A new auth string must reach the hosts' env files (hashed, never stored).
+        h.update(hashlib.sha256(platform.auth_string(settings).encode()).digest())
+    for value in inputs:
+        h.update(json.dumps(_stable(value) if value is not None else None, sort_keys=True).encode())
+    return f"{settings.name_prefix}-{step}-{h.hexdigest()[:24]}"
+
+
+# --- probes: cheap checks that what a step made still exists --------------------------
+# Each takes the settings and the step's last result.
+def provision_probe(settings: StackSettings, provisioned) -> bool:
+    """The instances it made are running (and the emulated cloud did not forget them)."""
+    if cloudstate.emulator_lost_state(settings):
+        return False
+    running = {i["id"] for i in aws.project_instances(settings, states=("running",))}
+    return running == {i.id for i in provisioned.instances}
+
+
+def hosts_probe(settings: StackSettings, booted) -> bool:
+    """Every host container it made is running, for the same instance."""
+    if settings.target != "local":
+        return True
+    from stack.localcloud import hosts as host_containers
+    from stack.localcloud.images import docker_client
+
+    by_name = host_containers.project_hosts(docker_client(), settings)
+    for instance_id, name in booted.hosts.items():
+        c = by_name.get(name)
+        if c is None or c.status != "running" or c.labels.get(host_containers.LABEL_INSTANCE) != instance_id:
+            return False
+    return bool(booted.hosts)
+
+
+def platform_ready(settings: StackSettings) -> bool:
+    url = platform.operator_api_url(settings)
+    return platform.get(f"{url}/ready", platform.auth_string(settings)) == 200
+
+
+async def _platform_objects(settings: StackSettings) -> tuple[set[str], set[str], set[str]]:
+    from prefect.exceptions import ObjectNotFound
+
+    async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
+        pools = {p.name for p in await client.read_work_pools()}
+        deployments = {f"{d.name}" for d in await client.read_deployments()}
+        blocks = set()
+        for slug, name in (("aws-credentials", platform.FLOW_CODE_CREDENTIALS), ("s3-bucket", platform.FLOW_CODE_BUCKET)):
+            try:
+                await client.read_block_document_by_name(name, slug)
+                blocks.add(f"{slug}/{name}")
+            except ObjectNotFound:
+                pass
+        return pools, deployments, blocks
+
+
+def register_probe(settings: StackSettings, registered) -> bool:
+    if not platform_ready(settings):
+        return False
+    pools, _, blocks = asyncio.run(_platform_objects(settings))
+    return set(registered.work_pools) <= pools and set(registered.blocks) <= blocks
+
+
+def deploy_probe(settings: StackSettings, deployed) -> bool:
+    if not platform_ready(settings):
+        return False
+    _, deployments, _ = asyncio.run(_platform_objects(settings))
+    return {name.split("/", 1)[1] for name in deployed.deployments} <= deployments
+
+
+async def workers_online(settings: StackSettings, worker_hosts: list[str]) -> dict[str, bool]:
+    """Whether each worker host's process and Docker workers are online in their pools."""
+    async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
+        online: set[str] = set()
+        for pool in (platform.PROCESS_POOL, platform.DOCKER_POOL):
+            online |= {w.name for w in await client.read_workers_for_work_pool(pool)
+                       if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"}
+    return {f"{host}-{pool}": f"{host}-{pool}" in online
+            for host in worker_hosts for pool in (platform.PROCESS_POOL, platform.DOCKER_POOL)}
+
+
+PROBES: dict[str, Callable[..., bool]] = {
+    "provision": provision_probe,
+    "hosts": hosts_probe,
+    "configure": lambda settings, configured: platform_ready(settings),
+    "register": register_probe,
+    "deploy": deploy_probe,
+}
