@@ -106,7 +106,10 @@ class StepRunner:
     def __init__(self, settings: StackSettings, force: bool, from_step: str | None, only: str | None):
         self.settings, self.force, self.from_step, self.only = settings, force, from_step, only
         self.outcomes: dict[str, StepOutcome] = {}
-        self.storage = LocalFileSystem(basepath=str(settings.state_path / "step-results"))
+        # Step results persist in the state directory, through a block on the control plane.
+        block = f"{settings.name_prefix}-step-results"
+        LocalFileSystem(basepath=str(settings.state_path / "step-results")).save(block, overwrite=True)
+        self.storage = f"local-file-system/{block}"
         self.log = get_run_logger()
 
     def forced(self, name: str) -> bool:
@@ -123,12 +126,15 @@ class StepRunner:
         self.log.info("step %s ...", name)
         try:
             if name in steps.ALWAYS_RUN:
-                result, skipped = fn(self.settings, *inputs, **kwargs), False
+                result = fn(self.settings, *inputs, **kwargs)
+                # restore only counts as having run when it restored something
+                skipped = name == "restore" and not result.restored
             else:
                 result, skipped = self._cached(name, fn, inputs, kwargs)
-        except BaseException as exc:
-            self._record(name, "failed", started, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            raise
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self._record(name, "failed", started, first_line)
+            raise StackError(f"bootstrap failed at step {name}: {first_line}") from exc
         self._record(name, "skipped" if skipped else "ran", started, summarize(name, result))
         return result
 
@@ -166,7 +172,8 @@ class StepRunner:
         path.write_text(json.dumps(known, indent=2))
 
     def anything_ran(self) -> bool:
-        return any(o.outcome == "ran" for o in self.outcomes.values())
+        """Did a step change the platform (preflight only checks)?"""
+        return any(o.outcome == "ran" and o.step != "preflight" for o in self.outcomes.values())
 
     def table(self) -> list[StepOutcome]:
         return [self.outcomes.get(s, StepOutcome(step=s, outcome="not run")) for s in steps.STEPS]

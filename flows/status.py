@@ -29,6 +29,7 @@ def collect(settings: StackSettings) -> dict:
         "platform_auth_file": str(platform.auth_file(settings)) if platform.auth_file(settings).exists() else None,
     }
     report["control_plane_api_url"] = settings.control_plane_api_url
+    report["steps"] = last_step_states(settings)
     report["next_teardown"] = next_time(settings.nightly_teardown_cron, settings.nightly_teardown_timezone)
     report["next_backup"] = next_time(settings.backup_cron, settings.nightly_teardown_timezone)
     found = backups.available(settings, settings.effective_bucket_name if _cloud_answers(settings) else None)
@@ -54,6 +55,15 @@ def collect(settings: StackSettings) -> dict:
         for inst in report["instances"]:
             inst["host"] = inst["name"]
     return report
+
+
+def last_step_states(settings: StackSettings) -> dict:
+    """Each bootstrap step's last outcome: state (completed, skipped, failed), when, how long."""
+    path = settings.state_path / "steps.json"  # written by flows/bootstrap.py
+    known = json.loads(path.read_text()) if path.exists() else {}
+    states = {"ran": "completed", "skipped": "skipped", "failed": "failed"}
+    return {step: {"state": states.get(o["outcome"], o["outcome"]), "finished_at": o["finished_at"],
+                   "duration_s": o["seconds"]} for step, o in known.items()}
 
 
 def _cloud_answers(settings: StackSettings) -> bool:
@@ -106,6 +116,8 @@ def print_table(report: dict) -> None:
         print(f"last backup {b['time']} {b['size']} bytes at {b['location']}")
     print(f"control plane {report['control_plane_api_url']}; next teardown {report['next_teardown'] or 'none'}, "
           f"next backup {report['next_backup'] or 'none'}")
+    if report.get("steps"):
+        print("steps: " + ", ".join(f"{k} {v['state']}" for k, v in report["steps"].items()))
     if not report["instances"]:
         print("no instances")
     for i in report["instances"]:

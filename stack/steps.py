@@ -50,11 +50,13 @@ def _hash_path(h, path: Path) -> None:
         h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
 
 
-def _stable(value: BaseModel) -> dict:
-    return {k: v for k, v in value.model_dump(mode="json").items() if k not in VOLATILE_FIELDS}
+def _stable(value):
+    if isinstance(value, BaseModel):
+        return {k: v for k, v in value.model_dump(mode="json").items() if k not in VOLATILE_FIELDS}
+    return value
 
 
-def step_key(step: str, settings: StackSettings, inputs: tuple[BaseModel | None, ...] = ()) -> str:
+def step_key(step: str, settings: StackSettings, inputs: tuple = ()) -> str:
     """The key of ``step`` for these settings and inputs (see the module docstring)."""
     h = hashlib.sha256(step.encode())
     for rel in STEP_FILES.get(step, ()):
@@ -65,7 +67,7 @@ def step_key(step: str, settings: StackSettings, inputs: tuple[BaseModel | None,
         # A new auth string must reach the hosts' env files (hashed, never stored).
         h.update(hashlib.sha256(platform.auth_string(settings).encode()).digest())
     for value in inputs:
-        h.update(json.dumps(_stable(value) if value is not None else None, sort_keys=True).encode())
+        h.update(json.dumps(_stable(value), sort_keys=True).encode())
     return f"{settings.name_prefix}-{step}-{h.hexdigest()[:24]}"
 
 

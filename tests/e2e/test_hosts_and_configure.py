@@ -75,8 +75,8 @@ def test_second_configure_changes_nothing(stack):
         assert recap["ok"] > 0
 
 
-def test_killed_worker_host_is_recreated_and_reconfigured(stack):
-    assert sh("docker", "kill", WORKER).returncode == 0
+def test_lost_worker_host_container_is_recreated_and_reconfigured(stack):
+    assert sh("docker", "rm", "-f", WORKER).returncode == 0
     report = result_json(run_step("flows.bootstrap"))
     assert report["hosts"]["created"] == [WORKER]
     assert report["hosts"]["unchanged"] == [SERVER]

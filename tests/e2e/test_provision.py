@@ -58,13 +58,34 @@ def test_code_bucket_is_encrypted_private_and_versioned(stack):
     assert s3.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
-def test_second_bootstrap_reports_no_changes_and_does_not_apply(stack):
+def test_second_bootstrap_skips_every_step_and_force_runs_them_all(stack):
     second = result_json(run_step("flows.bootstrap"))
-    stack["second_bootstrap"] = second
-    assert second["provision"]["applied"] is False
+    outcomes = {s["step"]: s["outcome"] for s in second["steps"]}
+    assert outcomes == {"preflight": "ran", "provision": "skipped", "hosts": "skipped", "configure": "skipped",
+                        "restore": "skipped", "register": "skipped", "deploy": "skipped", "smoke": "ran"}
+    # Nothing changed: a health check (every worker online) instead of the five cases.
+    assert second["smoke"]["health_only"] is True
+    assert {c["case"] for c in second["smoke"]["cases"]} == {"worker p2test-ec2-1-process", "worker p2test-ec2-1-docker"}
+
+    forced = result_json(run_step("flows.bootstrap", "--force"))
+    assert all(s["outcome"] == "ran" for s in forced["steps"] if s["step"] != "restore"), forced["steps"]
+    assert forced["smoke"]["health_only"] is False
+    assert forced["provision"]["applied"] is False
     # Per root module (data, compute): init skipped, one plan, one output, no apply.
-    assert second["provision"]["terraform_processes"] == 4
+    assert forced["provision"]["terraform_processes"] == 4
     assert stack["first_bootstrap"]["provision"]["applied"] is True
+
+    status = result_json(run_step("flows.status", "--json"))
+    assert status["steps"]["configure"]["state"] == "completed" and status["steps"]["configure"]["duration_s"] > 0
+    assert status["control_plane_api_url"] == "http://127.0.0.1:4300/api"
+
+
+def test_unknown_step_is_one_line_naming_the_valid_ones():
+    proc = run_step("flows.bootstrap", "--only", "provisoin", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --only 'provisoin': no such step; use one of preflight, provision, hosts, configure, restore, "
+        "register, deploy, smoke"]
 
 
 def test_status_lists_instances_with_their_hosts(stack):
