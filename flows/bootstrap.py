@@ -113,9 +113,16 @@ class StepRunner:
         self.log = get_run_logger()
 
     def forced(self, name: str) -> bool:
-        if self.force or self.only == name:
+        if self.force or self.only == name or self.last_failed(name):
             return True
         return self.from_step is not None and steps.STEPS.index(name) >= steps.STEPS.index(self.from_step)
+
+    def last_failed(self, name: str) -> bool:
+        """A step that failed last time runs again even if its key matches an older success
+        (it may have changed things half-way)."""
+        path = steps_file(self.settings)
+        known = json.loads(path.read_text()) if path.exists() else {}
+        return known.get(name, {}).get("outcome") == "failed"
 
     def run(self, name: str, fn: Callable, *inputs, **kwargs):
         """Run step ``name`` as ``fn(settings, *inputs, **kwargs)`` unless its key and probe say skip."""

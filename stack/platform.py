@@ -26,6 +26,8 @@ PROCESS_POOL = "process"          # process worker on the worker host(s)
 DOCKER_POOL = "docker"            # Docker worker on the worker host(s)
 OPERATOR_POOL = "operator-process"  # process worker on the operator machine (case 2)
 QUEUES = ("default", "dev")
+# The folder of the code bucket that deployments/prefect.yaml pushes the testflow to.
+CODE_FOLDER = "testflow"
 # Block names.
 FLOW_CODE_CREDENTIALS = "flow-code"   # aws-credentials block the hosts' pull steps use
 FLOW_CODE_BUCKET = "flow-code"        # s3-bucket block of the code bucket

@@ -125,10 +125,18 @@ def register_probe(settings: StackSettings, registered) -> bool:
 
 
 def deploy_probe(settings: StackSettings, deployed) -> bool:
+    """The deployments exist and so does the code they pull (a re-created bucket is empty)."""
     if not platform_ready(settings):
         return False
     _, deployments, _ = asyncio.run(_platform_objects(settings))
-    return {name.split("/", 1)[1] for name in deployed.deployments} <= deployments
+    if not {name.split("/", 1)[1] for name in deployed.deployments} <= deployments:
+        return False
+    try:
+        aws.client(settings, "s3").head_object(Bucket=settings.effective_bucket_name,
+                                                Key=f"{platform.CODE_FOLDER}/testflow.py")
+    except Exception:  # botocore's ClientError (404) or no bucket at all
+        return False
+    return True
 
 
 async def workers_online(settings: StackSettings, worker_hosts: list[str]) -> dict[str, bool]:

@@ -36,10 +36,11 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_step(module: str, *args: str, env: dict[str, str] | None = None, check: bool = True,
-             timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run ``python -m <module>`` the way a user does; stdout holds its JSON result."""
+             timeout: float = 1800, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``python -m <module>`` the way a user does (in ``cwd``, a copy of the repository
+    if given); stdout holds its JSON result."""
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env or clean_env(**TEST_STACK_ENV),
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env or clean_env(**TEST_STACK_ENV),
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:

@@ -31,6 +31,8 @@ from stack.settings import StackSettings
 LABEL_INSTANCE = "stack.instance-id"
 LABEL_DATA_VOLUME = "stack.data-volume"
 PLATFORM_INNER_PORT = 4200
+# Back with the Docker engine (a reboot), but a container someone stopped stays stopped.
+RESTART_POLICY = "unless-stopped"
 # Where the server sees its data volume (the prefect_server role keeps PostgreSQL there).
 DATA_MOUNT = "/srv/prefect-data"
 
@@ -88,7 +90,7 @@ def _create(settings: StackSettings, image: str, instance: dict, data_volume: st
             "--network", settings.docker_network,
             # Comes back with the Docker engine, like an instance after a host reboot;
             # a container someone stopped stays stopped, like a stopped instance.
-            "--restart", "unless-stopped",
+            "--restart", RESTART_POLICY,
             "--label", f"{LABEL_PROJECT}={settings.name_prefix}", "--label", f"{LABEL_ROLE}=host",
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
             "-v", f"{docker_volume(name)}:/var/lib/docker", *SYSTEMD_RUN_FLAGS]
@@ -140,6 +142,8 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
 
     for name, inst in sorted(live.items()):
         c = existing.get(name)
+        if c is not None and c.attrs["HostConfig"].get("RestartPolicy", {}).get("Name") != RESTART_POLICY:
+            c.update(restart_policy={"Name": RESTART_POLICY})  # a host made before hosts had one
         wants_running = inst.get("state", "running") in ("pending", "running")
         if c is None:
             if not wants_running:

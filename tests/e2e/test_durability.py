@@ -63,6 +63,20 @@ def container_state(name: str) -> str:
     return sh("docker", "inspect", "-f", "{{.State.Status}}", name).stdout.strip() or "absent"
 
 
+def test_stopping_and_starting_an_instance_in_ec2_stops_and_starts_its_container(stack):
+    s = stack["settings"]
+    worker = next(i for i in aws.project_instances(s) if i["role"] == "worker")
+    container_id = sh("docker", "inspect", "-f", "{{.Id}}", worker["name"]).stdout.strip()
+    ec2 = aws.client(s, "ec2")
+    ec2.stop_instances(InstanceIds=[worker["id"]])
+    stopped = result_json(run_step("flows.hosts"))
+    assert stopped["stopped"] == [worker["name"]] and container_state(worker["name"]) == "exited"
+    ec2.start_instances(InstanceIds=[worker["id"]])
+    started = result_json(run_step("flows.hosts"))
+    assert started["started"] == [worker["name"]] and container_state(worker["name"]) == "running"
+    assert sh("docker", "inspect", "-f", "{{.Id}}", worker["name"]).stdout.strip() == container_id
+
+
 def test_server_host_stopped_is_started_again_not_recreated(stack):
     s = stack["settings"]
     before = platform_records(s)

@@ -1,0 +1,128 @@
+"""Bootstrap runs what changed and resumes what failed: a changed role reruns configure
+(and what its outputs feed), a broken playbook stops bootstrap at configure and the next
+bootstrap starts there, --only runs one step, the control plane's Run button runs one
+step with the current settings, and a changed schedule reaches the control plane.
+
+The repository is changed only in a copy (run with that copy as the working directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
+
+pytestmark = pytest.mark.e2e
+
+
+def outcomes(report: dict) -> dict[str, str]:
+    return {s["step"]: s["outcome"] for s in report["steps"]}
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".stack*", ".git", "__pycache__", ".pytest_cache"))
+    return copy
+
+
+def run_in(copy: Path, *args: str, check: bool = True):
+    return run_step("flows.bootstrap", *args, cwd=copy, check=check)
+
+
+def test_a_changed_role_reruns_configure_and_not_what_it_does_not_feed(stack, repo_copy):
+    defaults = repo_copy / "ansible/roles/base_system/defaults/main.yml"
+    defaults.write_text(defaults.read_text() + "# a comment changes the role's files, not what it does\n")
+    report = result_json(run_in(repo_copy))
+    got = outcomes(report)
+    assert (got["provision"], got["hosts"], got["configure"]) == ("skipped", "skipped", "ran"), got
+    # configure's outputs (platform URL, flow-runner image) did not change: register and
+    # deploy keep their keys; smoke runs in full because configure ran.
+    assert (got["register"], got["deploy"], got["smoke"]) == ("skipped", "skipped", "ran"), got
+    assert report["smoke"]["health_only"] is False
+    assert report["configure"]["changed"] == 0
+
+
+def test_a_failed_step_stops_bootstrap_and_the_next_one_starts_there(stack, repo_copy):
+    playbook = repo_copy / "ansible/prefect_worker.yml"
+    playbook.write_text(playbook.read_text() + "\n  - this: [is not: valid yaml\n")
+    failed = run_in(repo_copy, check=False)
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()
+    assert any(line.startswith("error: bootstrap failed at step configure:") for line in last[-12:]), last[-12:]
+
+    # The fix (the unchanged repository): earlier steps are skipped by their keys, the
+    # failed one runs again although its key matches its last success.
+    report = result_json(run_step("flows.bootstrap"))
+    got = outcomes(report)
+    assert (got["provision"], got["hosts"], got["configure"]) == ("skipped", "skipped", "ran"), got
+
+
+def test_only_smoke_runs_only_smoke(stack):
+    proc = run_step("flows.bootstrap", "--only", "smoke")
+    table = Path(stack["settings"].state_path / "last-bootstrap.json").read_text()
+    import json
+
+    got = {r["step"]: r["outcome"] for r in json.loads(table)}
+    assert got == {"preflight": "not run", "provision": "not run", "hosts": "not run", "configure": "not run",
+                   "restore": "not run", "register": "not run", "deploy": "not run", "smoke": "ran"}
+    assert "5/5 cases passed" in proc.stderr
+
+
+def _run_deployment_and_wait(api: str, name: str):
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(api=api) as client:
+            dep = await client.read_deployment_by_name(name)
+            run = await client.create_flow_run_from_deployment(dep.id)
+            for _ in range(1200):
+                run = await client.read_flow_run(run.id)
+                if run.state and run.state.is_final():
+                    return run
+                await asyncio.sleep(0.5)
+            return run
+
+    return asyncio.run(go())
+
+
+def test_run_button_of_configure_runs_only_configure(stack):
+    s = stack["settings"]
+    run = _run_deployment_and_wait(s.control_plane_api_url, "configure/p2test-configure")
+    assert run.state.is_completed(), run.state
+
+
+def _teardown_schedules(api: str) -> list[tuple[str, str]]:
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(api=api) as client:
+            dep = await client.read_deployment_by_name("teardown/p2test-nightly-teardown")
+            return [(s.schedule.cron, s.schedule.timezone) for s in dep.schedules]
+
+    return asyncio.run(go())
+
+
+def test_a_changed_teardown_schedule_reaches_the_control_plane(stack):
+    s = stack["settings"]
+    env = clean_env(**TEST_STACK_ENV) | {"STACK_NIGHTLY_TEARDOWN_CRON": "30 4 * * *",
+                                         "STACK_NIGHTLY_TEARDOWN_TIMEZONE": "Europe/Madrid"}
+    try:
+        run_step("flows.controlplane", "start", env=env)
+        for _ in range(120):
+            if _teardown_schedules(s.control_plane_api_url) == [("30 4 * * *", "Europe/Madrid")]:
+                break
+            asyncio.run(asyncio.sleep(0.5))
+        assert _teardown_schedules(s.control_plane_api_url) == [("30 4 * * *", "Europe/Madrid")]
+    finally:
+        # Back to the test stack's settings (no schedule), so nothing fires during the tests.
+        run_step("flows.controlplane", "start")
+    for _ in range(120):
+        if _teardown_schedules(s.control_plane_api_url) == []:
+            break
+        asyncio.run(asyncio.sleep(0.5))
+    assert _teardown_schedules(s.control_plane_api_url) == []
