@@ -68,7 +68,7 @@ def main() -> None:
     settings = bench_settings()
     lines: list[str] = []
     with controlplane.client_settings(settings):
-        teardown(settings)  # from nothing
+        teardown(settings, destroy_data=True)  # from nothing
         preflight(settings)
         first, t1 = timed(provision, settings)
         second, t2 = timed(provision, settings)
@@ -97,7 +97,7 @@ def main() -> None:
                              f"{statistics.median(total):21.2f} / {max(total):5.2f}   "
                              f"{sum(r.ok for r in results)}/{len(results)}")
         if not args.keep:
-            teardown(settings, stop_emulator=True)
+            teardown(settings, destroy_data=True, stop_emulator=True)
     if not args.keep:
         controlplane.stop(settings)
     print("\n".join(lines))
