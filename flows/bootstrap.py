@@ -10,8 +10,9 @@ the typed outputs of the steps before it.
 A step whose key (files it reads, settings, inputs; see stack/steps.py) equals that of
 its last successful run, and whose probe finds what it made, is skipped: Prefect's task
 cache holds its result. So a second bootstrap takes seconds, and a failed one starts
-again at the step that failed. With nothing changed, a health check (platform ready,
-every worker online) stands in for the full smoke.
+again at the step that failed. When nothing that flow runs meet has changed (no step
+ran, or only a configure that changed no task), a health check (platform ready, every
+worker online) stands in for the full smoke.
 """
 
 from __future__ import annotations
@@ -178,9 +179,14 @@ class StepRunner:
         known[name] = self.outcomes[name].model_dump()
         path.write_text(json.dumps(known, indent=2))
 
-    def anything_ran(self) -> bool:
-        """Did a step change the platform (preflight only checks)?"""
-        return any(o.outcome == "ran" and o.step != "preflight" for o in self.outcomes.values())
+    def needs_full_smoke(self, configured: ConfigureReport | None) -> bool:
+        """Did anything change what flow runs meet? New instances or hosts, restored data,
+        new pools or deployments, or a configure that changed something on a host. A
+        configure that re-ran and changed nothing leaves a health check enough."""
+        ran = {s for s, o in self.outcomes.items() if o.outcome == "ran"}
+        if ran & {"provision", "hosts", "restore", "register", "deploy"}:
+            return True
+        return "configure" in ran and configured is not None and configured.changed > 0
 
     def table(self) -> list[StepOutcome]:
         return [self.outcomes.get(s, StepOutcome(step=s, outcome="not run")) for s in steps.STEPS]
@@ -214,7 +220,7 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         restored = runner.run("restore", restore, only_if_empty=True)
         registered = runner.run("register", register, url)
         deployed = runner.run("deploy", deploy, url)
-        if verify or only == "smoke" or runner.anything_ran():
+        if verify or only == "smoke" or runner.needs_full_smoke(configured):
             smoked = runner.run("smoke", smoke_test, url)
         else:
             workers = [i.name for i in provisioned.instances if i.role == "worker"]
