@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from flows.deploy import stage
-from stack import platform, smoke, steps
+from stack import platform, smoke
 from stack.proc import StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -62,7 +62,7 @@ def health_check(settings: StackSettings, platform_url: str, worker_hosts: list[
     if platform.get(f"{platform_url}/ready", platform.auth_string(settings)) != 200:
         raise StackError(f"health check: the platform API at {platform_url} is not ready; "
                          "run python -m flows.bootstrap --from configure")
-    online = asyncio.run(steps.workers_online(settings, worker_hosts))
+    online = asyncio.run(smoke.workers_online(settings, platform_url, worker_hosts))
     rows = [{"case": f"worker {name}", "ok": up, "state": "ONLINE" if up else "OFFLINE"} for name, up in online.items()]
     create_table_artifact(key=f"{settings.name_prefix}-smoke", table=rows, description="Health check of the platform")
     offline = [name for name, up in online.items() if not up]

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from flows.backup import backup
 from flows.provision import terraform_init
-from stack import aws, backups, cloudstate, platform
+from stack import backups, cloudstate, platform
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
@@ -54,14 +54,11 @@ def overdue_by(settings: StackSettings) -> dt.timedelta | None:
 
 
 def _server_running(settings: StackSettings) -> bool:
-    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
-    if not servers:
-        return False
-    if settings.target == "local":
-        hosts = host_containers.project_hosts(host_containers.docker_client(), settings)
-        c = hosts.get(servers[0]["name"])
-        return c is not None and c.status == "running"
-    return True
+    server = platform.running_server(settings)
+    if server is None or settings.target != "local":
+        return server is not None
+    c = host_containers.project_hosts(host_containers.docker_client(), settings).get(server["name"])
+    return c is not None and c.status == "running"
 
 
 def _destroy(tf: Terraform) -> None:

@@ -67,14 +67,20 @@ def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str
     return f"http://{server_public_ip}:{SERVER_PORT}/api"
 
 
+def running_server(settings: StackSettings) -> dict | None:
+    """The running server instance (id, name, public IP ...) as EC2 reports it, if any."""
+    from stack import aws
+
+    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
+    return servers[0] if servers else None
+
+
 def server_public_ip(settings: StackSettings) -> str | None:
     """The server instance's public IP on aws (None on local, where it is not needed)."""
     if settings.target == "local":
         return None
-    from stack import aws
-
-    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
-    return servers[0].get("public_ip") if servers else None
+    server = running_server(settings)
+    return server.get("public_ip") if server else None
 
 
 def operator_api_url(settings: StackSettings) -> str:

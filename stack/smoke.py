@@ -182,6 +182,15 @@ def operator_worker(settings: StackSettings, url: str, deploy_dir: Path):
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+async def workers_online(settings: StackSettings, url: str, worker_hosts: list[str]) -> dict[str, bool]:
+    """Whether each worker host's process and Docker workers (``<host>-<pool>``) are online."""
+    pools = (platform.PROCESS_POOL, platform.DOCKER_POOL)
+    async with platform.prefect_client(settings, url) as client:
+        online = {w.name for pool in pools for w in await client.read_workers_for_work_pool(pool)
+                  if w.status.value == "ONLINE"}
+    return {f"{host}-{pool}": f"{host}-{pool}" in online for host in worker_hosts for pool in pools}
+
+
 def _wait_worker_online(settings: StackSettings, url: str, proc: subprocess.Popen, log_path: Path) -> None:
     async def online() -> bool:
         async with platform.prefect_client(settings, url) as client:

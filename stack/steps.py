@@ -139,17 +139,6 @@ def deploy_probe(settings: StackSettings, deployed) -> bool:
     return True
 
 
-async def workers_online(settings: StackSettings, worker_hosts: list[str]) -> dict[str, bool]:
-    """Whether each worker host's process and Docker workers are online in their pools."""
-    async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
-        online: set[str] = set()
-        for pool in (platform.PROCESS_POOL, platform.DOCKER_POOL):
-            online |= {w.name for w in await client.read_workers_for_work_pool(pool)
-                       if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"}
-    return {f"{host}-{pool}": f"{host}-{pool}" in online
-            for host in worker_hosts for pool in (platform.PROCESS_POOL, platform.DOCKER_POOL)}
-
-
 PROBES: dict[str, Callable[..., bool]] = {
     "provision": provision_probe,
     "hosts": hosts_probe,
