@@ -50,10 +50,13 @@ def docker_pool_template(settings: StackSettings, image: str, extra_pip_packages
     return _with_defaults(DockerWorker.get_default_base_job_template(), defaults)
 
 
-def work_pools(settings: StackSettings, image: str, extra_pip_packages: str | None = None) -> dict[str, tuple[str, dict]]:
-    """name -> (type, base job template) of every work pool."""
+def work_pools(settings: StackSettings, image: str, extra_pip_packages: str | None = None) -> dict[str, tuple[str, dict, int | None]]:
+    """name -> (type, base job template, concurrency limit) of every work pool. The
+    worker hosts' pools admit as many runs as their workers run at once (each worker
+    also has that per-worker limit); the operator's pool has no limit."""
+    hosts_limit = settings.worker_concurrency * settings.worker_count
     return {
-        platform.PROCESS_POOL: ("process", process_pool_template()),
-        platform.DOCKER_POOL: ("docker", docker_pool_template(settings, image, extra_pip_packages)),
-        platform.OPERATOR_POOL: ("process", process_pool_template()),
+        platform.PROCESS_POOL: ("process", process_pool_template(), hosts_limit),
+        platform.DOCKER_POOL: ("docker", docker_pool_template(settings, image, extra_pip_packages), hosts_limit),
+        platform.OPERATOR_POOL: ("process", process_pool_template(), None),
     }

@@ -12,10 +12,11 @@ from pydantic import BaseModel
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
 from stack import platform
-from stack.ansible import AnsibleError, PlaybookResult, pinned_versions, run_playbook
-from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
+from stack import aws
+from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
+from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image, load_into_hosts
 from stack.lock import exclusive
-from stack.settings import REPO_ROOT, StackSettings, load_settings
+from stack.settings import StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
 UNREACHABLE_RETRIES = 3
@@ -30,8 +31,7 @@ class ConfigureReport(BaseModel):
     platform_api_url: str
 
 
-def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str,
-              data_volume_id: str | None = None) -> dict:
+def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None) -> dict:
     """Variables of the playbooks. Secrets are not among them: the auth string is read
     on the controller from its 0600 file (group_vars/all.yml), so it never lands in
     ansible-runner's files."""
@@ -39,11 +39,9 @@ def extravars(settings: StackSettings, image: FlowRunnerImage, ui_api_url: str,
         # aws: the role mounts this EBS volume; local: the host container already has
         # the named volume at the same path, so the role has nothing to mount.
         "prefect_server_data_volume_id": data_volume_id if settings.target == "aws" and data_volume_id else "",
-        "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
-        "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
+        **install_vars(),
         "prefect_server_ui_api_url": ui_api_url,
-        "prefect_worker_image": image.reference,
-        "prefect_worker_image_archive": image.archive or "",
+        "prefect_worker_limit": settings.worker_concurrency,
     }
 
 
@@ -62,7 +60,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     image = flow_runner_image(settings)
     ui_api_url = platform.operator_api_url(settings)
     volume_id = provisioned.data_volume.id if provisioned else None
-    variables = extravars(settings, image, ui_api_url, volume_id)
+    variables = extravars(settings, ui_api_url, volume_id)
     platform.auth_string(settings)  # created once per stack, before any host needs it
     recap: dict[str, dict[str, int]] = {}
     limit = None
@@ -91,7 +89,9 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     if not recap:
         raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
                            f"Project={settings.name_prefix}? (python -m flows.status)")
-    changed = sum(v["changed"] for v in recap.values())
+    workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
+    loaded = load_into_hosts(settings, image, workers)
+    changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
     return ConfigureReport(recap=recap, changed=changed, attempts=attempts,
                            flow_runner_image=image.reference, platform_api_url=ui_api_url)

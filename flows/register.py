@@ -31,11 +31,12 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
         await bucket.asave(platform.FLOW_CODE_BUCKET, overwrite=True, client=client)
 
         pools: dict[str, list[str]] = {}
-        for name, (kind, template) in definitions.work_pools(settings, image.reference, image.extra_pip_packages).items():
+        for name, (kind, template, limit) in definitions.work_pools(settings, image.reference, image.extra_pip_packages).items():
             try:
-                await client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
+                await client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template,
+                                                             concurrency_limit=limit))
             except ObjectAlreadyExists:
-                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, concurrency_limit=limit))
             existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
             for queue in platform.QUEUES:
                 if queue not in existing:

@@ -89,14 +89,27 @@ def _scrub_command_artifact(artifact_dir: Path) -> None:
     command_file.write_text(json.dumps(data))
 
 
+def install_vars() -> dict:
+    """Variables of the roles' install tasks (``tasks/install.yml``): what the hosts'
+    Prefect virtualenv holds. Configure passes them, and the image bake hashes them."""
+    return {
+        "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
+        "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
+    }
+
+
 def run_playbook(
     settings: StackSettings,
     playbook: str,
     extravars: dict | None = None,
     limit: str | None = None,
     secrets: tuple[str, ...] = (),
+    inventory: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> PlaybookResult:
-    """Run one playbook of ``ansible/``; log each task result per host."""
+    """Run one playbook of ``ansible/``; log each task result per host. ``inventory``
+    replaces the stack's dynamic inventory (the image bake uses a one-host file, with
+    ``env`` enabling the yaml inventory plugin)."""
     log = get_logger()
     result = PlaybookResult(playbook=playbook, status="")
     private_dir = settings.state_path / "ansible-runner"
@@ -129,8 +142,8 @@ def run_playbook(
         private_data_dir=str(private_dir),
         project_dir=str(ANSIBLE_DIR),
         playbook=playbook,
-        inventory=str(INVENTORY),
-        envvars=environment(settings),
+        inventory=str(inventory or INVENTORY),
+        envvars={**environment(settings), **(env or {})},
         extravars=extravars or {},
         limit=limit,
         quiet=True,

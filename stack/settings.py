@@ -61,6 +61,10 @@ class StackSettings(BaseSettings):
     )
     instance_type: str = Field("t3.small", description="EC2 instance type of every host.")
     worker_count: int = Field(1, ge=1, le=10, description="Number of worker hosts (1-10).")
+    worker_concurrency: int = Field(
+        8, ge=1, le=100,
+        description="Flow runs each worker (process and Docker) runs at once; the pools' limit is this times the worker hosts.",
+    )
     operator_cidr: str | None = Field(
         None,
         description="CIDR allowed to reach ports 4200 and 22. Default 127.0.0.1/32 on local; required on aws.",

@@ -29,9 +29,9 @@ ALWAYS_RUN = ("preflight", "restore", "smoke")
 # The files each step reads, relative to the repository (folders are hashed whole).
 STEP_FILES: dict[str, tuple[str, ...]] = {
     "provision": ("terraform", "flows/provision.py", "stack/terraform.py", "stack/localcloud/images/host"),
-    "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/images/host"),
+    "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/bake.py", "stack/localcloud/images/host"),
     "configure": ("ansible", "constraints.txt", "flows/configure.py", "stack/ansible.py",
-                  "stack/localcloud/images/flow-runner"),
+                  "stack/localcloud/images/flow-runner", "stack/localcloud/flow_runner.py"),
     "register": ("blocks", "flows/register.py"),
     "deploy": ("deployments", "flows/testflow.py", "flows/deploy.py"),
 }

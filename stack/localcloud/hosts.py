@@ -24,7 +24,8 @@ import docker
 import docker.errors
 
 from stack.localcloud.emulator import LABEL_PROJECT, LABEL_ROLE, ensure_network
-from stack.localcloud.images import docker_client, ensure_image
+from stack.localcloud.bake import baked_image_tag, ensure_baked_host_image
+from stack.localcloud.images import docker_client, image_tag
 from stack.proc import StackError, get_logger, run
 from stack.settings import StackSettings
 
@@ -119,7 +120,8 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
     server's with the named data volume ``data_volume`` mounted."""
     client = docker_client()
     log = get_logger()
-    image = ensure_image(client, "host")
+    # Baked only when a host container is to be created (a bake takes minutes, once).
+    latest_bake = baked_image_tag(image_tag("host"))
     ensure_network(client, settings)
     if data_volume:
         ensure_data_volume(client, settings, data_volume)
@@ -149,7 +151,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             if not wants_running:
                 continue  # a stopped instance that never had a container: nothing to stop
             log.info("creating host container %s for %s (%s)", name, inst["id"], inst["role"])
-            _create(settings, image, inst, data_volume if inst["role"] == "server" else None)
+            _create(settings, ensure_baked_host_image(settings), inst, data_volume if inst["role"] == "server" else None)
             report.created.append(name)
         elif wants_running and c.status != "running":
             log.info("starting host container %s again: its instance %s is running (its disk is kept)",
@@ -161,11 +163,12 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             c.stop()
             report.stopped.append(name)
         else:
-            if wants_running and image not in c.image.tags:
-                # Provision replaces the instances when the host image changes (as a new
-                # AMI would); an instance that was not replaced keeps what it booted.
-                log.warning("host container %s runs an older host image than %s; it changes when its "
-                            "instance is replaced", name, image)
+            if wants_running and latest_bake not in c.image.tags:
+                # A new bake only speeds up new hosts: this one keeps what it booted and
+                # configure installs the difference. (A new stock host image, like a new
+                # AMI, replaces the instances in provision.)
+                log.info("host container %s was booted from an older baked image than %s; configure "
+                         "applies the difference", name, latest_bake)
             report.unchanged.append(name)
         if wants_running:
             report.hosts[inst["id"]] = name

@@ -1,0 +1,84 @@
+"""The baked host image: what configure installs (packages, Docker, PostgreSQL, the
+Prefect virtualenv), installed ahead of time, the way teams bake an AMI.
+
+It is made by running ``ansible/bake.yml`` (the roles' own ``tasks/install.yml``) against
+a build container of the stock host image and committing the result, so the roles stay
+the one source of truth: configure on a baked host runs the same tasks and finds them
+done, and on aws the same roles install everything on a stock AMI. The tag hashes the
+stock image, the files the bake reads and the pinned packages, so an unchanged bake is
+never redone. Hosts that already run keep their image (configure applies a difference);
+only new host containers start from a new bake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import docker.errors
+
+from stack.ansible import ANSIBLE_DIR, install_vars, run_playbook
+from stack.localcloud.images import docker_client, ensure_image, image_exists
+from stack.proc import StackError, get_logger
+from stack.settings import REPO_ROOT, StackSettings
+
+BAKED_REPO = "stack-host-baked"
+BAKE_PLAYBOOK = "bake.yml"
+
+
+def bake_inputs() -> list[Path]:
+    """Every file the bake reads: its playbook, the roles' install tasks and defaults, the
+    pins, and the Ansible configuration."""
+    files = [ANSIBLE_DIR / BAKE_PLAYBOOK, ANSIBLE_DIR / "ansible.cfg", REPO_ROOT / "constraints.txt"]
+    for role in sorted((ANSIBLE_DIR / "roles").iterdir()):
+        files += [f for f in (role / "tasks" / "install.yml", role / "defaults" / "main.yml") if f.exists()]
+    return files
+
+
+def baked_image_tag(stock_tag: str) -> str:
+    h = hashlib.sha256(stock_tag.encode())
+    for f in bake_inputs():
+        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
+    h.update(json.dumps(install_vars(), sort_keys=True).encode())
+    return f"{BAKED_REPO}:{h.hexdigest()[:12]}"
+
+
+def ensure_baked_host_image(settings: StackSettings) -> str:
+    """The tag of the baked host image, baking it first when it does not exist yet."""
+    client = docker_client()
+    stock = ensure_image(client, "host")
+    tag = baked_image_tag(stock)
+    if image_exists(client, tag):
+        return tag
+    log = get_logger()
+    started = time.monotonic()
+    name = f"{settings.name_prefix}-bake-{tag.split(':')[1]}"
+    log.info("baking host image %s: the roles' install tasks on a build container of %s", tag, stock)
+    try:
+        client.containers.get(name).remove(force=True)  # a bake that was interrupted
+    except docker.errors.NotFound:
+        pass
+    # No systemd here: the packages' scripts then install services without starting
+    # them, and the build needs no extra privileges.
+    container = client.containers.run(stock, ["sleep", "infinity"], name=name, detach=True,
+                                      labels={"stack.role": "bake"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="stack-bake-") as tmp:
+            inventory = Path(tmp) / "bake-inventory.yml"
+            inventory.write_text(json.dumps({"all": {"hosts": {name: {
+                "ansible_connection": "community.docker.docker", "ansible_host": name, "ansible_user": "root",
+            }}}}))
+            result = run_playbook(settings, BAKE_PLAYBOOK, extravars=install_vars(), inventory=inventory,
+                                  env={"ANSIBLE_INVENTORY_ENABLED": "yaml"})
+        if result.status != "successful" or name not in result.recap:
+            host, task, msg = result.first_failure or (name, BAKE_PLAYBOOK, result.status)
+            raise StackError(f"baking the host image failed at task '{task}': {msg}")
+        container.commit(repository=BAKED_REPO, tag=tag.split(":")[1], changes=['CMD ["/sbin/init"]'],
+                         message=f"ansible/{BAKE_PLAYBOOK} on {stock}")
+    finally:
+        container.remove(force=True)
+    log.info("baked host image %s in %.0f s", tag, time.monotonic() - started)
+    return tag
