@@ -43,6 +43,7 @@ def backup(settings: StackSettings | None = None) -> BackupReport:
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.backup", __doc__)
     main(lambda s: backup(s))

@@ -261,7 +261,9 @@ def print_summary(settings: StackSettings, rows: list[StepOutcome]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from stack.cli import step_parser
+
+    parser = step_parser("flows.bootstrap", __doc__)
     parser.add_argument("--force", action="store_true", help="ignore the steps' keys: run every step")
     parser.add_argument("--from", dest="from_step", metavar="STEP", help="run STEP and every later step")
     parser.add_argument("--only", metavar="STEP", help="run only STEP")
@@ -269,9 +271,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for value, option in ((args.from_step, "--from"), (args.only, "--only")):
         if value is not None and value not in steps.STEPS:
-            parser.exit(2, f"error: {option} {value!r}: no such step; use one of {', '.join(steps.STEPS)}\n")
+            parser.error(f"{option} {value!r}: no such step; use one of {', '.join(steps.STEPS)}")
     if args.from_step and args.only:
-        parser.exit(2, "error: --from and --only do not go together; use one\n")
+        parser.error("--from and --only do not go together; use one")
     return args
 
 

@@ -4,6 +4,7 @@ table as an artifact, and a clear failure naming the host, task and message."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -11,11 +12,11 @@ from pydantic import BaseModel
 
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
-from stack import platform
-from stack import aws
+from stack import aws, platform
 from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
-from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image, load_into_hosts
+from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
+from stack.proc import StackError
 from stack.settings import StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
@@ -62,6 +63,18 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     volume_id = provisioned.data_volume.id if provisioned else None
     variables = extravars(settings, ui_api_url, volume_id)
     platform.auth_string(settings)  # created once per stack, before any host needs it
+    # The flow-runner image goes into worker hosts whose Docker already runs (a baked
+    # image) while the playbook runs; the rest get it after the playbook installed Docker.
+    workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
+    preloading = ThreadPoolExecutor(max_workers=1)
+    def preload() -> list[str]:
+        try:
+            return load_into_hosts(settings, image, workers, skip_without_engine=True)
+        except StackError as exc:  # e.g. the playbook restarted that engine; retried below
+            log.info("early image load did not finish (%s); loading after the playbook", exc)
+            return []
+
+    preloaded = preloading.submit(preload)
     recap: dict[str, dict[str, int]] = {}
     limit = None
     result: PlaybookResult | None = None
@@ -89,8 +102,8 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     if not recap:
         raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
                            f"Project={settings.name_prefix}? (python -m flows.status)")
-    workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
-    loaded = load_into_hosts(settings, image, workers)
+    loaded = preloaded.result() + load_into_hosts(settings, image, workers)
+    preloading.shutdown()
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
     return ConfigureReport(recap=recap, changed=changed, attempts=attempts,
@@ -98,6 +111,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.configure", __doc__)
     main(lambda s: configure(s))

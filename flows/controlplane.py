@@ -9,15 +9,14 @@ Every other command starts it when needed; this one manages it by hand.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from stack import controlplane
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, step_parser
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser("flows.controlplane", __doc__)
     parser.add_argument("action", choices=["start", "stop", "status"])
     args = parser.parse_args()
 

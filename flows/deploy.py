@@ -72,6 +72,7 @@ def deploy(settings: StackSettings | None = None, platform_url: str | None = Non
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.deploy", __doc__)
     main(lambda s: deploy(s))

@@ -44,6 +44,7 @@ def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs |
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.hosts", __doc__)
     main(lambda s: hosts(s))

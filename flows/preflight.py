@@ -54,3 +54,10 @@ def preflight(settings: StackSettings | None = None) -> PreflightReport:
     log.info("target %s, region %s, account %s", settings.target, settings.region, account)
     return PreflightReport(target=settings.target, region=settings.region, account=account,
                            emulator_endpoint=endpoint)
+
+
+if __name__ == "__main__":
+    from stack.cli import main, parse_step_args
+
+    parse_step_args("flows.preflight", __doc__)
+    main(lambda s: preflight(s))

@@ -147,6 +147,7 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.provision", __doc__)
     main(lambda s: provision(s))

@@ -64,6 +64,7 @@ def register(settings: StackSettings | None = None, platform_url: str | None = N
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.register", __doc__)
     main(lambda s: register(s))

@@ -8,7 +8,6 @@ comes back from the latest backup by itself.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from prefect import flow, get_run_logger
@@ -59,9 +58,9 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, step_parser
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser("flows.restore", __doc__)
     parser.add_argument("--backup", metavar="NAME", help="restore this backup instead of the latest")
     parser.add_argument("--list", action="store_true", help="list the backups and exit")
     args = parser.parse_args()

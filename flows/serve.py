@@ -48,4 +48,7 @@ def deployments(settings):
 
 
 if __name__ == "__main__":
+    from stack.cli import parse_step_args
+
+    parse_step_args("flows.serve", __doc__)
     serve(*deployments(load_settings()))

@@ -74,6 +74,7 @@ def health_check(settings: StackSettings, platform_url: str, worker_hosts: list[
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, parse_step_args
 
+    parse_step_args("flows.smoke", __doc__)
     main(lambda s: smoke_test(s))

@@ -5,7 +5,6 @@ name, size), ``last_backup`` (time, size, location), ``control_plane_api_url`` a
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import datetime as dt
@@ -126,9 +125,9 @@ def print_table(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, step_parser
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = step_parser("flows.status", __doc__)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args()
     data = main(collect, control_plane=False)

@@ -15,7 +15,6 @@ destroys nothing and ends Skipped, so it never hits a stack someone is standing 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 
@@ -149,9 +148,9 @@ def confirm_destroy_data(settings: StackSettings, yes: bool) -> None:
 
 
 if __name__ == "__main__":
-    from stack.cli import main
+    from stack.cli import main, step_parser
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser("flows.teardown", __doc__)
     parser.add_argument("--all", action="store_true", help="also destroy the data: database volume, bucket, backups")
     parser.add_argument("--yes", action="store_true", help="do not ask before --all destroys the data")
     parser.add_argument("--emulator", action="store_true", help="also stop the emulated cloud (local)")

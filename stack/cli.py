@@ -3,6 +3,7 @@ Prefect at the control plane, and turn errors into one clear line and an exit co
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -14,6 +15,24 @@ from stack.proc import StackError
 from stack.settings import SettingsError, StackSettings, load_settings
 
 T = TypeVar("T")
+
+
+class StepArgumentParser(argparse.ArgumentParser):
+    """argparse with the stack's error style: one line, exit 2, before anything runs."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see --help\n")
+
+
+def step_parser(module: str, doc: str | None) -> StepArgumentParser:
+    """The parser of ``python -m <module>``: its docstring as --help, no options yet."""
+    return StepArgumentParser(prog=f"python -m {module}", description=doc,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_step_args(module: str, doc: str | None, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line of a step that takes no options: --help, and nothing else."""
+    return step_parser(module, doc).parse_args(argv)
 
 
 def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, print_result: bool = True) -> T:

@@ -69,7 +69,7 @@ def ensure_baked_host_image(settings: StackSettings) -> str:
         with tempfile.TemporaryDirectory(prefix="stack-bake-") as tmp:
             inventory = Path(tmp) / "bake-inventory.yml"
             inventory.write_text(json.dumps({"all": {"hosts": {name: {
-                "ansible_connection": "community.docker.docker", "ansible_host": name, "ansible_user": "root",
+                "ansible_connection": "community.docker.docker_api", "ansible_host": name, "ansible_user": "root",
             }}}}))
             result = run_playbook(settings, BAKE_PLAYBOOK, extravars=install_vars(), inventory=inventory,
                                   env={"ANSIBLE_INVENTORY_ENABLED": "yaml"})

@@ -43,14 +43,20 @@ def flow_runner_image(settings: StackSettings) -> FlowRunnerImage:
     return FlowRunnerImage(ref)
 
 
-def load_into_hosts(settings: StackSettings, image: FlowRunnerImage, hosts: list[str]) -> list[str]:
+def load_into_hosts(settings: StackSettings, image: FlowRunnerImage, hosts: list[str],
+                    skip_without_engine: bool = False) -> list[str]:
     """Stream the image into each host's Docker engine that lacks it; the hosts it went to.
-    Local only: on aws the worker pulls the image from its registry."""
+    ``skip_without_engine``: pass over a host whose engine does not answer yet (configure
+    starts this beside the playbook, for hosts whose image already has Docker). Local
+    only: on aws the worker pulls the image from its registry."""
     if settings.target != "local":
         return []
     log = get_logger()
     loaded = []
     for host in hosts:
+        if skip_without_engine and subprocess.run(host_argv(settings, host, ["docker", "version"]),
+                                                  capture_output=True).returncode != 0:
+            continue
         probe = subprocess.run(host_argv(settings, host, ["docker", "image", "inspect", image.reference]),
                                capture_output=True)
         if probe.returncode == 0:

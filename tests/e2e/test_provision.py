@@ -84,7 +84,7 @@ def test_unknown_step_is_one_line_naming_the_valid_ones():
     proc = run_step("flows.bootstrap", "--only", "provisoin", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: --only 'provisoin': no such step; use one of preflight, provision, hosts, configure, restore, "
+        "error: python -m flows.bootstrap: --only 'provisoin': no such step; use one of preflight, provision, hosts, configure, restore, "
         "register, deploy, smoke"]
 
 
