@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ansible_runner
+from ansible_runner import Runner, RunnerConfig
 
 from stack.proc import StackError, get_logger, redact
-from stack.settings import REPO_ROOT, StackSettings
+from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
 
 ANSIBLE_DIR = REPO_ROOT / "ansible"
 INVENTORY = ANSIBLE_DIR / "inventory.aws_ec2.yml"
@@ -56,9 +55,40 @@ def pinned_versions(names=HOST_PREFECT_PACKAGES) -> list[str]:
     return [f"{n}=={pins[n]}" for n in names]
 
 
+SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)
+
+
+def aws_credentials_file(settings: StackSettings) -> Path:
+    """A 0600 shared-credentials file (profile ``stack``) holding the AWS credentials the
+    operator's credential chain resolves to, so the playbooks' environment (which
+    ansible-runner records in its artifacts) names a file instead of holding keys."""
+    import boto3
+
+    path = settings.state_path / "aws" / "credentials"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.target == "local":
+        key, secret, token = EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, None
+    else:
+        creds = boto3.Session(region_name=settings.region).get_credentials()
+        if creds is None:
+            raise StackError("no AWS credentials found; configure them (aws configure / AWS_PROFILE) and run again")
+        frozen = creds.get_frozen_credentials()
+        key, secret, token = frozen.access_key, frozen.secret_key, frozen.token
+    lines = ["[stack]", f"aws_access_key_id = {key}", f"aws_secret_access_key = {secret}"]
+    if token:
+        lines.append(f"aws_session_token = {token}")
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def environment(settings: StackSettings) -> dict[str, str]:
-    """What the inventory and group_vars read: target, region, prefix, endpoint, key."""
-    env = {
+    """The whole environment of ansible-playbook: what the inventory and group_vars read
+    (target, region, prefix, endpoint, key and auth file paths) and the operator's
+    environment without any secret. AWS credentials come from a 0600 file."""
+    env = {k: v for k, v in os.environ.items() if not SENSITIVE_ENV.search(k) and not k.startswith("AWS_")}
+    env |= {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "STACK_TARGET": settings.target,
         "STACK_REGION": settings.region,
@@ -67,26 +97,15 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_SSH_KEY_FILE": str(settings.state_path / "ssh" / "id_ed25519"),
         "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        **settings.aws_env(),
+        "AWS_DEFAULT_REGION": settings.region,
+        "AWS_REGION": settings.region,
+        "AWS_SHARED_CREDENTIALS_FILE": str(aws_credentials_file(settings)),
+        "AWS_PROFILE": "stack",
     }
     if settings.emulator_endpoint:
         env["AWS_URL"] = settings.emulator_endpoint  # the aws_ec2 inventory's endpoint
+        env["AWS_ENDPOINT_URL"] = settings.emulator_endpoint
     return env
-
-
-SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY)", re.I)
-
-
-def _scrub_command_artifact(artifact_dir: Path) -> None:
-    """ansible-runner records the whole environment in artifacts/<id>/command: mask the
-    values of every sensitive variable (AWS keys, tokens, passwords)."""
-    command_file = artifact_dir / "command"
-    if not command_file.exists():
-        return
-    data = json.loads(command_file.read_text())
-    env = data.get("env") or {}
-    data["env"] = {k: ("****" if SENSITIVE_ENV.search(k) and v else v) for k, v in env.items()}
-    command_file.write_text(json.dumps(data))
 
 
 def install_vars() -> dict:
@@ -138,20 +157,24 @@ def run_playbook(
             log.info("PLAY %s", data.get("play", ""))
         return True  # keep the event in the artifacts
 
-    r = ansible_runner.run(
+    config = RunnerConfig(
         private_data_dir=str(private_dir),
         project_dir=str(ANSIBLE_DIR),
         playbook=playbook,
         inventory=str(inventory or INVENTORY),
-        envvars={**environment(settings), **(env or {})},
         extravars=extravars or {},
         limit=limit,
         quiet=True,
-        event_handler=on_event,
         rotate_artifacts=5,
-        suppress_env_files=True,  # keep the environment (AWS keys) out of the artifacts
+        suppress_env_files=True,  # no env/ files
     )
-    _scrub_command_artifact(Path(r.config.artifact_dir))
+    config.prepare()
+    # ansible-runner seeds the playbook's environment with the whole of ours and writes
+    # it to artifacts/<id>/command: give it one that holds no secret instead.
+    added_by_runner = {k: v for k, v in config.env.items() if os.environ.get(k) != v}  # its callback, PYTHONPATH
+    config.env = {**environment(settings), **added_by_runner, **(env or {})}
+    r = Runner(config=config, event_handler=on_event)
+    r.run()
     result.status = r.status
     stats = r.stats or {}
     hosts = set()

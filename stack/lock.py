@@ -22,6 +22,7 @@ from stack.proc import StackError, get_logger
 from stack.settings import StackSettings, load_settings
 
 F = TypeVar("F", bound=Callable)
+LEASE_SECONDS = 60
 _held: contextvars.ContextVar[bool] = contextvars.ContextVar("stack_lock_held", default=False)
 
 
@@ -65,7 +66,10 @@ def stack_lock(settings: StackSettings) -> Iterator[None]:
     name = limit_name(settings)
     asyncio.run(_ensure_limit(name))
     try:
-        with concurrency(name, occupy=1, timeout_seconds=settings.lock_wait_seconds, strict=True):
+        # A 60 s lease, renewed while we run: a command that is killed frees the stack
+        # within about a minute instead of holding it for ever.
+        with concurrency(name, occupy=1, timeout_seconds=settings.lock_wait_seconds, strict=True,
+                         lease_duration=LEASE_SECONDS):
             token = _held.set(True)
             holder = _holder_file(settings)
             holder.parent.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from stack.ansible import ANSIBLE_DIR, environment
 from stack.localcloud.images import docker_client, ensure_base_image
-from tests.conftest import REPO, result_json, run_step
+from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
 WORKER, SERVER = "p2test-ec2-1", "p2test-ec2-0"
@@ -73,6 +76,35 @@ def test_second_configure_changes_nothing(stack):
         assert recap["changed"] == 0, (host, recap)
         assert recap["failed"] == 0 and recap["unreachable"] == 0
         assert recap["ok"] > 0
+
+
+def test_a_configure_killed_halfway_leaves_no_secret_of_its_environment(stack):
+    """ansible-runner records the playbook's environment in its artifacts: the stack gives
+    it one without secrets (AWS keys go through a 0600 credentials file), so even a
+    configure killed mid-playbook, before any clean-up could run, leaves none behind."""
+    s = stack["settings"]
+    canary = f"canary-{secrets.token_hex(8)}"
+    env = clean_env(**TEST_STACK_ENV, AWS_ACCESS_KEY_ID=f"AKIA{canary}", AWS_SECRET_ACCESS_KEY=canary,
+                    AWS_SESSION_TOKEN=canary, DATABASE_PASSWORD=canary, PREFECT_API_AUTH_STRING=f"me:{canary}")
+    runs = s.state_path / "ansible-runner" / "artifacts"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.configure"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the playbook is past its first tasks
+            new = set(runs.iterdir()) - before if runs.exists() else set()
+            if new and len(list((new.pop() / "job_events").glob("*.json"))) >= 10:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("configure did not get into its playbook within 120 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    leaks = [str(f) for f in s.state_path.rglob("*") if f.is_file() and canary.encode() in f.read_bytes()]
+    assert leaks == []
+    assert (s.state_path / "aws" / "credentials").stat().st_mode & 0o777 == 0o600
 
 
 def test_lost_worker_host_container_is_recreated_and_reconfigured(stack):
