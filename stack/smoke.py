@@ -222,7 +222,10 @@ async def crash_runs_of_gone_hosts(settings: StackSettings, url: str, worker_hos
         any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
     crashed = []
     async with platform.prefect_client(settings, url) as client:
-        runs = await client.read_flow_runs(flow_run_filter=unfinished, limit=500)
+        runs, page = [], None
+        while page is None or len(page) == 200:  # the API's largest page
+            page = await client.read_flow_runs(flow_run_filter=unfinished, limit=200, offset=len(runs))
+            runs += page
         gone = {}
         for run in runs:
             labels = run.labels or {}
