@@ -1,4 +1,4 @@
-"""Blocks and work pools of the platform, as code.
+"""Blocks, work pools and automations of the platform, as code.
 
 Everything here is pure: it builds the objects from settings. ``flows/register.py``
 saves them on the platform server; saving twice leaves the same objects.
@@ -7,7 +7,13 @@ saves them on the platform server; saving twice leaves the same objects.
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 
+from prefect.automations import Automation
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_docker.worker import DockerWorker
 from prefect.workers.process import ProcessWorker
@@ -34,17 +40,51 @@ def _with_defaults(template: dict, defaults: dict) -> dict:
     return template
 
 
+# Every flow run of the worker hosts' pools sends a heartbeat event this often, and the
+# zombie automation marks a run Crashed when none came for ZOMBIE_AFTER (a host that
+# died mid-run leaves no other trace: self-hosted Prefect has no zombie detection).
+FLOW_HEARTBEAT_SECONDS = 30
+ZOMBIE_AFTER = timedelta(seconds=90)
+ZOMBIE_AUTOMATION = "crash-flow-runs-without-heartbeats"
+
+
+def zombie_automation() -> Automation:
+    """Marks a flow run Crashed when its heartbeats stop before it ended (Prefect's
+    documented zombie-flow automation)."""
+    return Automation(
+        name=ZOMBIE_AUTOMATION,
+        description=f"A flow run that sent no heartbeat for {ZOMBIE_AFTER.seconds} s and did not end lost its "
+                    "host or process: mark it Crashed (managed by the stack, blocks/definitions.py).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=ZOMBIE_AFTER,
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {ZOMBIE_AFTER.seconds} s: its host or process died")],
+    )
+
+
+def _heartbeat_env() -> dict[str, str]:
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_SECONDS)}
+
+
 def process_pool_template() -> dict:
-    return ProcessWorker.get_default_base_job_template()
+    return _with_defaults(ProcessWorker.get_default_base_job_template(), {"env": _heartbeat_env()})
 
 
 def docker_pool_template(settings: StackSettings, image: str, extra_pip_packages: str | None = None) -> dict:
     """The Docker pool's job template: the flow-runner image; on local never pulled (no
     registry) and on the host's network, so flow runs reach the server and the emulator
     by name. The official image installs ``extra_pip_packages`` when it starts."""
-    defaults: dict = {"image": image, "auto_remove": True}
+    defaults: dict = {"image": image, "auto_remove": True, "env": _heartbeat_env()}
     if extra_pip_packages:
-        defaults["env"] = {"EXTRA_PIP_PACKAGES": extra_pip_packages}
+        defaults["env"]["EXTRA_PIP_PACKAGES"] = extra_pip_packages
     if settings.target == "local":
         defaults |= {"image_pull_policy": "Never", "network_mode": "host"}
     return _with_defaults(DockerWorker.get_default_base_job_template(), defaults)

@@ -1,6 +1,7 @@
-"""Step 5, register: blocks (AWS credentials, S3 bucket) and work pools (process,
-docker, and the operator's process pool) with their queues, on the platform server.
-Registering twice leaves the same objects."""
+"""Step 5, register: blocks (AWS credentials, S3 bucket), work pools (process, docker,
+and the operator's process pool) with their queues, and the automation that marks flow
+runs without heartbeats Crashed, on the platform server. Registering twice leaves the
+same objects (the automation is replaced by one of the same name)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from stack.settings import StackSettings, load_settings
 class RegisterReport(BaseModel):
     blocks: list[str]
     work_pools: dict[str, list[str]]   # pool -> queues
+    automations: list[str] = []
 
 
 async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -> RegisterReport:
@@ -42,7 +44,12 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
                 if queue not in existing:
                     await client.create_work_queue(name=queue, work_pool_name=name)
             pools[name] = sorted({q.name for q in await client.read_work_queues(work_pool_name=name)})
+        automation = definitions.zombie_automation()
+        for old in await client.read_automations_by_name(automation.name):
+            await client.delete_automation(old.id)
+        await client.create_automation(automation)
     return RegisterReport(
+        automations=[automation.name],
         blocks=[f"aws-credentials/{platform.FLOW_CODE_CREDENTIALS}", f"s3-bucket/{platform.FLOW_CODE_BUCKET}"],
         work_pools=pools,
     )

@@ -101,7 +101,7 @@ def platform_ready(settings: StackSettings) -> bool:
     return platform.get(f"{url}/ready", platform.auth_string(settings)) == 200
 
 
-async def _platform_objects(settings: StackSettings) -> tuple[set[str], set[str], set[str]]:
+async def _platform_objects(settings: StackSettings) -> tuple[set[str], set[str], set[str], set[str]]:
     from prefect.exceptions import ObjectNotFound
 
     async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
@@ -114,21 +114,23 @@ async def _platform_objects(settings: StackSettings) -> tuple[set[str], set[str]
                 blocks.add(f"{slug}/{name}")
             except ObjectNotFound:
                 pass
-        return pools, deployments, blocks
+        automations = {a.name for a in await client.read_automations()}
+        return pools, deployments, blocks, automations
 
 
 def register_probe(settings: StackSettings, registered) -> bool:
     if not platform_ready(settings):
         return False
-    pools, _, blocks = asyncio.run(_platform_objects(settings))
-    return set(registered.work_pools) <= pools and set(registered.blocks) <= blocks
+    pools, _, blocks, automations = asyncio.run(_platform_objects(settings))
+    return (set(registered.work_pools) <= pools and set(registered.blocks) <= blocks
+            and set(getattr(registered, "automations", [])) <= automations)
 
 
 def deploy_probe(settings: StackSettings, deployed) -> bool:
     """The deployments exist and so does the code they pull (a re-created bucket is empty)."""
     if not platform_ready(settings):
         return False
-    _, deployments, _ = asyncio.run(_platform_objects(settings))
+    _, deployments, _, _ = asyncio.run(_platform_objects(settings))
     if not {name.split("/", 1)[1] for name in deployed.deployments} <= deployments:
         return False
     try:

@@ -77,6 +77,38 @@ def test_stopping_and_starting_an_instance_in_ec2_stops_and_starts_its_container
     assert sh("docker", "inspect", "-f", "{{.Id}}", worker["name"]).stdout.strip() == container_id
 
 
+def test_worker_host_killed_mid_run_the_run_is_crashed_and_the_next_bootstrap_runs_it_again(stack):
+    """A worker host that dies mid-run sends no more heartbeats for its run: the
+    platform's automation (blocks/definitions.py) marks it Crashed within 3 minutes."""
+    from stack import smoke
+
+    s = stack["settings"]
+    url = platform.api_url(s)
+    worker = "p2test-ec2-1"
+    run_id = asyncio.run(smoke.run_deployment_once(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"]))
+
+    async def state() -> tuple[str, str]:
+        async with platform.prefect_client(s, url) as client:
+            fr = await client.read_flow_run(run_id)
+            return fr.state.type.value, fr.state.message or ""
+
+    deadline = time.monotonic() + 120
+    while asyncio.run(state())[0] != "RUNNING":
+        assert time.monotonic() < deadline, f"the run never started: {asyncio.run(state())}"
+        time.sleep(0.2)
+    assert sh("docker", "kill", worker).returncode == 0
+    killed_at = time.monotonic()
+    while asyncio.run(state())[0] == "RUNNING" and time.monotonic() - killed_at < 180:
+        time.sleep(2)
+    kind, message = asyncio.run(state())
+    assert kind == "CRASHED", f"{kind} {time.monotonic() - killed_at:.0f} s after the host died"
+    assert "heartbeat" in message
+
+    report = result_json(run_step("flows.bootstrap"))
+    assert report["hosts"]["started"] == [worker]
+    assert_case3_ran(report)
+
+
 def test_server_host_stopped_is_started_again_not_recreated(stack):
     s = stack["settings"]
     before = platform_records(s)

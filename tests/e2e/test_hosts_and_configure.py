@@ -107,6 +107,44 @@ def test_a_configure_killed_halfway_leaves_no_secret_of_its_environment(stack):
     assert (s.state_path / "aws" / "credentials").stat().st_mode & 0o777 == 0o600
 
 
+def _worker_pid(unit: str) -> int:
+    return int(sh("docker", "exec", WORKER, "systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip() or 0)
+
+
+def _wait_new_worker(unit: str, old_pid: int, within: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        pid = _worker_pid(unit)
+        if pid not in (0, old_pid) and sh("docker", "exec", WORKER, "systemctl", "is-active", unit).stdout.strip() == "active":
+            return time.monotonic() - started
+        time.sleep(0.5)
+    pytest.fail(f"{unit} was not back within {within:.0f} s")
+
+
+def test_a_worker_that_dies_is_back_within_30_s(stack):
+    unit = "prefect-worker-process"
+    old = _worker_pid(unit)
+    assert old > 0
+    assert sh("docker", "exec", WORKER, "kill", "-KILL", str(old)).returncode == 0
+    assert _wait_new_worker(unit, old, within=30) < 30
+
+
+def test_a_worker_that_stops_answering_its_health_check_is_restarted(stack):
+    """A frozen worker is alive to systemd; its health check (the worker's own webserver)
+    stops answering, and the timer restarts it."""
+    unit = "prefect-worker-docker"
+    old = _worker_pid(unit)
+    # The check leaves a worker alone for its first minute: wait that out first.
+    since_us = int(sh("docker", "exec", WORKER, "systemctl", "show", "-p", "ActiveEnterTimestampMonotonic",
+                      "--value", unit).stdout.strip())
+    up = float(Path("/proc/uptime").read_text().split()[0]) - since_us / 1e6  # containers share the clock
+    time.sleep(max(0.0, 61 - up))
+    assert sh("docker", "exec", WORKER, "kill", "-STOP", str(old)).returncode == 0
+    _wait_new_worker(unit, old, within=150)
+    journal = sh("docker", "exec", WORKER, "journalctl", "--no-pager", "-u", "prefect-worker-health").stdout
+    assert f"{unit} does not answer its health check: restarting it" in journal
+
+
 def test_lost_worker_host_container_is_recreated_and_reconfigured(stack):
     assert sh("docker", "rm", "-f", WORKER).returncode == 0
     report = result_json(run_step("flows.bootstrap"))
