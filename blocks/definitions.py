@@ -9,10 +9,9 @@ from __future__ import annotations
 import copy
 from datetime import timedelta
 
-from prefect.automations import Automation
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
-from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_docker.worker import DockerWorker
@@ -48,10 +47,10 @@ ZOMBIE_AFTER = timedelta(seconds=90)
 ZOMBIE_AUTOMATION = "crash-flow-runs-without-heartbeats"
 
 
-def zombie_automation() -> Automation:
+def zombie_automation() -> AutomationCore:
     """Marks a flow run Crashed when its heartbeats stop before it ended (Prefect's
     documented zombie-flow automation)."""
-    return Automation(
+    return AutomationCore(
         name=ZOMBIE_AUTOMATION,
         description=f"A flow run that sent no heartbeat for {ZOMBIE_AFTER.seconds} s and did not end lost its "
                     "host or process: mark it Crashed (managed by the stack, blocks/definitions.py).",

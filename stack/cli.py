@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -35,7 +36,8 @@ def parse_step_args(module: str, doc: str | None, argv: list[str] | None = None)
     return step_parser(module, doc).parse_args(argv)
 
 
-def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, print_result: bool = True) -> T:
+def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, print_result: bool = True,
+         command: str | None = None) -> T:
     """Run ``step(settings)``; exit 2 on bad settings and 1 on a failed step.
 
     A step's typed result (a pydantic model) is printed as JSON on stdout; logs go to stderr.
@@ -46,6 +48,14 @@ def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, prin
     except SettingsError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    # The files a user edits and the machine, before anything is created or changed.
+    from stack.checks import InputError, run_checks
+
+    try:
+        run_checks(settings, command or Path(sys.argv[0]).stem)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
         if not control_plane:

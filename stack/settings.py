@@ -132,8 +132,7 @@ class StackSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = Path(os.environ.get(f"{ENV_PREFIX}CONFIG_FILE", "stack.toml"))
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file()))
 
     # --- field checks -----------------------------------------------------------------
     @field_validator("region")
@@ -312,8 +311,31 @@ def _env_name(loc: tuple) -> str:
     return f"{ENV_PREFIX}{field.upper()}" if field else "settings"
 
 
+def config_file() -> Path:
+    return Path(os.environ.get(f"{ENV_PREFIX}CONFIG_FILE", "stack.toml"))
+
+
+def _check_config_file() -> None:
+    """A stack.toml that does not parse, or names a setting that does not exist (a typo
+    would otherwise be ignored silently), is an error naming the file and line or key."""
+    import tomllib
+
+    path = config_file()
+    if not path.is_file():
+        return
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}; fix the TOML (key = \"value\" lines) and run again") from None
+    unknown = sorted(set(data) - set(StackSettings.model_fields))
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting {unknown[0]!r}; the settings are listed in the README "
+                            "(lower case, without STACK_)")
+
+
 def load_settings(**overrides) -> StackSettings:
     """Read and validate the settings; raise SettingsError with one line per problem."""
+    _check_config_file()
     try:
         return StackSettings(**overrides)
     except ValidationError as exc:

@@ -96,6 +96,7 @@ def test_worker_host_killed_mid_run_the_run_is_crashed_and_the_next_bootstrap_ru
     while asyncio.run(state())[0] != "RUNNING":
         assert time.monotonic() < deadline, f"the run never started: {asyncio.run(state())}"
         time.sleep(0.2)
+    time.sleep(1)  # its first heartbeat is on its way; the testflow runs at least 2 s more
     assert sh("docker", "kill", worker).returncode == 0
     killed_at = time.monotonic()
     while asyncio.run(state())[0] == "RUNNING" and time.monotonic() - killed_at < 180:
