@@ -50,6 +50,8 @@ def ensure_running(settings: StackSettings, timeout: float = 120) -> str:
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_URL": "",
+        # The UI is rendered here rather than into the virtualenv (which bin/setup may rebuild).
+        "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
     }
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
