@@ -85,7 +85,7 @@ def test_unknown_step_is_one_line_naming_the_valid_ones():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: python -m flows.bootstrap: --only 'provisoin': no such step; use one of preflight, provision, hosts, configure, restore, "
-        "register, deploy, smoke"]
+        "register, deploy, smoke; see --help"]
 
 
 def test_status_lists_instances_with_their_hosts(stack):
