@@ -116,9 +116,10 @@ def available(settings: StackSettings, bucket: str | None) -> list[Backup]:
 
 def database_is_empty(settings: StackSettings, server: str, public_ip: str | None = None) -> bool:
     """True when the platform database holds nothing a user made: no deployment, flow
-    run, work pool or named block (what a new or lost data volume looks like)."""
+    run or named block (what a new or lost data volume looks like). Work pools do not
+    count: a worker that starts before the restore creates its pool itself."""
     query = ("select (select count(*) from deployment) + (select count(*) from flow_run)"
-             " + (select count(*) from work_pool) + (select count(*) from block_document where not is_anonymous)")
+             " + (select count(*) from block_document where not is_anonymous)")
     out = run_on_host(settings, server, ["sudo", "-u", DB_OWNER, "psql", "-d", DB_NAME, "-tAc", query], public_ip)
     return int(out.strip() or 0) == 0
 
