@@ -21,7 +21,7 @@ from pathlib import Path
 import docker.errors
 
 from stack.ansible import ANSIBLE_DIR, install_vars, run_playbook
-from stack.localcloud.images import docker_client, ensure_image, image_exists
+from stack.localcloud.images import build_lock, docker_client, ensure_image, image_exists
 from stack.proc import StackError, get_logger
 from stack.settings import REPO_ROOT, StackSettings
 
@@ -51,8 +51,13 @@ def ensure_baked_host_image(settings: StackSettings) -> str:
     client = docker_client()
     stock = ensure_image(client, "host")
     tag = baked_image_tag(stock)
-    if image_exists(client, tag):
-        return tag
+    with build_lock(tag):
+        if not image_exists(client, tag):
+            _bake(settings, client, stock, tag)
+    return tag
+
+
+def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
     log = get_logger()
     started = time.monotonic()
     name = f"{settings.name_prefix}-bake-{tag.split(':')[1]}"
@@ -81,4 +86,16 @@ def ensure_baked_host_image(settings: StackSettings) -> str:
     finally:
         container.remove(force=True)
     log.info("baked host image %s in %.0f s", tag, time.monotonic() - started)
-    return tag
+
+
+def prebuild_local_images(settings: StackSettings) -> None:
+    """Build what new hosts need (the baked host image, the flow-runner image) ahead of
+    time; bootstrap runs this beside provision. Failures are left to the step that needs
+    the image, which builds it again and reports them."""
+    from stack.localcloud.flow_runner import flow_runner_image
+
+    try:
+        ensure_baked_host_image(settings)
+        flow_runner_image(settings)
+    except Exception as exc:  # noqa: BLE001
+        get_logger().info("building images ahead of time did not finish (%s); the steps build them", exc)

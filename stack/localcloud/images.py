@@ -14,6 +14,8 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections import defaultdict
 from pathlib import Path
 
 import docker
@@ -32,6 +34,15 @@ HOST_CA_CANDIDATES = [
     Path("/etc/ssl/certs/ca-certificates.crt"),
     Path("/etc/pki/tls/certs/ca-bundle.crt"),
 ]
+
+
+# One build of an image at a time in this process: bootstrap builds images in the
+# background while provision runs, and the step that needs one then waits for it.
+_build_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+def build_lock(tag: str) -> threading.Lock:
+    return _build_locks[tag]
 
 
 def docker_client() -> docker.DockerClient:
@@ -74,6 +85,11 @@ def base_image_tag(mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
 def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
     """Return the tag of the Debian base image, building it with debootstrap if missing."""
     tag = base_image_tag(mirror)
+    with build_lock(tag):
+        return _ensure_base_image(client, tag, mirror)
+
+
+def _ensure_base_image(client: docker.DockerClient, tag: str, mirror: str) -> str:
     if image_exists(client, tag):
         return tag
     if not shutil.which("debootstrap"):
@@ -128,8 +144,13 @@ def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, s
     """Build ``stack/localcloud/images/<name>`` on the base image unless already built."""
     base = ensure_base_image(client)
     tag = image_tag(name, base, build_args)
-    if image_exists(client, tag):
-        return tag
+    with build_lock(tag):
+        if not image_exists(client, tag):
+            _build(client, name, tag, base, build_args)
+    return tag
+
+
+def _build(client: docker.DockerClient, name: str, tag: str, base: str, build_args: dict[str, str] | None) -> None:
     log = get_logger()
     log.info("building image %s", tag)
     with tempfile.TemporaryDirectory(prefix=f"stack-ctx-{name}-") as ctx:
@@ -145,4 +166,3 @@ def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, s
         except docker.errors.BuildError as exc:
             tail = "".join(c.get("stream", "") for c in list(exc.build_log)[-15:])
             raise StackError(f"building image {name} failed: {exc.msg}\n{tail}") from None
-    return tag
