@@ -49,8 +49,10 @@ def test_a_changed_role_reruns_configure_and_not_what_it_does_not_feed(stack, re
 
 
 def test_a_failed_step_stops_bootstrap_and_the_next_one_starts_there(stack, repo_copy):
-    playbook = repo_copy / "ansible/prefect_worker.yml"
-    playbook.write_text(playbook.read_text() + "\n  - this: [is not: valid yaml\n")
+    # Valid YAML that fails when it runs (a YAML error is refused before anything runs:
+    # tests/unit/test_bad_inputs.py).
+    tasks = repo_copy / "ansible/roles/prefect_worker/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n- name: Fail on purpose\n  ansible.builtin.fail:\n    msg: broken by the test\n")
     failed = run_in(repo_copy, check=False)
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()
