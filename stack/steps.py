@@ -82,7 +82,7 @@ def provision_probe(settings: StackSettings, provisioned) -> bool:
 
 
 def hosts_probe(settings: StackSettings, booted) -> bool:
-    """Every host container it made is running, for the same instance."""
+    """Every host container it made is running, for the same instance, and no other exists."""
     if settings.target != "local":
         return True
     from stack.localcloud import hosts as host_containers
@@ -93,7 +93,9 @@ def hosts_probe(settings: StackSettings, booted) -> bool:
         c = by_name.get(name)
         if c is None or c.status != "running" or c.labels.get(host_containers.LABEL_INSTANCE) != instance_id:
             return False
-    return bool(booted.hosts)
+    # ... and none other: a host left from a larger stack (the same key as before a
+    # scale-up and back) must be removed, so the step runs.
+    return bool(booted.hosts) and set(by_name) == set(booted.hosts.values())
 
 
 def platform_ready(settings: StackSettings) -> bool:
@@ -101,11 +103,11 @@ def platform_ready(settings: StackSettings) -> bool:
     return platform.get(f"{url}/ready", platform.auth_string(settings)) == 200
 
 
-async def _platform_objects(settings: StackSettings) -> tuple[set[str], set[str], set[str], set[str]]:
+async def _platform_objects(settings: StackSettings) -> tuple[dict[str, int | None], set[str], set[str], set[str]]:
     from prefect.exceptions import ObjectNotFound
 
     async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
-        pools = {p.name for p in await client.read_work_pools()}
+        pools = {p.name: p.concurrency_limit for p in await client.read_work_pools()}
         deployments = {f"{d.name}" for d in await client.read_deployments()}
         blocks = set()
         for slug, name in (("aws-credentials", platform.FLOW_CODE_CREDENTIALS), ("s3-bucket", platform.FLOW_CODE_BUCKET)):
@@ -122,8 +124,12 @@ def register_probe(settings: StackSettings, registered) -> bool:
     if not platform_ready(settings):
         return False
     pools, _, blocks, automations = asyncio.run(_platform_objects(settings))
-    return (set(registered.work_pools) <= pools and set(registered.blocks) <= blocks
-            and set(getattr(registered, "automations", [])) <= automations)
+    # The worker hosts' pools admit what the settings say: after a scale-up and back, the
+    # key matches an older success but the limits are the scaled-up ones.
+    limit = settings.worker_concurrency * settings.worker_count
+    return (set(registered.work_pools) <= set(pools) and set(registered.blocks) <= blocks
+            and set(getattr(registered, "automations", [])) <= automations
+            and pools.get(platform.PROCESS_POOL) == limit and pools.get(platform.DOCKER_POOL) == limit)
 
 
 def deploy_probe(settings: StackSettings, deployed) -> bool:
