@@ -52,6 +52,9 @@ def ensure_running(settings: StackSettings, timeout: float = 120) -> str:
         "PREFECT_API_URL": "",
         # The UI is rendered here rather than into the virtualenv (which bin/setup may rebuild).
         "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
+        # The UI's API is this server's: by default it would be 4200's, whatever --port says
+        # (a control plane on another port showed the runs of the one on 4200).
+        "PREFECT_UI_API_URL": settings.control_plane_api_url,
     }
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
