@@ -92,7 +92,9 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
         emulator.up(settings)
         cloudstate.forget_if_lost(settings)  # nothing left in the cloud to destroy then
     compute.inputs = compute.last_inputs()
-    if compute.has_state() and take_backup and _server_running(settings):
+    # --all destroys the backups with the data: a backup first would only be destroyed too
+    # (and would stop a teardown of a half-made stack whose server was never configured).
+    if compute.has_state() and take_backup and not destroy_data and _server_running(settings):
         try:
             report.backup = backup(settings).location
         except Exception as exc:
