@@ -30,16 +30,8 @@ from pathlib import Path
 
 from stack.settings import REPO_ROOT
 
-BENCH_ENV = {
-    "STACK_NAME_PREFIX": "p2bench",
-    "STACK_STATE_DIR": str(REPO_ROOT / ".stack-bench"),
-    "STACK_EMULATOR_PORT": "4866",
-    "STACK_CONTROL_PLANE_PORT": "4800",
-    "STACK_PLATFORM_PORT": "4801",
-    "STACK_NIGHTLY_TEARDOWN_CRON": "",
-    "STACK_BACKUP_CRON": "",
-    "STACK_CONFIG_FILE": "/nonexistent/stack.toml",
-}
+# The benchmark stack's settings (prefix, state directory, ports): one place for both benchmarks.
+from benchmarks.platform_bench import BENCH_ENV  # noqa: E402
 STEP_ORDER = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
 
 
