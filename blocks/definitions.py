@@ -69,6 +69,10 @@ def zombie_automation() -> AutomationCore:
     )
 
 
+# Where the prefect_worker role installs the stack's CA certificate on a worker host.
+HOST_CA_FILE = "/etc/prefect/ca.pem"
+
+
 def _heartbeat_env() -> dict[str, str]:
     return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_SECONDS)}
 
@@ -81,7 +85,11 @@ def docker_pool_template(settings: StackSettings, image: str, extra_pip_packages
     """The Docker pool's job template: the flow-runner image; on local never pulled (no
     registry) and on the host's network, so flow runs reach the server and the emulator
     by name. The official image installs ``extra_pip_packages`` when it starts."""
-    defaults: dict = {"image": image, "auto_remove": True, "env": _heartbeat_env()}
+    # Flow runs verify the server with the stack's CA, mounted from the worker host (the
+    # prefect_worker role installs it there).
+    defaults: dict = {"image": image, "auto_remove": True,
+                      "env": {**_heartbeat_env(), "PREFECT_API_SSL_CERT_FILE": HOST_CA_FILE},
+                      "volumes": [f"{HOST_CA_FILE}:{HOST_CA_FILE}:ro"]}
     if extra_pip_packages:
         defaults["env"]["EXTRA_PIP_PACKAGES"] = extra_pip_packages
     if settings.target == "local":

@@ -38,7 +38,7 @@ from flows.provision import ProvisionOutputs, provision
 from flows.register import RegisterReport, register
 from flows.restore import RestoreReport, restore
 from flows.smoke import SmokeReport, health_check, smoke_test
-from stack import platform, steps
+from stack import platform, steps, tls
 from stack.localcloud.bake import prebuild_local_images
 from stack.localcloud.hosts import project_hosts
 from stack.localcloud.images import docker_client
@@ -265,7 +265,7 @@ def print_summary(settings: StackSettings, rows: list[StepOutcome]) -> None:
     console = Console(stderr=True)
     console.print(table)
     console.print(f"platform UI      {platform.operator_api_url(settings).removesuffix('/api')} "
-                  f"(auth string in {platform.auth_file(settings)})")
+                  f"(auth string in {platform.auth_file(settings)}, CA certificate {tls.ca_file(settings)})")
     console.print(f"control plane UI {settings.control_plane_api_url.removesuffix('/api')}")
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
-from stack import aws, platform
+from stack import aws, platform, tls
 from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
 from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
@@ -63,6 +63,11 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     volume_id = provisioned.data_volume.id if provisioned else None
     variables = extravars(settings, ui_api_url, volume_id)
     platform.auth_string(settings)  # created once per stack, before any host needs it
+    # The server certificate names every address clients use; a replaced server
+    # instance (new IPs on aws) gets a new one, and the playbook delivers it.
+    server = platform.running_server(settings) if settings.target == "aws" else None
+    if tls.ensure_server_certificate(settings, tls.server_names(settings, server)):
+        log.info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
     # The flow-runner image goes into worker hosts whose Docker already runs (a baked
     # image) while the playbook runs; the rest get it after the playbook installed Docker.
     workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]

@@ -70,7 +70,7 @@ def health_check(settings: StackSettings, platform_url: str, worker_hosts: list[
     """What bootstrap checks instead of the full smoke when nothing changed: the platform
     API answers and every worker host's process and Docker workers are online."""
     log = get_run_logger()
-    if platform.get(f"{platform_url}/ready", platform.auth_string(settings)) != 200:
+    if not platform.ready(settings, platform_url):
         raise StackError(f"health check: the platform API at {platform_url} is not ready; "
                          "run python -m flows.bootstrap --from configure")
     reap_runs_of_gone_hosts(settings, platform_url, worker_hosts)

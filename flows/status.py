@@ -9,7 +9,7 @@ import json
 
 import datetime as dt
 
-from stack import aws, backups, platform
+from stack import aws, backups, platform, tls
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.localcloud.hosts import LABEL_INSTANCE
@@ -43,6 +43,8 @@ def collect(settings: StackSettings) -> dict:
     report["instances"] = aws.project_instances(settings)
     if any(i["role"] == "server" for i in report["instances"]):
         report["platform_api_url"] = platform.operator_api_url(settings)
+        # Clients verify the platform's TLS certificate with the stack's CA.
+        report["platform_ca_file"] = str(tls.ca_file(settings))
     if settings.target == "local":
         containers = host_containers.project_hosts(docker_client(), settings)
         by_instance = {c.labels.get(LABEL_INSTANCE): c for c in containers.values()}
@@ -106,7 +108,8 @@ def print_table(report: dict) -> None:
     if report.get("emulator_endpoint"):
         print(f"emulated cloud {report['emulator_endpoint']} ({report.get('emulator_state')})")
     if report.get("platform_api_url"):
-        print(f"platform API {report['platform_api_url']} (auth string in {report['platform_auth_file']})")
+        print(f"platform API {report['platform_api_url']} (auth string in {report['platform_auth_file']}, "
+              f"CA certificate {report['platform_ca_file']})")
     if report.get("data_volume"):
         v = report["data_volume"]
         print(f"data volume {v['name']} {v['id']} {v['size']} GiB ({v['state']})")

@@ -96,6 +96,8 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_SSH_USER": settings.ssh_user,
         "STACK_SSH_KEY_FILE": str(settings.state_path / "ssh" / "id_ed25519"),
         "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
+        # The CA and server certificate (stack/tls.py); the roles copy from this folder.
+        "STACK_TLS_DIR": str(settings.state_path / "tls"),
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         "AWS_DEFAULT_REGION": settings.region,
         "AWS_REGION": settings.region,

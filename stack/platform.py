@@ -3,24 +3,30 @@
 The API auth string ("user:password") is generated once per stack into
 ``<state>/platform-auth`` (mode 0600) and handed to every client; it is never printed,
 and the process runner redacts it from every line it logs.
+
+Clients reach the server over HTTPS only: a reverse proxy on the server host terminates
+TLS on port 4200 with a certificate of the stack's own CA (``stack/tls.py``), and the
+Prefect server itself listens on the host's loopback. Every client verifies with that CA.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
+from stack import tls
 from stack.localcloud.emulator import inner_endpoint
 from stack.proc import StackError
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
 
 AUTH_USER = "admin"
-SERVER_PORT = 4200
+SERVER_PORT = 4200   # the TLS port of the reverse proxy; Prefect itself is on loopback
 # Work pools and queues of the platform (the runbook's queues are `default` and `dev`).
 PROCESS_POOL = "process"          # process worker on the worker host(s)
 DOCKER_POOL = "docker"            # Docker worker on the worker host(s)
@@ -55,16 +61,16 @@ def server_host(settings: StackSettings) -> str:
 
 def inner_api_url(settings: StackSettings) -> str:
     """The API as the worker hosts and flow runs see it (the runbook's URL)."""
-    return f"http://{server_host(settings)}:{SERVER_PORT}/api"
+    return f"https://{server_host(settings)}:{SERVER_PORT}/api"
 
 
 def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str:
     """The API as the operator sees it."""
     if settings.target == "local":
-        return f"http://127.0.0.1:{settings.platform_port}/api"
+        return f"https://127.0.0.1:{settings.platform_port}/api"
     if not server_public_ip:
         raise StackError("the server host has no public IP yet; run provision first")
-    return f"http://{server_public_ip}:{SERVER_PORT}/api"
+    return f"https://{server_public_ip}:{SERVER_PORT}/api"
 
 
 def running_server(settings: StackSettings) -> dict | None:
@@ -105,18 +111,26 @@ def client_env(settings: StackSettings, url: str) -> dict[str, str]:
         "PREFECT_API_URL": url,
         "PREFECT_API_AUTH_STRING": auth_string(settings),
         "PREFECT_API_KEY": "",  # an API key would take precedence over the auth string
+        "PREFECT_API_SSL_CERT_FILE": str(tls.ca_file(settings)),
         "PREFECT_HOME": str(settings.state_path / "platform-client"),
         **settings.aws_env(),
     }
 
 
-def get(url: str, auth: str | None = None, timeout: float = 5) -> int:
-    """HTTP status of a GET (0 when nothing answers)."""
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None   # a redirect is an answer of its own here, never followed
+
+
+def get(url: str, auth: str | None = None, timeout: float = 5, context: ssl.SSLContext | None = None) -> int:
+    """HTTP status of a GET (0 when nothing answers or TLS verification fails).
+    ``context`` verifies an https URL (``tls.ssl_context``)."""
     req = urllib.request.Request(url)
     if auth:
         req.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -124,15 +138,23 @@ def get(url: str, auth: str | None = None, timeout: float = 5) -> int:
         return 0
 
 
+def ready(settings: StackSettings, url: str) -> bool:
+    """The platform API answers /ready over verified TLS with the auth string."""
+    return get(f"{url}/ready", auth_string(settings), context=tls.ssl_context(settings)) == 200
+
+
 def wait_ready(settings: StackSettings, url: str, timeout: float = 120) -> None:
     auth = auth_string(settings)
+    context = tls.ssl_context(settings)
     deadline = time.monotonic() + timeout
     status = 0
     while time.monotonic() < deadline:
-        status = get(f"{url}/ready", auth)
+        status = get(f"{url}/ready", auth, context=context)
         if status == 200:
             return
         time.sleep(1)
+    if status == 0:
+        status = f"0: no answer, or its certificate did not verify with {tls.ca_file(settings)}"
     raise StackError(f"the platform API at {url} is not ready (last status {status}); "
                      "see `journalctl -u prefect-server` on the server host")
 
@@ -141,4 +163,5 @@ def prefect_client(settings: StackSettings, url: str):
     """An async PrefectClient for the platform (not the control plane)."""
     from prefect.client.orchestration import PrefectClient
 
-    return PrefectClient(api=url, auth_string=auth_string(settings))
+    return PrefectClient(api=url, auth_string=auth_string(settings),
+                         httpx_settings={"verify": tls.ssl_context(settings)})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stack import aws, cloudstate, platform
+from stack import aws, cloudstate, platform, tls
 from stack.settings import REPO_ROOT, StackSettings
 
 STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
@@ -66,6 +66,9 @@ def step_key(step: str, settings: StackSettings, inputs: tuple = ()) -> str:
     if step == "configure":
         # A new auth string must reach the hosts' env files (hashed, never stored).
         h.update(hashlib.sha256(platform.auth_string(settings).encode()).digest())
+        # So must a new CA (created here on first use, like the auth string).
+        tls.ensure_ca(settings)
+        h.update(tls.ca_fingerprint(settings).encode())
     for value in inputs:
         h.update(json.dumps(_stable(value), sort_keys=True).encode())
     return f"{settings.name_prefix}-{step}-{h.hexdigest()[:24]}"
@@ -99,8 +102,7 @@ def hosts_probe(settings: StackSettings, booted) -> bool:
 
 
 def platform_ready(settings: StackSettings) -> bool:
-    url = platform.operator_api_url(settings)
-    return platform.get(f"{url}/ready", platform.auth_string(settings)) == 200
+    return platform.ready(settings, platform.operator_api_url(settings))
 
 
 async def _platform_objects(settings: StackSettings) -> tuple[dict[str, int | None], set[str], set[str], set[str]]:
@@ -150,7 +152,9 @@ def deploy_probe(settings: StackSettings, deployed) -> bool:
 PROBES: dict[str, Callable[..., bool]] = {
     "provision": provision_probe,
     "hosts": hosts_probe,
-    "configure": lambda settings, configured: platform_ready(settings),
+    "configure": lambda settings, configured: (
+        platform_ready(settings) and tls.server_certificate_current(settings, tls.server_names(
+            settings, platform.running_server(settings) if settings.target == "aws" else None))),
     "register": register_probe,
     "deploy": deploy_probe,
 }

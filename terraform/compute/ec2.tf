@@ -7,10 +7,10 @@ locals {
 
 resource "aws_security_group" "platform" {
   name        = "${var.name_prefix}-platform"
-  description = "Prefect platform hosts: API and SSH from the operator, everything inside the group"
+  description = "Prefect platform hosts: TLS API and SSH from the operator, TLS API inside the group"
 
   ingress {
-    description = "Prefect API from the operator"
+    description = "Prefect API (TLS) from the operator"
     from_port   = 4200
     to_port     = 4200
     protocol    = "tcp"
@@ -25,11 +25,13 @@ resource "aws_security_group" "platform" {
     cidr_blocks = [var.operator_cidr]
   }
 
+  # Inside the group too, only the TLS port: workers and flow runs reach the server's
+  # API there, and nothing else flows between the hosts.
   ingress {
-    description = "All traffic between the platform hosts"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
+    description = "Prefect API (TLS) between the platform hosts"
+    from_port   = 4200
+    to_port     = 4200
+    protocol    = "tcp"
     self        = true
   }
 

@@ -36,11 +36,12 @@ def test_api_port_is_not_open_to_the_world(stack):
         Filters=[{"Name": "tag:Project", "Values": [s.name_prefix]}])["SecurityGroups"]
     assert groups
     for g in groups:
+        cidrs: dict[int, list[str]] = {}
         for perm in g["IpPermissions"]:
-            if perm.get("FromPort") in (4200, 22):
-                cidrs = [r["CidrIp"] for r in perm.get("IpRanges", [])]
-                assert "0.0.0.0/0" not in cidrs
-                assert cidrs == ["127.0.0.1/32"]
+            # Only the TLS port and SSH are open, over TCP, the TLS port also inside the group.
+            assert perm["IpProtocol"] == "tcp" and perm.get("FromPort") in (4200, 22), perm
+            cidrs.setdefault(perm["FromPort"], []).extend(r["CidrIp"] for r in perm.get("IpRanges", []))
+        assert cidrs == {4200: ["127.0.0.1/32"], 22: ["127.0.0.1/32"]}
 
 
 def test_code_bucket_is_encrypted_private_and_versioned(stack):

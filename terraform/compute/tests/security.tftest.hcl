@@ -76,8 +76,14 @@ run "api_and_ssh_only_from_operator_cidr" {
     error_message = "port 4200 must be open to the operator CIDR"
   }
   assert {
-    condition     = length([for r in aws_security_group.platform.ingress : r if r.self == true && r.protocol == "-1"]) == 1
-    error_message = "all traffic must be allowed inside the group"
+    condition = length([for r in aws_security_group.platform.ingress : r
+      if r.self == true && r.protocol == "tcp" && r.from_port == 4200 && r.to_port == 4200
+    ]) == 1
+    error_message = "the TLS port must be open inside the group"
+  }
+  assert {
+    condition     = alltrue([for r in aws_security_group.platform.ingress : contains([4200, 22], r.from_port) && r.protocol == "tcp"])
+    error_message = "only the TLS port (4200) and SSH (22) may be open"
   }
 }
 

@@ -1,0 +1,174 @@
+"""TLS of the platform: a certificate authority the stack generates once into
+``<state>/tls`` and the server certificate it signs for the server host's reverse proxy.
+
+Clients verify the platform with ``ca.pem`` (``PREFECT_API_SSL_CERT_FILE``): the operator's
+Prefect clients, the workers and their flow runs. The keys are written 0600 and never
+logged; the CA key never leaves the operator machine (only ``server.key`` goes to the
+server host). The server certificate names every address a client uses for the server
+(its host name, loopback, and on aws its private and public IPs); configure re-issues it
+when those change (a replaced instance has new IPs) or when it nears its end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from stack.settings import StackSettings
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.pem"
+SERVER_KEY = "server.key"
+CA_DAYS = 3650
+SERVER_DAYS = 365
+RENEW_BEFORE_DAYS = 30
+
+
+def tls_dir(settings: StackSettings) -> Path:
+    return settings.state_path / "tls"
+
+
+def ca_file(settings: StackSettings) -> Path:
+    """The CA certificate clients verify the platform with."""
+    return tls_dir(settings) / CA_CERT
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only, from its first byte (never 0644 first)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def ensure_ca(settings: StackSettings) -> bool:
+    """Create the stack's CA unless it exists. True when it was created."""
+    d = tls_dir(settings)
+    if (d / CA_CERT).exists() and (d / CA_KEY).exists():
+        os.chmod(d / CA_KEY, 0o600)
+        return False
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{settings.name_prefix} platform CA")])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(d / CA_KEY, _key_pem(key))
+    (d / SERVER_CERT).unlink(missing_ok=True)   # signed by a CA that is gone
+    (d / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return True
+
+
+def server_names(settings: StackSettings, server: dict | None = None) -> list[str]:
+    """Every name a client uses for the server: its host name (the workers' URL on
+    local), loopback (the operator's published port on local), and on aws the server
+    instance's private IP (the workers' URL) and public IP (the operator's URL)."""
+    names = [settings.host_name(0), "localhost", "127.0.0.1"]
+    if settings.target == "aws" and server:
+        names += [ip for ip in (server.get("private_ip"), server.get("public_ip")) if ip]
+    return list(dict.fromkeys(names))
+
+
+def _san(names: list[str]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            entries.append(x509.DNSName(n))
+    return x509.SubjectAlternativeName(entries)
+
+
+def _names_of(cert: x509.Certificate) -> set[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in san.get_values_for_type(x509.IPAddress)}
+
+
+def server_certificate_current(settings: StackSettings, names: list[str]) -> bool:
+    """The server certificate exists, names exactly ``names``, is signed by this CA and
+    is not near its end."""
+    d = tls_dir(settings)
+    if not all((d / f).exists() for f in (CA_CERT, SERVER_CERT, SERVER_KEY)):
+        return False
+    cert = x509.load_pem_x509_certificate((d / SERVER_CERT).read_bytes())
+    ca = x509.load_pem_x509_certificate((d / CA_CERT).read_bytes())
+    return (cert.issuer == ca.subject and _names_of(cert) == set(names)
+            and cert.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS))
+
+
+def ensure_server_certificate(settings: StackSettings, names: list[str]) -> bool:
+    """Issue the server certificate for ``names`` unless a current one exists (same
+    names, signed by this CA, not near its end). True when it was issued."""
+    ensure_ca(settings)
+    if server_certificate_current(settings, names):
+        return False
+    d = tls_dir(settings)
+    ca_key = serialization.load_pem_private_key((d / CA_KEY).read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((d / CA_CERT).read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(_san(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(d / SERVER_KEY, _key_pem(key))
+    (d / SERVER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return True
+
+
+def ca_fingerprint(settings: StackSettings) -> str:
+    """A hash of the CA certificate (public), for the configure step's key."""
+    path = ca_file(settings)
+    return hashlib.sha256(path.read_bytes() if path.exists() else b"-").hexdigest()
+
+
+def ssl_context(settings: StackSettings) -> ssl.SSLContext:
+    """A client context that trusts the stack's CA only."""
+    return ssl.create_default_context(cafile=str(ca_file(settings)))

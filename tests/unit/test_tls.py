@@ -1,0 +1,101 @@
+"""The stack's CA and server certificate (stack/tls.py): private keys 0600, names that
+match the addresses clients use, re-issued when those change, and a real TLS handshake
+that verifies with the CA and fails without it."""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import stat
+import threading
+
+import pytest
+
+from stack import platform, tls
+from stack.settings import StackSettings
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return StackSettings(state_dir=tmp_path / "state", name_prefix="tlstest")
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_keys_are_private_and_the_ca_is_made_once(settings):
+    names = tls.server_names(settings)
+    assert tls.ensure_server_certificate(settings, names) is True
+    d = tls.tls_dir(settings)
+    assert _mode(d) == 0o700
+    assert _mode(d / tls.CA_KEY) == 0o600 and _mode(d / tls.SERVER_KEY) == 0o600
+    before = tls.ca_fingerprint(settings)
+    assert tls.ensure_ca(settings) is False
+    assert tls.ensure_server_certificate(settings, names) is False   # current: not re-issued
+    assert tls.ca_fingerprint(settings) == before
+
+
+def test_server_names_cover_every_address_clients_use(settings):
+    assert tls.server_names(settings) == ["tlstest-ec2-0", "localhost", "127.0.0.1"]
+    aws = settings.model_copy(update={"target": "aws"})
+    names = tls.server_names(aws, {"private_ip": "10.0.1.5", "public_ip": "198.51.100.7"})
+    assert names[-2:] == ["10.0.1.5", "198.51.100.7"]
+
+
+def test_a_new_address_or_a_new_ca_reissues_the_certificate(settings):
+    names = tls.server_names(settings)
+    tls.ensure_server_certificate(settings, names)
+    assert tls.server_certificate_current(settings, names)
+    moved = names + ["198.51.100.8"]
+    assert not tls.server_certificate_current(settings, moved)
+    assert tls.ensure_server_certificate(settings, moved) is True
+    # A lost CA: a new one is made and the server certificate is signed again by it.
+    (tls.tls_dir(settings) / tls.CA_KEY).unlink()
+    assert tls.ensure_ca(settings) is True
+    assert not tls.server_certificate_current(settings, moved)
+    assert tls.ensure_server_certificate(settings, moved) is True
+
+
+@pytest.fixture
+def https_server(settings):
+    """A real HTTPS server on loopback with the stack's server certificate."""
+    tls.ensure_server_certificate(settings, tls.server_names(settings))
+    d = tls.tls_dir(settings)
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / tls.SERVER_CERT, d / tls.SERVER_KEY)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_clients_verify_the_server_with_the_ca_and_fail_without_it(settings, https_server):
+    assert platform.get(f"{https_server}/api/ready", context=tls.ssl_context(settings)) == 200
+    # The system's trust store does not know the stack's CA: verification fails.
+    assert platform.get(f"{https_server}/api/ready", context=ssl.create_default_context()) == 0
+
+
+def test_the_platforms_prefect_client_trusts_the_ca(settings, https_server):
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def health(client):
+        async with client:
+            return await client.api_healthcheck()
+
+    url = f"{https_server}/api"
+    assert asyncio.run(health(platform.prefect_client(settings, url))) is None  # None: it answered
+    without_ca = PrefectClient(api=url, httpx_settings={"verify": ssl.create_default_context()})
+    assert "CERTIFICATE_VERIFY_FAILED" in str(asyncio.run(health(without_ca)))
