@@ -59,11 +59,15 @@ def many_runs(settings, count: int, wave: int = 10) -> float:
     from stack import platform
     from stack.smoke import CASE_DEPLOYMENTS, wait_final
 
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL,
+                                  temporary_settings)
+
+    from stack import tls
 
     url = platform.api_url(settings)
     started = time.monotonic()
-    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: platform.auth_string(settings)}):
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: platform.auth_string(settings),
+                                     PREFECT_API_SSL_CERT_FILE: str(tls.ca_file(settings))}):
         for first in range(0, count, wave):
             ids = [run_deployment(CASE_DEPLOYMENTS["case3-s3-process"], timeout=0).id
                    for _ in range(min(wave, count - first))]

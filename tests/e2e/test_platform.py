@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 import stat
 import subprocess
 
 import pytest
 
-from stack import platform
+from stack import platform, tls
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY
 from tests.conftest import result_json, run_step
 
@@ -30,9 +32,69 @@ def test_every_case_completes_with_the_expected_results(stack):
 def test_platform_api_needs_the_auth_string(stack):
     s = stack["settings"]
     url = platform.api_url(s)
-    assert platform.get(f"{url}/admin/version") == 401
-    assert platform.get(f"{url}/admin/version", platform.auth_string(s)) == 200
-    assert platform.get(f"{url}/admin/version", "admin:wrong-password") == 401
+    ctx = tls.ssl_context(s)
+    assert platform.get(f"{url}/admin/version", context=ctx) == 401
+    assert platform.get(f"{url}/admin/version", platform.auth_string(s), context=ctx) == 200
+    assert platform.get(f"{url}/admin/version", "admin:wrong-password", context=ctx) == 401
+
+
+def _key_body(s, name: str) -> str:
+    """The base64 body of one of the stack's private keys (its second PEM line)."""
+    return (tls.tls_dir(s) / name).read_text().splitlines()[1]
+
+
+def _plain_http(url: str) -> tuple[int, str]:
+    """Status and Location of a plain-HTTP GET, redirects not followed."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("GET", u.path)
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("Location") or ""
+
+
+def _on_host(host: str, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "exec", host, "/opt/prefect/venv/bin/python", "-c", code],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_platform_speaks_tls_only_verified_with_the_stacks_ca(stack):
+    s = stack["settings"]
+    url = platform.api_url(s)
+    auth = platform.auth_string(s)
+    assert url.startswith("https://")
+    assert stack["first_bootstrap"]["configure"]["platform_api_url"] == url   # smoke ran over it
+    # With the CA the API answers; a client without it (the system's trust store) fails.
+    assert platform.get(f"{url}/ready", auth, context=tls.ssl_context(s)) == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ssl.create_default_context().wrap_socket(
+            socket.create_connection(("127.0.0.1", s.platform_port), timeout=10), server_hostname="127.0.0.1")
+    # Plain HTTP on the platform port is sent to https, never answered.
+    status, location = _plain_http(url.replace("https://", "http://") + "/admin/version")
+    assert status == 301 and location.startswith("https://"), (status, location)
+    # Prefect itself listens on the server host's loopback only: a worker host cannot
+    # reach it but through the TLS proxy, which it verifies with the CA it was given.
+    server, worker = s.host_name(0), s.host_name(1)
+    direct = _on_host(worker, f"import socket; socket.create_connection(('{server}', 4210), timeout=5)")
+    assert direct.returncode != 0 and "Connection refused" in direct.stderr, direct.stderr
+    through_proxy = _on_host(worker, (   # /api/health needs no auth string
+        "import ssl, urllib.request; ctx = ssl.create_default_context(cafile='/etc/prefect/ca.pem'); "
+        f"print(urllib.request.urlopen('https://{server}:4200/api/health', context=ctx).status)"))
+    assert through_proxy.stdout.strip() == "200", through_proxy.stderr
+    env = subprocess.run(["docker", "exec", worker, "grep", "-E", "^PREFECT_API_(URL|SSL_CERT_FILE)=",
+                          "/etc/prefect/worker.env"], capture_output=True, text=True).stdout.split()
+    assert env == [f"PREFECT_API_URL=https://{server}:4200/api", "PREFECT_API_SSL_CERT_FILE=/etc/prefect/ca.pem"]
+    # The keys: 0600 on this machine; on the server host the proxy's key is root's alone.
+    for name in (tls.CA_KEY, tls.SERVER_KEY):
+        assert stat.S_IMODE((tls.tls_dir(s) / name).stat().st_mode) == 0o600
+    mode = subprocess.run(["docker", "exec", server, "stat", "-c", "%a %U", "/etc/prefect/tls/server.key"],
+                          capture_output=True, text=True).stdout.strip()
+    assert mode == "600 root"
+    ca_key_on_server = subprocess.run(["docker", "exec", server, "grep", "-rlF", _key_body(s, tls.CA_KEY), "/etc"],
+                                      capture_output=True, text=True)
+    assert ca_key_on_server.stdout == ""   # the CA key never leaves the operator machine
 
 
 def test_auth_file_is_private(stack):
@@ -40,11 +102,12 @@ def test_auth_file_is_private(stack):
     assert mode == 0o600
 
 
-def _all_flow_run_logs(url: str, auth: str | None) -> str:
+def _all_flow_run_logs(url: str, auth: str | None, verify: ssl.SSLContext | None = None) -> str:
     from prefect.client.orchestration import PrefectClient
 
     async def read() -> str:
-        async with PrefectClient(api=url, auth_string=auth) as client:
+        async with PrefectClient(api=url, auth_string=auth,
+                                 httpx_settings={"verify": verify} if verify else None) as client:
             out, offset = [], 0
             while True:
                 page = await client.read_logs(limit=200, offset=offset)
@@ -71,7 +134,8 @@ def test_no_secret_in_logs_artifacts_or_flow_run_logs(stack):
     s = stack["settings"]
     password = platform.auth_string(s).split(":", 1)[1]
     secrets = {"auth password": password, "AWS access key": EMULATOR_ACCESS_KEY,
-               "AWS secret key": EMULATOR_SECRET_KEY}
+               "AWS secret key": EMULATOR_SECRET_KEY, "CA key": _key_body(s, tls.CA_KEY),
+               "server key": _key_body(s, tls.SERVER_KEY)}
     corpus = {}
     # Files the stack wrote: logs and ansible-runner's artifacts.
     for path in s.state_path.rglob("*"):
@@ -83,7 +147,7 @@ def test_no_secret_in_logs_artifacts_or_flow_run_logs(stack):
     corpus["control-plane artifacts"] = _all_artifacts(s.control_plane_api_url)
     assert "terraform" in corpus["control-plane logs"].lower()  # the corpus is real
     # The platform's flow-run logs, and the hosts' service journals.
-    corpus["platform logs"] = _all_flow_run_logs(platform.api_url(s), platform.auth_string(s))
+    corpus["platform logs"] = _all_flow_run_logs(platform.api_url(s), platform.auth_string(s), tls.ssl_context(s))
     assert "finished FIRST" in corpus["platform logs"]
     for host in ("p2test-ec2-0", "p2test-ec2-1"):
         journal = subprocess.run(["docker", "exec", host, "journalctl", "--no-pager", "-u", "prefect-*"],
