@@ -15,8 +15,8 @@ that way so that the benchmark cannot rot). Sections:
               interpreter on the worker host (a fresh container of the flow-runner image
               for Docker; the operator machine for case 2) importing Prefect's flow engine
               and reading the flow's code from the bucket
-  defaults    case 3 and 4 again with Prefect's default worker polling (10 s): what a
-              user who installs Prefect by hand gets
+  defaults    every worker case again with Prefect's default worker polling (10 s):
+              what a user who installs Prefect by hand gets
   throughput  --throughput-runs runs of the testflow's my_flow submitted at once to the
               process pool, with one worker host and then two: runs per minute and what
               bounded it (pool limit, CPU, server)
@@ -61,6 +61,7 @@ WORKER_CASES = ("case2-local-storage", "case3-s3-process", "case4-s3-docker")
 STEP_ORDER = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
 FLOOR_SAMPLES = 5
 FLOOR_TARGET = 1.5
+PREFECT_DEFAULT_QUERY_SECONDS = 10   # PREFECT_WORKER_QUERY_SECONDS when nobody sets it
 SCALE_TARGET = 1.8
 THROUGHPUT_DEPLOYMENT = "bench-my-flow"
 # What a flow run's process does before Prefect reports it Running, and no more: a fresh
@@ -207,7 +208,8 @@ def case_latency(settings: StackSettings, url: str, case: str, runs: int, worker
         return smoke.run_case(settings, url, case, smoke.CASE_DEPLOYMENTS[case])
 
     if case == "case2-local-storage":
-        with smoke.operator_worker(settings, url, stage(settings)):
+        query_seconds = PREFECT_DEFAULT_QUERY_SECONDS if worker_settings == "prefect-default" else 0.5
+        with smoke.operator_worker(settings, url, stage(settings), query_seconds=query_seconds):
             results = [one() for _ in range(runs)]
     else:
         results = [one() for _ in range(runs)]
@@ -237,7 +239,8 @@ class prefect_default_polling:
             d = f"/run/systemd/system/{unit}.service.d"
             script.append(f"mkdir -p {d} && printf '[Service]\\nEnvironmentFile=/run/prefect-bench-defaults.env\\n' "
                           f"> {d}/bench.conf" if dropin else f"rm -rf {d}")
-        script += ["printf 'PREFECT_WORKER_QUERY_SECONDS=10\\n' > /run/prefect-bench-defaults.env" if dropin
+        script += [f"printf 'PREFECT_WORKER_QUERY_SECONDS={PREFECT_DEFAULT_QUERY_SECONDS}\\n' "
+                   "> /run/prefect-bench-defaults.env" if dropin
                    else "rm -f /run/prefect-bench-defaults.env",
                    "systemctl daemon-reload", "systemctl restart " + " ".join(self.UNITS)]
         host_exec(host, "sh", "-c", "; ".join(script))
@@ -510,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"latency {case}: done", file=sys.stderr, flush=True)
             if "defaults" in sections:
                 with prefect_default_polling(settings, url, hosts):
-                    for case in [c for c in cases if c != "case2-local-storage"]:
+                    for case in cases:
                         report.latency.append(case_latency(settings, url, case, args.runs, "prefect-default", None))
             if "throughput" in sections:
                 deployment = asyncio.run(ensure_throughput_deployment(settings, url))
