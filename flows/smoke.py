@@ -4,6 +4,7 @@ result (`finished FIRST`, `finished SECOND`), and publish a table with per-case 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -43,12 +44,17 @@ def smoke_test(settings: StackSettings | None = None, platform_url: str | None =
     reap_runs_of_gone_hosts(settings, url, workers)
     deploy_dir = stage(settings)
 
-    results = [smoke.run_direct(settings, url, deploy_dir)]
-    with smoke.operator_worker(settings, url, deploy_dir):
-        results.append(smoke.run_case(settings, url, "case2-local-storage", smoke.CASE_DEPLOYMENTS["case2-local-storage"]))
-    for case in ("case3-s3-process", "case4-s3-docker"):
-        results.append(smoke.run_case(settings, url, case, smoke.CASE_DEPLOYMENTS[case]))
-    results.append(smoke.run_case(settings, url, "misplaced-local-storage", smoke.MISPLACED, expect_failure=True))
+    # Every case at once: each has its own worker (or none, for the direct run), so the
+    # step takes as long as its slowest case instead of their sum (about 40 s less).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        direct = pool.submit(smoke.run_direct, settings, url, deploy_dir)
+        on_hosts = [pool.submit(smoke.run_case, settings, url, case, smoke.CASE_DEPLOYMENTS[case])
+                    for case in ("case3-s3-process", "case4-s3-docker")]
+        misplaced = pool.submit(smoke.run_case, settings, url, "misplaced-local-storage", smoke.MISPLACED,
+                                expect_failure=True)
+        with smoke.operator_worker(settings, url, deploy_dir):
+            case2 = smoke.run_case(settings, url, "case2-local-storage", smoke.CASE_DEPLOYMENTS["case2-local-storage"])
+        results = [direct.result(), case2, *(f.result() for f in on_hosts), misplaced.result()]
 
     rows = []
     for r in results:
