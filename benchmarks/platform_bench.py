@@ -435,15 +435,17 @@ def table(report: BenchmarkReport) -> str:
             cells = "".join(f"{steps.get(s, 0):>7.1f} {outcomes.get(s, '')[:3]:>3}" for s in STEP_ORDER)
             out.append(f"  {label:<26}{cells}  {steps['wall']:9.1f}")
     if report.latency:
-        out += ["", "latency (s)                        created->pending    pending->running    created->running"
+        out += ["", "latency (s)                               created->pending    pending->running    created->running"
                     "      floor  ratio  target",
-                "  case                  workers    med   p90  worst    med   p90  worst    med   p90  worst"]
+                "  case                  workers           med   p90  worst    med   p90  worst    med   p90  worst"]
         for c in report.latency:
             cells = "".join(f" {s.median:6.2f}{s.p90:6.2f}{s.worst:6.2f} "
                             for s in (c.created_to_pending, c.pending_to_running, c.created_to_running))
             target = "" if c.meets_target is None else ("met" if c.meets_target else "MISSED")
-            out.append(f"  {c.case:<21} {c.worker_settings:<8}{cells} {c.floor_s or 0:6.2f} "
-                       f"{c.ratio_to_floor or 0:6.2f}  {target}  ({c.completed}/{c.runs} completed)")
+            floor_s = f"{c.floor_s:6.2f}" if c.floor_s else f"{'-':>6}"   # no floor for the default rows
+            ratio = f"{c.ratio_to_floor:6.2f}" if c.ratio_to_floor else f"{'-':>6}"
+            out.append(f"  {c.case:<21} {c.worker_settings:<15}{cells} {floor_s} {ratio}  {target}  "
+                       f"({c.completed}/{c.runs} completed)")
     if report.throughput:
         out += ["", "throughput         runs  done  seconds  runs/min  pool limit  peak running  worker CPU %  "
                     "server CPU %  machine CPU %  bound by"]
