@@ -124,11 +124,29 @@ def stop(settings: StackSettings) -> list[str]:
         pid_file = _home(settings) / f"{name}.pid"
         pid = _our_process(pid_file, module)
         if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
+            _terminate(pid)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
     return stopped
+
+
+def _terminate(pid: int, grace_seconds: float = 15) -> None:
+    """SIGTERM a process group, and SIGKILL it when it is still there after the grace.
+    The runner shuts down gracefully (it pauses its deployments on the server), and a
+    runner left waiting for a server that is already gone could outlive ``stop``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)   # reap it when it is our own child
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def describe(settings: StackSettings) -> dict:

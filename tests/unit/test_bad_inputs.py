@@ -97,6 +97,8 @@ def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
     held = None
     if case.bind:
         held = socket.socket()
+        # A connection of an earlier run may still be in TIME_WAIT on this port.
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         held.bind(("127.0.0.1", int(env[case.bind])))
         held.listen()
     try:
