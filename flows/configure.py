@@ -65,8 +65,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     platform.auth_string(settings)  # created once per stack, before any host needs it
     # The server certificate names every address clients use; a replaced server
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.
-    server = platform.running_server(settings) if settings.target == "aws" else None
-    if tls.ensure_server_certificate(settings, tls.server_names(settings, server)):
+    if tls.ensure_server_certificate(settings, platform.server_tls_names(settings)):
         log.info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
     # The flow-runner image goes into worker hosts whose Docker already runs (a baked
     # image) while the playbook runs; the rest get it after the playbook installed Docker.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
+from stack import tls
 from stack.proc import StackError, get_logger, redact
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
 
@@ -97,7 +98,7 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_SSH_KEY_FILE": str(settings.state_path / "ssh" / "id_ed25519"),
         "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
         # The CA and server certificate (stack/tls.py); the roles copy from this folder.
-        "STACK_TLS_DIR": str(settings.state_path / "tls"),
+        "STACK_TLS_DIR": str(tls.tls_dir(settings)),
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         "AWS_DEFAULT_REGION": settings.region,
         "AWS_REGION": settings.region,

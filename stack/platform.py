@@ -89,6 +89,11 @@ def server_public_ip(settings: StackSettings) -> str | None:
     return server.get("public_ip") if server else None
 
 
+def server_tls_names(settings: StackSettings) -> list[str]:
+    """The names the server certificate must carry now (on aws: with the running server's IPs)."""
+    return tls.server_names(settings, running_server(settings) if settings.target == "aws" else None)
+
+
 def operator_api_url(settings: StackSettings) -> str:
     """The operator's API URL, looking up the server's public IP on aws."""
     if settings.target == "local":

@@ -153,8 +153,7 @@ PROBES: dict[str, Callable[..., bool]] = {
     "provision": provision_probe,
     "hosts": hosts_probe,
     "configure": lambda settings, configured: (
-        platform_ready(settings) and tls.server_certificate_current(settings, tls.server_names(
-            settings, platform.running_server(settings) if settings.target == "aws" else None))),
+        platform_ready(settings) and tls.server_certificate_current(settings, platform.server_tls_names(settings))),
     "register": register_probe,
     "deploy": deploy_probe,
 }
