@@ -117,6 +117,7 @@ def install_vars() -> dict:
     return {
         "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
         "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
+        "base_system_uv_package": pinned_versions(("uv",))[0],
     }
 
 

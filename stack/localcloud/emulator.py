@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from stack.localcloud.images import docker_client, ensure_image
+from stack.localcloud.images import docker_client, ensure_image, uv_version
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
@@ -100,7 +100,7 @@ def up(settings: StackSettings) -> EmulatorStatus:
         raise StackError("the emulated cloud is only for STACK_TARGET=local")
     client = docker_client()
     log = get_logger()
-    image = ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto")})
+    image = ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto"), "UV_VERSION": uv_version()})
     net = ensure_network(client, settings)
     name = container_name(settings)
     try:

@@ -11,6 +11,7 @@ pip and apt work behind an intercepting proxy) and the project's ``constraints.t
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import shutil
 import subprocess
 import tempfile
@@ -59,6 +60,12 @@ def host_ca_bundle() -> Path:
         if p.exists():
             return p
     raise StackError("no CA bundle found at " + ", ".join(map(str, HOST_CA_CANDIDATES)))
+
+
+def uv_version() -> str:
+    """The uv every image installs its Python packages with: the operator venv's (pinned
+    in constraints.txt), so images and venvs resolve alike."""
+    return importlib.metadata.version("uv")
 
 
 def image_exists(client: docker.DockerClient, ref: str) -> bool:
