@@ -154,7 +154,30 @@ def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, s
     with build_lock(tag):
         if not image_exists(client, tag):
             _build(client, name, tag, base, build_args)
+            remove_older_images(client, tag)
     return tag
+
+
+def remove_older_images(client: docker.DockerClient, tag: str) -> list[str]:
+    """Remove the other tags of ``tag``'s repository (earlier builds, up to 1.8 GB each for
+    a baked host image) that no container uses; an image a container still runs, or
+    that another image is built on, stays. Returns the tags removed."""
+    repo = tag.split(":")[0]
+    in_use = {c.image.id for c in client.containers.list(all=True) if c.image is not None}
+    removed = []
+    for image in client.images.list(name=repo):
+        older = [t for t in image.tags if t.split(":")[0] == repo and t != tag]
+        if not older or tag in image.tags or image.id in in_use:
+            continue
+        for t in older:
+            try:
+                client.images.remove(t, noprune=False)
+                removed.append(t)
+            except docker.errors.APIError:  # a child image or a container still needs it
+                pass
+    if removed:
+        get_logger().info("removed earlier images no container uses: %s", ", ".join(removed))
+    return removed
 
 
 def _build(client: docker.DockerClient, name: str, tag: str, base: str, build_args: dict[str, str] | None) -> None:

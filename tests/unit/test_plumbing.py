@@ -78,3 +78,37 @@ def test_terraform_destroy_reuses_the_inputs_of_the_last_apply(tmp_path):
     tf = Terraform(settings, COMPUTE, inputs={"data_volume_id": "vol-0123456789abcdef0"})
     tf.prepare()
     assert Terraform(settings, COMPUTE).last_inputs() == {"data_volume_id": "vol-0123456789abcdef0"}
+
+
+def test_a_new_build_removes_earlier_images_no_container_uses():
+    """Against the real Docker engine: each change to the roles bakes a 1.8 GB host image,
+    so the earlier ones go, except one that a container still runs."""
+    import io
+    import tarfile
+    import uuid
+
+    from stack.localcloud import images
+
+    client = images.docker_client()
+    repo = f"stack-prunetest-{uuid.uuid4().hex[:8]}"
+
+    def make(tag: str) -> str:  # a tiny image of its own (one file whose content is the tag)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("tag.txt")
+            info.size = len(tag)
+            tar.addfile(info, io.BytesIO(tag.encode()))
+        client.api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
+        return f"{repo}:{tag}"
+
+    old, used, new = make("old"), make("used"), make("new")
+    container = client.containers.create(used, command=["/none"])
+    try:
+        assert images.remove_older_images(client, new) == [old]
+        assert not images.image_exists(client, old)
+        assert images.image_exists(client, used) and images.image_exists(client, new)
+    finally:
+        container.remove(force=True)
+        for ref in (old, used, new):
+            if images.image_exists(client, ref):
+                client.images.remove(ref, force=True)
