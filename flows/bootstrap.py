@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -39,9 +38,6 @@ from flows.register import RegisterReport, register
 from flows.restore import RestoreReport, restore
 from flows.smoke import SmokeReport, health_check, smoke_test
 from stack import platform, steps, tls
-from stack.localcloud.bake import prebuild_local_images
-from stack.localcloud.hosts import project_hosts
-from stack.localcloud.images import docker_client
 from stack.lock import exclusive
 from stack.proc import StackError
 from stack.settings import StackSettings, load_settings
@@ -215,12 +211,9 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
     runner = StepRunner(settings, force, from_step, only)
     try:
         # settings -> cloud resources -> hosts -> configured platform -> its data -> runs
-        checked = runner.run("preflight", preflight)
-        if settings.target == "local" and not project_hosts(docker_client(), settings):
-            # A stack without hosts (new, or after the nightly teardown) needs the hosts'
-            # images: build them while Terraform runs (minutes saved on a new machine).
-            threading.Thread(target=prebuild_local_images, args=(settings,), daemon=True,
-                             name="prebuild-images").start()
+        # A stack without hosts (new, or after the nightly teardown) needs the hosts'
+        # images: preflight starts building them, and they build while Terraform runs.
+        checked = runner.run("preflight", preflight, prebuild_host_images=True)
         provisioned = runner.run("provision", provision)
         booted = runner.run("hosts", hosts, provisioned)
         configured = runner.run("configure", configure, provisioned, booted)

@@ -58,7 +58,6 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     log = get_run_logger()
     if booted is not None and booted.created:
         log.info("new hosts to configure: %s", ", ".join(booted.created))
-    image = flow_runner_image(settings)
     ui_api_url = platform.operator_api_url(settings)
     volume_id = provisioned.data_volume.id if provisioned else None
     variables = extravars(settings, ui_api_url, volume_id)
@@ -67,47 +66,53 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.
     if tls.ensure_server_certificate(settings, platform.server_tls_names(settings)):
         log.info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
-    # The flow-runner image goes into worker hosts whose Docker already runs (a baked
-    # image) while the playbook runs; the rest get it after the playbook installed Docker.
+    # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
+    # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
+    # the rest get it after the playbook installed Docker.
     workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
     preloading = ThreadPoolExecutor(max_workers=1)
+    image_ready = preloading.submit(flow_runner_image, settings)
+
     def preload() -> list[str]:
         try:
-            return load_into_hosts(settings, image, workers, skip_without_engine=True)
+            return load_into_hosts(settings, image_ready.result(), workers, skip_without_engine=True)
         except StackError as exc:  # e.g. the playbook restarted that engine; retried below
             log.info("early image load did not finish (%s); loading after the playbook", exc)
             return []
 
     preloaded = preloading.submit(preload)
-    recap: dict[str, dict[str, int]] = {}
-    limit = None
-    result: PlaybookResult | None = None
-    attempts = 0
-    for attempts in range(1, UNREACHABLE_RETRIES + 2):
-        result = run_playbook(settings, playbook, extravars=variables, limit=limit,
-                              secrets=(platform.auth_string(settings),))
-        for host, r in result.recap.items():
-            recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
-        failed = [h for h, r in result.recap.items() if r.failed]
-        if result.unreachable_hosts and not failed and attempts <= UNREACHABLE_RETRIES:
-            limit = ",".join(sorted(set(result.unreachable_hosts)))
-            log.warning("unreachable: %s; retrying in %d s (attempt %d of %d)",
-                        limit, UNREACHABLE_DELAY_SECONDS, attempts + 1, UNREACHABLE_RETRIES + 1)
-            time.sleep(UNREACHABLE_DELAY_SECONDS)
-            continue
-        break
-    assert result is not None
-    rows = [{"host": h, **v} for h, v in sorted(recap.items())]
-    create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", table=rows,
-                          description=f"Ansible recap of {playbook}")
-    if result.first_failure or result.status != "successful":
-        host, task, msg = result.first_failure or ("-", playbook, result.status)
-        raise AnsibleError(f"configure failed on host {host}, task '{task}': {msg}")
-    if not recap:
-        raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
-                           f"Project={settings.name_prefix}? (python -m flows.status)")
-    loaded = preloaded.result() + load_into_hosts(settings, image, workers)
-    preloading.shutdown()
+    try:
+        recap: dict[str, dict[str, int]] = {}
+        limit = None
+        result: PlaybookResult | None = None
+        attempts = 0
+        for attempts in range(1, UNREACHABLE_RETRIES + 2):
+            result = run_playbook(settings, playbook, extravars=variables, limit=limit,
+                                  secrets=(platform.auth_string(settings),))
+            for host, r in result.recap.items():
+                recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
+            failed = [h for h, r in result.recap.items() if r.failed]
+            if result.unreachable_hosts and not failed and attempts <= UNREACHABLE_RETRIES:
+                limit = ",".join(sorted(set(result.unreachable_hosts)))
+                log.warning("unreachable: %s; retrying in %d s (attempt %d of %d)",
+                            limit, UNREACHABLE_DELAY_SECONDS, attempts + 1, UNREACHABLE_RETRIES + 1)
+                time.sleep(UNREACHABLE_DELAY_SECONDS)
+                continue
+            break
+        assert result is not None
+        rows = [{"host": h, **v} for h, v in sorted(recap.items())]
+        create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", table=rows,
+                              description=f"Ansible recap of {playbook}")
+        if result.first_failure or result.status != "successful":
+            host, task, msg = result.first_failure or ("-", playbook, result.status)
+            raise AnsibleError(f"configure failed on host {host}, task '{task}': {msg}")
+        if not recap:
+            raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
+                               f"Project={settings.name_prefix}? (python -m flows.status)")
+        image = image_ready.result()  # raises what building it raised
+        loaded = preloaded.result() + load_into_hosts(settings, image, workers)
+    finally:
+        preloading.shutdown(wait=True)  # nothing half-loaded is left behind, even on a failure
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
     return ConfigureReport(recap=recap, changed=changed, attempts=attempts,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from stack import aws
 from stack.localcloud import emulator
+from stack.localcloud.bake import start_prebuild
 from stack.localcloud.images import docker_client
 from stack.proc import StackError
 from stack.lock import exclusive
@@ -34,8 +35,12 @@ def _require_tool(name: str, hint: str) -> str:
 
 @flow(name="preflight")
 @exclusive
-def preflight(settings: StackSettings | None = None) -> PreflightReport:
-    """Check everything the later steps need, before anything is created."""
+def preflight(settings: StackSettings | None = None, prebuild_host_images: bool = False) -> PreflightReport:
+    """Check everything the later steps need, before anything is created.
+
+    ``prebuild_host_images`` (bootstrap sets it): once the tools and the Docker engine are
+    there, start building the hosts' images in the background for a stack without hosts,
+    beside the emulator's start and provision."""
     settings = settings or load_settings()
     log = get_run_logger()
     _require_tool("terraform", "install Terraform >= 1.6 and put it on PATH")
@@ -43,6 +48,8 @@ def preflight(settings: StackSettings | None = None) -> PreflightReport:
     endpoint = None
     if settings.target == "local":
         docker_client()  # raises with a clear message when no engine answers
+        if prebuild_host_images and start_prebuild(settings):
+            log.info("building the hosts' images in the background (baked host, flow runner)")
         st = emulator.up(settings)
         endpoint = st.endpoint
         log.info("emulated cloud %s is %s at %s", emulator.container_name(settings), st.state, endpoint)

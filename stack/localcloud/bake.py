@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -91,12 +92,38 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
 
 def prebuild_local_images(settings: StackSettings) -> None:
     """Build what new hosts need (the baked host image, the flow-runner image) ahead of
-    time; bootstrap runs this beside provision. Failures are left to the step that needs
-    the image, which builds it again and reports them."""
+    time, side by side: both only need the base image. Failures are left to the step
+    that needs the image, which builds it again and reports them."""
     from stack.localcloud.flow_runner import flow_runner_image
 
-    try:
-        ensure_baked_host_image(settings)
-        flow_runner_image(settings)
-    except Exception as exc:  # noqa: BLE001
-        get_logger().info("building images ahead of time did not finish (%s); the steps build them", exc)
+    def build(what: str, fn) -> None:
+        try:
+            fn(settings)
+        except Exception as exc:  # noqa: BLE001
+            get_logger().info("building the %s ahead of time did not finish (%s); the step that needs it builds it",
+                              what, exc)
+
+    runner = threading.Thread(target=build, args=("flow-runner image", flow_runner_image), daemon=True,
+                              name="prebuild-flow-runner")
+    runner.start()
+    build("baked host image", ensure_baked_host_image)
+    runner.join()
+
+
+def start_prebuild(settings: StackSettings) -> bool:
+    """Bootstrap on a stack with no host containers (new, or after the nightly teardown):
+    start building the hosts' images in the background, so they are ready by the time
+    provision has created the instances (minutes saved on a new machine). Returns
+    whether it started. Idempotent: it never starts twice for one stack in a process."""
+    from stack.localcloud.hosts import project_hosts
+
+    if settings.target != "local" or settings.name_prefix in _prebuilding:
+        return False
+    if project_hosts(docker_client(), settings):
+        return False
+    _prebuilding.add(settings.name_prefix)
+    threading.Thread(target=prebuild_local_images, args=(settings,), daemon=True, name="prebuild-images").start()
+    return True
+
+
+_prebuilding: set[str] = set()
