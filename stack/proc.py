@@ -41,7 +41,9 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
             pass
     except ImportError:  # pragma: no cover - prefect is a hard dependency
         pass
-    return logging.getLogger("stack")
+    # Under "prefect." so that Prefect's console handler prints it (e.g. from a background
+    # thread of a flow, which has no run context).
+    return logging.getLogger("prefect.stack")
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -91,23 +91,19 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
 
 
 def prebuild_local_images(settings: StackSettings) -> None:
-    """Build what new hosts need (the baked host image, the flow-runner image) ahead of
-    time, side by side: both only need the base image. Failures are left to the step
-    that needs the image, which builds it again and reports them."""
+    """Build what new hosts need ahead of time: the baked host image first (the hosts
+    step waits for it), then the flow-runner image (configure streams it into the worker
+    hosts beside its playbook). One after the other: on 2 cores, building them side by
+    side also slowed the emulator's image that provision waits for. Failures are left to
+    the step that needs the image, which builds it again and reports them."""
     from stack.localcloud.flow_runner import flow_runner_image
 
-    def build(what: str, fn) -> None:
+    for what, build in (("baked host image", ensure_baked_host_image), ("flow-runner image", flow_runner_image)):
         try:
-            fn(settings)
+            build(settings)
         except Exception as exc:  # noqa: BLE001
             get_logger().info("building the %s ahead of time did not finish (%s); the step that needs it builds it",
                               what, exc)
-
-    runner = threading.Thread(target=build, args=("flow-runner image", flow_runner_image), daemon=True,
-                              name="prebuild-flow-runner")
-    runner.start()
-    build("baked host image", ensure_baked_host_image)
-    runner.join()
 
 
 def start_prebuild(settings: StackSettings) -> bool:
