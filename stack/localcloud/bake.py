@@ -91,14 +91,18 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
 
 
 def prebuild_local_images(settings: StackSettings) -> None:
-    """Build what new hosts need ahead of time: the baked host image first (the hosts
-    step waits for it), then the flow-runner image (configure streams it into the worker
-    hosts beside its playbook). One after the other: on 2 cores, building them side by
-    side also slowed the emulator's image that provision waits for. Failures are left to
+    """Build the images a stack without hosts needs, one after the other in the order the
+    steps need them: the emulator's (preflight waits for it, and builds it itself if this
+    has not started it yet), the baked host image (the hosts step), then the flow-runner
+    image (configure streams it into the worker hosts beside its playbook). Side by side
+    on 2 cores they slowed each other, and provision with them. Failures are left to
     the step that needs the image, which builds it again and reports them."""
+    from stack.localcloud.emulator import ensure_moto_image
     from stack.localcloud.flow_runner import flow_runner_image
 
-    for what, build in (("baked host image", ensure_baked_host_image), ("flow-runner image", flow_runner_image)):
+    builds = (("emulator image", lambda s: ensure_moto_image(docker_client())),
+              ("baked host image", ensure_baked_host_image), ("flow-runner image", flow_runner_image))
+    for what, build in builds:
         try:
             build(settings)
         except Exception as exc:  # noqa: BLE001

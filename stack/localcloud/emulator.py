@@ -94,13 +94,18 @@ def wait_healthy(endpoint: str, timeout: float = 60) -> None:
     raise StackError(f"the emulated cloud at {endpoint} did not answer within {timeout:.0f} s; see `docker logs` of its container")
 
 
+def ensure_moto_image(client: docker.DockerClient) -> str:
+    """The emulator's image: moto's server at the version the operator's venv has."""
+    return ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto"), "UV_VERSION": uv_version()})
+
+
 def up(settings: StackSettings) -> EmulatorStatus:
     """Start the emulator (building its image if needed) and wait until it answers."""
     if settings.target != "local":
         raise StackError("the emulated cloud is only for STACK_TARGET=local")
     client = docker_client()
     log = get_logger()
-    image = ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto"), "UV_VERSION": uv_version()})
+    image = ensure_moto_image(client)
     net = ensure_network(client, settings)
     name = container_name(settings)
     try:
