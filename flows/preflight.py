@@ -49,7 +49,7 @@ def preflight(settings: StackSettings | None = None, prebuild_host_images: bool 
     if settings.target == "local":
         docker_client()  # raises with a clear message when no engine answers
         if prebuild_host_images and start_prebuild(settings):
-            log.info("building the images in the background (emulator, baked host, flow runner)")
+            log.info("building the hosts' images in the background (baked host, flow runner)")
         st = emulator.up(settings)
         endpoint = st.endpoint
         log.info("emulated cloud %s is %s at %s", emulator.container_name(settings), st.state, endpoint)
