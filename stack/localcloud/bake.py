@@ -43,7 +43,10 @@ def baked_image_tag(stock_tag: str) -> str:
     h = hashlib.sha256(stock_tag.encode())
     for f in bake_inputs():
         h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
-    h.update(json.dumps(install_vars(), sort_keys=True).encode())
+    # The variables, less the constraints file's absolute path (its content is hashed
+    # above): the same bake serves every checkout of the project, wherever it lives.
+    variables = {k: v for k, v in install_vars().items() if k != "base_system_constraints_file"}
+    h.update(json.dumps(variables, sort_keys=True).encode())
     return f"{BAKED_REPO}:{h.hexdigest()[:12]}"
 
 

@@ -112,3 +112,17 @@ def test_a_new_build_removes_earlier_images_no_container_uses():
         for ref in (old, used, new):
             if images.image_exists(client, ref):
                 client.images.remove(ref, force=True)
+
+
+def test_the_baked_image_tag_is_the_same_for_every_checkout(monkeypatch):
+    """The bake hashes what goes into it, not where the project lives: a clone elsewhere
+    (CI, a worktree) reuses the same 1.8 GB image instead of baking its own."""
+    from stack.localcloud import bake
+
+    here = bake.baked_image_tag("stack-host:x")
+    real = bake.install_vars()
+    moved = {**real, "base_system_constraints_file": "/elsewhere/prefect-aws-stack/constraints.txt"}
+    monkeypatch.setattr(bake, "install_vars", lambda: moved)
+    assert bake.baked_image_tag("stack-host:x") == here
+    monkeypatch.setattr(bake, "install_vars", lambda: {**moved, "base_system_uv_package": "uv==0.0.1"})
+    assert bake.baked_image_tag("stack-host:x") != here
