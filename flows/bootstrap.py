@@ -38,6 +38,7 @@ from flows.register import RegisterReport, register
 from flows.restore import RestoreReport, restore
 from flows.smoke import SmokeReport, health_check, smoke_test
 from stack import platform, steps, tls
+from stack.localcloud.images import remove_superseded_images
 from stack.lock import exclusive
 from stack.proc import StackError
 from stack.settings import StackSettings, load_settings
@@ -198,6 +199,15 @@ def markdown_table(rows: list[StepOutcome]) -> str:
     return "\n".join(lines)
 
 
+def _remove_superseded_images(log) -> None:
+    """Once the platform works: the images this bootstrap replaced (a baked host image
+    is about 1.8 GB), unless a container still uses them. Never fails the bootstrap."""
+    try:
+        remove_superseded_images()  # logs what it removed
+    except Exception as exc:  # noqa: BLE001
+        log.info("could not remove earlier images (%s); they only take disk space", exc)
+
+
 @flow(name="bootstrap")
 @exclusive
 def bootstrap(settings: StackSettings | None = None, force: bool = False, from_step: str | None = None,
@@ -227,6 +237,8 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         else:
             workers = [i.name for i in provisioned.instances if i.role == "worker"]
             smoked = runner.run("smoke", health_check, url, workers)
+        if settings.target == "local":
+            _remove_superseded_images(log)
     finally:
         rows = runner.table()
         last_run_file(settings).write_text(json.dumps([r.model_dump() for r in rows], indent=2))

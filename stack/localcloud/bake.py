@@ -22,7 +22,7 @@ from pathlib import Path
 import docker.errors
 
 from stack.ansible import ANSIBLE_DIR, install_vars, run_playbook
-from stack.localcloud.images import build_lock, docker_client, ensure_image, image_exists, remove_older_images
+from stack.localcloud.images import build_lock, docker_client, ensure_image, image_exists, note_current
 from stack.proc import StackError, get_logger
 from stack.settings import REPO_ROOT, StackSettings
 
@@ -58,7 +58,7 @@ def ensure_baked_host_image(settings: StackSettings) -> str:
     with build_lock(tag):
         if not image_exists(client, tag):
             _bake(settings, client, stock, tag)
-            remove_older_images(client, tag)
+    note_current(tag)
     return tag
 
 

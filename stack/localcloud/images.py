@@ -93,7 +93,9 @@ def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_
     """Return the tag of the Debian base image, building it with debootstrap if missing."""
     tag = base_image_tag(mirror)
     with build_lock(tag):
-        return _ensure_base_image(client, tag, mirror)
+        _ensure_base_image(client, tag, mirror)
+    note_current(tag)
+    return tag
 
 
 def _ensure_base_image(client: docker.DockerClient, tag: str, mirror: str) -> str:
@@ -154,8 +156,27 @@ def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, s
     with build_lock(tag):
         if not image_exists(client, tag):
             _build(client, name, tag, base, build_args)
-            remove_older_images(client, tag)
+    note_current(tag)
     return tag
+
+
+# The tag of each image repository that this process built or found current; bootstrap
+# removes the other tags once it has succeeded (not right after a build, where deleting
+# a 1.8 GB image's layers slowed the configure running beside it).
+_current_tags: dict[str, str] = {}
+
+
+def note_current(tag: str) -> None:
+    _current_tags[tag.split(":")[0]] = tag
+
+
+def remove_superseded_images() -> list[str]:
+    """Remove the earlier images of every repository whose current tag this process
+    ensured, when no container uses them."""
+    if not _current_tags:
+        return []
+    client = docker_client()
+    return [t for tag in list(_current_tags.values()) for t in remove_older_images(client, tag)]
 
 
 def remove_older_images(client: docker.DockerClient, tag: str) -> list[str]:
