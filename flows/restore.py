@@ -13,7 +13,7 @@ import json
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from stack import backups, platform
+from stack import aws, backups, platform
 from stack.proc import StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -51,7 +51,9 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
     if only_if_empty:
         log.warning("the platform database is empty (a new or lost data volume) and a backup exists: "
                     "restoring %s from %s", chosen.name, chosen.created_at.isoformat())
-    backups.restore(settings, server, chosen, ip)
+    workers = [(i["name"], i["public_ip"]) for i in aws.project_instances(settings, states=("running",))
+               if i["role"] == "worker"]
+    backups.restore(settings, server, chosen, ip, worker_hosts=workers)
     platform.wait_ready(settings, platform.operator_api_url(settings))
     log.info("restored %s into the platform database", chosen.name)
     return RestoreReport(restored=True, backup=chosen.as_dict(), reason="requested" if not only_if_empty else "empty database")

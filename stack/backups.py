@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ BACKUP_PREFIX = "backups/"
 DB_NAME = "prefect"          # the prefect_server role's database and its owner
 DB_OWNER = "prefect"
 SERVER_SERVICE = "prefect-server"
+# The prefect_worker role's services (prefect_worker_pools): stopped for a restore, so
+# that no worker keeps a work pool it read from the database being replaced.
+WORKER_SERVICES = ("prefect-worker-process", "prefect-worker-docker")
 LOCAL_COPIES_KEPT = 10
 _STAMP = "%Y%m%dT%H%M%SZ"
 
@@ -124,9 +128,18 @@ def database_is_empty(settings: StackSettings, server: str, public_ip: str | Non
     return int(out.strip() or 0) == 0
 
 
-def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str | None = None) -> None:
-    """Replace the platform database on ``server`` with ``backup``; the Prefect server is
-    stopped meanwhile and started again afterwards."""
+def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str | None = None,
+            worker_hosts: Sequence[tuple[str, str | None]] = ()) -> None:
+    """Replace the platform database on ``server`` with ``backup``. The Prefect server and
+    the workers on ``worker_hosts`` ((name, public IP) pairs) are stopped meanwhile and
+    started again afterwards.
+
+    Why the workers too: a worker keeps the work pool (its job template) it last read.
+    One that started on an empty database created its pool with Prefect's default
+    template and, after the restore, ran the next Docker flow run with it (no host
+    network, no CA: the container could not reach the server and exited 1). Restarted,
+    it reads the restored pool. A run in flight on those hosts is stopped with them; it
+    belonged to the database being replaced."""
     log = get_logger()
     if backup.location.startswith("s3://"):
         bucket, _, key = backup.location.removeprefix("s3://").partition("/")
@@ -135,6 +148,8 @@ def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str
         body = open(backup.location, "rb")  # noqa: SIM115 - closed below
     log.info("restoring %s (%d bytes) into the platform database on %s", backup.name, backup.size, server)
     try:
+        for host, ip in worker_hosts:
+            run_on_host(settings, host, ["systemctl", "stop", *WORKER_SERVICES], ip)
         run_on_host(settings, server, ["systemctl", "stop", SERVER_SERVICE], public_ip)
         run_on_host(settings, server, ["sudo", "-u", "postgres", "dropdb", "--if-exists", DB_NAME], public_ip)
         run_on_host(settings, server, ["sudo", "-u", "postgres", "createdb", "-O", DB_OWNER, DB_NAME], public_ip)
@@ -155,6 +170,9 @@ def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str
     finally:
         body.close()
         run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE], public_ip)
+        # The workers wait for the server themselves (systemd restarts them until it answers).
+        for host, ip in worker_hosts:
+            run_on_host(settings, host, ["systemctl", "start", *WORKER_SERVICES], ip)
 
 
 def delete_all_local(settings: StackSettings) -> int:

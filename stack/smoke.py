@@ -42,6 +42,7 @@ CASE_DEPLOYMENTS = {
 MISPLACED = f"{TESTFLOW}/misplaced-local-storage"
 RUN_TIMEOUT_SECONDS = 300
 LOG_WAIT_SECONDS = 15
+LOG_LINES_ON_FAILURE = 5
 
 
 @dataclass
@@ -97,6 +98,10 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
         return result
     if state != "COMPLETED":
         result.problems.append(f"run ended {state}: {fr.state.message if fr.state else ''}")
+        # The run's last log lines say why (a Docker run's container is removed with its output).
+        last = [line for line in text.splitlines() if line.strip()][-LOG_LINES_ON_FAILURE:]
+        result.problems.append("its last log lines: " + (redact(" | ".join(last), [platform.auth_string(settings)])
+                                                         if last else "none"))
     done_children = sorted(c.state.type.value for c in children if c.state)
     if done_children != ["COMPLETED", "COMPLETED"]:
         result.problems.append(f"expected two completed testflow subflows, got {done_children}")

@@ -59,6 +59,12 @@ def sh(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True)
 
 
+def active_since(host: str, unit: str) -> int:
+    """When ``unit`` last became active on ``host`` (seconds since the epoch)."""
+    out = sh("docker", "exec", host, "systemctl", "show", "-p", "ActiveEnterTimestamp", "--timestamp=unix", "--value", unit)
+    return int(out.stdout.strip().lstrip("@") or 0)
+
+
 def container_state(name: str) -> str:
     return sh("docker", "inspect", "-f", "{{.State.Status}}", name).stdout.strip() or "absent"
 
@@ -208,6 +214,13 @@ def test_lost_data_volume_is_restored_from_the_latest_backup(stack):
     assert "restoring" in proc.stderr and "backup exists" in proc.stderr
     assert_nothing_lost(before, s)
     assert_case3_ran(report)
+    # Every case ran, the Docker one included: its worker was restarted after the restore,
+    # so it used the restored pool's job template, not the default one it made on the
+    # empty database (that run's container could not reach the server).
+    cases = {c["case"]: c for c in report["smoke"]["cases"]}
+    assert cases["case4-s3-docker"]["state"] == "COMPLETED", cases["case4-s3-docker"]
+    worker = next(i["name"] for i in aws.project_instances(s, states=("running",)) if i["role"] == "worker")
+    assert active_since(worker, "prefect-worker-docker") >= active_since(SERVER, "prefect-server")
 
     status = result_json(run_step("flows.status", "--json"))
     assert status["data_volume"]["name"] == s.data_volume_name and status["data_volume"]["size"] == s.data_volume_size
