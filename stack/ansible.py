@@ -12,6 +12,7 @@ from pathlib import Path
 from ansible_runner import Runner, RunnerConfig
 
 from stack import tls
+from stack.pins import pinned_versions
 from stack.proc import StackError, get_logger, redact
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
 
@@ -41,19 +42,6 @@ class PlaybookResult:
     recap: dict[str, HostRecap] = field(default_factory=dict)
     first_failure: tuple[str, str, str] | None = None  # host, task, message
     unreachable_hosts: list[str] = field(default_factory=list)
-
-
-def pinned_versions(names=HOST_PREFECT_PACKAGES) -> list[str]:
-    """``name==version`` for each name, read from constraints.txt."""
-    pins = {}
-    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", line)
-        if m:
-            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
-    missing = [n for n in names if n not in pins]
-    if missing:
-        raise StackError(f"constraints.txt pins no version of {', '.join(missing)}; regenerate it")
-    return [f"{n}=={pins[n]}" for n in names]
 
 
 SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)
@@ -115,7 +103,7 @@ def install_vars() -> dict:
     """Variables of the roles' install tasks (``tasks/install.yml``): what the hosts'
     Prefect virtualenv holds. Configure passes them, and the image bake hashes them."""
     return {
-        "base_system_prefect_packages": pinned_versions() + ["fastapi<0.151", "sqlalchemy<2.1"],
+        "base_system_prefect_packages": pinned_versions(HOST_PREFECT_PACKAGES) + ["fastapi<0.151", "sqlalchemy<2.1"],
         "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
         "base_system_uv_package": pinned_versions(("uv",))[0],
     }

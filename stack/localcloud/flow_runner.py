@@ -13,7 +13,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
-from stack.ansible import pinned_versions
+from stack.pins import pinned_versions
 from stack.localcloud.images import docker_client, ensure_image, uv_version
 from stack.hostexec import host_argv
 from stack.proc import StackError, get_logger

@@ -11,7 +11,6 @@ pip and apt work behind an intercepting proxy) and the project's ``constraints.t
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from stack.pins import pinned_version
 from stack.proc import StackError, get_logger, run
 from stack.settings import REPO_ROOT
 
@@ -63,9 +63,9 @@ def host_ca_bundle() -> Path:
 
 
 def uv_version() -> str:
-    """The uv every image installs its Python packages with: the operator venv's (pinned
-    in constraints.txt), so images and venvs resolve alike."""
-    return importlib.metadata.version("uv")
+    """The uv every image installs its Python packages with: the one constraints.txt pins
+    (the operator venv and the hosts' venv use it too), so images and venvs resolve alike."""
+    return pinned_version("uv")
 
 
 def image_exists(client: docker.DockerClient, ref: str) -> bool:

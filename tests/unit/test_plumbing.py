@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
-from stack.ansible import pinned_versions
+from stack.ansible import HOST_PREFECT_PACKAGES
+from stack.pins import pinned_version, pinned_versions
 from stack.proc import CommandError, redact, run
 from stack.terraform import PlanResult, is_transient
 
@@ -32,9 +35,10 @@ def test_runner_redacts_secrets_and_names_the_failed_command():
 
 
 def test_host_packages_are_pinned_from_constraints():
-    pins = pinned_versions()
+    pins = pinned_versions(HOST_PREFECT_PACKAGES)
     assert "prefect==3.8.8" in pins
     assert all("==" in p for p in pins)
+    assert pinned_version("uv") == importlib.metadata.version("uv")  # bin/setup installed the pin
 
 
 class _FailedState:
