@@ -1,4 +1,5 @@
-"""Scaling the worker hosts out and back in on the shared stack: with two worker hosts,
+"""Scaling the worker hosts out and back in on the shared stack: the scale-out configures
+only the new host (the others keep their configuration); with two worker hosts,
 four workers are online and the runs of one deployment spread over both hosts (the host
 that ran each run is on the run, as its ``prefect.worker.name`` label); going back to
 one removes that host, its workers show offline, and a run that was in flight there ends
@@ -53,10 +54,17 @@ def test_two_worker_hosts_share_the_runs_and_scaling_back_crashes_what_was_in_fl
     s = stack["settings"]
     url = platform.api_url(s)
 
+    # The workers' concurrency first (every host converges), so that the scale-out
+    # changes only the number of hosts: configure then runs on the new host alone.
+    first = worker_hosts(s)
+    converged = result_json(run_step("flows.bootstrap", env=clean_env(
+        **TEST_STACK_ENV, STACK_WORKER_CONCURRENCY=SCALED["STACK_WORKER_CONCURRENCY"])))
+    assert sorted(converged["configure"]["recap"]) == sorted([platform.server_host(s), *first])
     scaled = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **SCALED)))
     assert scaled["smoke"]["ok"] and not scaled["smoke"]["health_only"]
     two = worker_hosts(s)
     assert len(two) == 2
+    assert sorted(scaled["configure"]["recap"]) == sorted(set(two) - set(first)), scaled["configure"]["recap"]
     online = asyncio.run(smoke.workers_online(s, url, two))
     assert len(online) == 4 and all(online.values()), online
     limits, _ = asyncio.run(pools_and_workers(s, url))
