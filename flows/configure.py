@@ -153,10 +153,10 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                                   secrets=(platform.auth_string(settings),))
             for host, r in result.recap.items():
                 recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
-            failed = [h for h, r in result.recap.items() if r.failed]
-            if result.unreachable_hosts and not failed and attempts <= UNREACHABLE_RETRIES:
-                limit = ",".join(sorted(set(result.unreachable_hosts)))
-                log.warning("unreachable: %s; retrying in %d s (attempt %d of %d)",
+            retry = result.hosts_to_retry()
+            if retry and attempts <= UNREACHABLE_RETRIES:
+                limit = ",".join(retry)
+                log.warning("unreachable or lost connection: %s; retrying in %d s (attempt %d of %d)",
                             limit, UNREACHABLE_DELAY_SECONDS, attempts + 1, UNREACHABLE_RETRIES + 1)
                 time.sleep(UNREACHABLE_DELAY_SECONDS)
                 continue

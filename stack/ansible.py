@@ -35,6 +35,13 @@ class HostRecap:
     skipped: int = 0
 
 
+# A task that failed because the channel to its host lost the command's output, not
+# because of what the task does: the Docker API's exec sometimes returns an empty output
+# under load (community.docker issue 644), and Ansible then cannot find its temporary
+# directory on the host.
+CONNECTION_LOST = re.compile(r"failed to resolve remote temporary directory")
+
+
 @dataclass
 class PlaybookResult:
     playbook: str
@@ -42,6 +49,17 @@ class PlaybookResult:
     recap: dict[str, HostRecap] = field(default_factory=dict)
     first_failure: tuple[str, str, str] | None = None  # host, task, message
     unreachable_hosts: list[str] = field(default_factory=list)
+
+    def hosts_to_retry(self) -> list[str]:
+        """Hosts worth running the playbook on again: the unreachable ones when no task
+        failed; every host that did not finish when the first failure was a lost
+        connection (with the free strategy, a worker host then fails waiting for a
+        server host that stopped). Empty when a task itself failed: that needs a fix."""
+        failed = {h for h, r in self.recap.items() if r.failed}
+        lost = {h for h, r in self.recap.items() if r.unreachable} | set(self.unreachable_hosts)
+        if self.first_failure is not None and CONNECTION_LOST.search(self.first_failure[2]):
+            return sorted(failed | lost)
+        return sorted(lost) if not failed else []
 
 
 SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)

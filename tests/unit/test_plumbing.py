@@ -161,3 +161,22 @@ def test_the_configuration_key_ignores_the_number_of_worker_hosts_but_not_their_
     assert configuration_key(one, variables) != configuration_key(
         one.model_copy(update={"worker_concurrency": 2}), variables)
     assert configuration_key(one, variables) != configuration_key(one, {"prefect_worker_limit": 2})
+
+
+def test_configure_retries_unreachable_hosts_and_lost_connections_but_not_failed_tasks():
+    from stack.ansible import HostRecap, PlaybookResult
+
+    def result(first_failure=None, unreachable=(), **recaps):
+        return PlaybookResult("site.yml", "failed", recap=recaps, first_failure=first_failure,
+                              unreachable_hosts=list(unreachable))
+
+    ok, failed, dark = HostRecap(ok=5), HostRecap(ok=3, failed=1), HostRecap(unreachable=1)
+    assert result(None, ["w"], s=ok, w=dark).hosts_to_retry() == ["w"]
+    # A task failed: a fix is needed, not a retry (even with another host unreachable).
+    assert result(("s", "Install nginx", "No package matching 'ngnix'"), ["w"], s=failed, w=dark).hosts_to_retry() == []
+    # The channel lost a command's output on the server host; the worker host then failed
+    # waiting for its API: both run again.
+    lost = ("s", "Create clusters", "Task failed: failed to resolve remote temporary directory from "
+            "ansible-tmp-1: `( umask 77 && mkdir -p ...)` returned empty string")
+    assert result(lost, s=failed, w=failed, x=ok).hosts_to_retry() == ["s", "w"]
+    assert result(None, s=ok).hosts_to_retry() == []
