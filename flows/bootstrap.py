@@ -79,6 +79,8 @@ def summarize(step: str, result: BaseModel) -> str:
         case "hosts":
             return f"{len(r.created)} created, {len(r.started)} started, {len(r.removed)} removed, {len(r.unchanged)} unchanged"
         case "configure":
+            if not r.recap:
+                return "every host already configured (hosts were only removed)"
             return f"{r.changed} tasks changed on {len(r.recap)} hosts"
         case "restore":
             return f"restored {r.backup['name']}" if r.restored else r.reason

@@ -70,17 +70,16 @@ def host_identities(settings: StackSettings) -> dict[str, str]:
     return {i["name"]: containers[i["name"]].id for i in running if i["name"] in containers}
 
 
-def new_hosts_only(record: dict, key: str, identities: dict[str, str], server: str) -> list[str] | None:
-    """The hosts the playbook needs when only new worker hosts joined machines that the
-    last configure converged with the same configuration (a scale-out); None means all.
-
-    All when: no record, another configuration, nothing new (a requested converge), or a
-    new server host (on aws its new address goes into every worker's settings)."""
-    if record.get("key") != key:
+def hosts_needing_playbook(record: dict, key: str, identities: dict[str, str], server: str) -> list[str] | None:
+    """Which running hosts the playbook must run on, when the last configure converged
+    the others with the same configuration: the new ones after a scale-out, none after a
+    scale-in. None means all of them: no record, another configuration, no known host,
+    or a new server host (on aws its new address goes into every worker's settings)."""
+    if record.get("key") != key or not identities:
         return None
     done = record.get("hosts", {})
     new = sorted(name for name, ident in identities.items() if done.get(name) != ident)
-    if not new or server in new or len(new) == len(identities):
+    if server in new or len(new) == len(identities):
         return None
     return new
 
@@ -121,13 +120,16 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     key = configuration_key(settings, variables)
     identities = host_identities(settings)
     record = _read_record(settings)
-    # A scale-out: the playbook runs on the new hosts only (about 30 s less per existing
-    # host; they would converge with 0 changes). Run alone, configure converges them all.
-    only_new = (new_hosts_only(record, key, identities, platform.server_host(settings))
-                if booted and not reissued else None)
-    if only_new:
+    # A scale-out runs the playbook on the new hosts only, a scale-in on none: the others
+    # would converge with 0 changes, in about 30 s. Run alone, configure converges them all.
+    scope = (hosts_needing_playbook(record, key, identities, platform.server_host(settings))
+             if booted and not reissued else None)
+    if scope:
         log.info("configuring the new hosts only (%s): the others were configured with the same "
-                 "settings and files", ", ".join(only_new))
+                 "settings and files", ", ".join(scope))
+    elif scope == []:
+        log.info("every host was configured with the same settings and files: no playbook to run")
+    _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
     # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
     # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
     # the rest get it after the playbook installed Docker.
@@ -145,10 +147,11 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     preloaded = preloading.submit(preload)
     try:
         recap: dict[str, dict[str, int]] = {}
-        limit = ",".join(only_new) if only_new else None
+        limit = ",".join(scope) if scope else None
         result: PlaybookResult | None = None
         attempts = 0
-        for attempts in range(1, UNREACHABLE_RETRIES + 2):
+        runs_allowed = 0 if scope == [] else 1 + UNREACHABLE_RETRIES
+        for attempts in range(1, runs_allowed + 1):
             result = run_playbook(settings, playbook, extravars=variables, limit=limit,
                                   secrets=(platform.auth_string(settings),))
             for host, r in result.recap.items():
@@ -161,14 +164,13 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                 time.sleep(UNREACHABLE_DELAY_SECONDS)
                 continue
             break
-        assert result is not None
         rows = [{"host": h, **v} for h, v in sorted(recap.items())]
         create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", table=rows,
                               description=f"Ansible recap of {playbook}")
-        if result.first_failure or result.status != "successful":
+        if result is not None and (result.first_failure or result.status != "successful"):
             host, task, msg = result.first_failure or ("-", playbook, result.status)
             raise AnsibleError(f"configure failed on host {host}, task '{task}': {msg}")
-        if not recap:
+        if not recap and scope != []:
             raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
                                f"Project={settings.name_prefix}? (python -m flows.status)")
         image = image_ready.result()  # raises what building it raised
@@ -176,7 +178,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     finally:
         preloading.shutdown(wait=True)  # nothing half-loaded is left behind, even on a failure
     # Remember what is converged now (with a scale-out, the earlier hosts stay converged).
-    converged = {h: ident for h, ident in identities.items() if h in recap or (only_new and h not in only_new)}
+    converged = {h: ident for h, ident in identities.items() if h in recap or (scope is not None and h not in scope)}
     _record_path(settings).write_text(json.dumps({"key": key, "hosts": converged}, indent=2, sort_keys=True))
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)

@@ -135,20 +135,21 @@ def test_the_baked_image_tag_is_the_same_for_every_checkout(monkeypatch):
     assert bake.baked_image_tag("stack-host:x") != here
 
 
-def test_a_scale_out_configures_only_the_new_hosts_and_anything_else_all_of_them():
-    from flows.configure import new_hosts_only
+def test_a_scale_out_configures_only_the_new_hosts_a_scale_in_none_and_anything_else_all():
+    from flows.configure import hosts_needing_playbook as scope
 
     record = {"key": "k1", "hosts": {"s-ec2-0": "c0", "s-ec2-1": "c1"}}
     scaled = {"s-ec2-0": "c0", "s-ec2-1": "c1", "s-ec2-2": "c2"}
-    assert new_hosts_only(record, "k1", scaled, "s-ec2-0") == ["s-ec2-2"]
+    assert scope(record, "k1", scaled, "s-ec2-0") == ["s-ec2-2"]
+    assert scope(record, "k1", {"s-ec2-0": "c0"}, "s-ec2-0") == []  # a scale-in
     # A re-created host container is a new machine, even under the same name.
-    assert new_hosts_only(record, "k1", {**scaled, "s-ec2-1": "c1b"}, "s-ec2-0") == ["s-ec2-1", "s-ec2-2"]
-    # All hosts: another configuration, no record, nothing new, a new server, or all new.
-    assert new_hosts_only(record, "k2", scaled, "s-ec2-0") is None
-    assert new_hosts_only({}, "k1", scaled, "s-ec2-0") is None
-    assert new_hosts_only(record, "k1", {"s-ec2-0": "c0", "s-ec2-1": "c1"}, "s-ec2-0") is None
-    assert new_hosts_only(record, "k1", {**scaled, "s-ec2-0": "c0b"}, "s-ec2-0") is None
-    assert new_hosts_only(record, "k1", {"s-ec2-0": "x", "s-ec2-1": "y"}, "s-other") is None
+    assert scope(record, "k1", {**scaled, "s-ec2-1": "c1b"}, "s-ec2-0") == ["s-ec2-1", "s-ec2-2"]
+    # All hosts (None): another configuration, no record, a new server, all new, none known.
+    assert scope(record, "k2", scaled, "s-ec2-0") is None
+    assert scope({}, "k1", scaled, "s-ec2-0") is None
+    assert scope(record, "k1", {**scaled, "s-ec2-0": "c0b"}, "s-ec2-0") is None
+    assert scope(record, "k1", {"s-ec2-0": "x", "s-ec2-1": "y"}, "s-ec2-0") is None
+    assert scope(record, "k1", {}, "s-ec2-0") is None
 
 
 def test_the_configuration_key_ignores_the_number_of_worker_hosts_but_not_their_settings(tmp_path):
