@@ -179,7 +179,8 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
         preloading.shutdown(wait=True)  # nothing half-loaded is left behind, even on a failure
     # Remember what is converged now (with a scale-out, the earlier hosts stay converged).
     converged = {h: ident for h, ident in identities.items() if h in recap or (scope is not None and h not in scope)}
-    _record_path(settings).write_text(json.dumps({"key": key, "hosts": converged}, indent=2, sort_keys=True))
+    if playbook == PLAYBOOK:  # another playbook converges only part of a host
+        _record_path(settings).write_text(json.dumps({"key": key, "hosts": converged}, indent=2, sort_keys=True))
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
     return ConfigureReport(recap=recap, changed=changed, attempts=attempts,
