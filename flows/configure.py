@@ -56,11 +56,10 @@ def configuration_key(settings: StackSettings, variables: dict) -> str:
     return steps.step_key("configure", settings.model_copy(update={"worker_count": 1}), (variables,))
 
 
-def host_identities(settings: StackSettings) -> dict[str, str]:
-    """Running host -> what identifies its machine: the host container's id on local (a
-    re-created container is a new, blank machine even for the same instance), the
-    instance id on aws."""
-    running = aws.project_instances(settings, states=("running",))
+def host_identities(settings: StackSettings, running: list[dict]) -> dict[str, str]:
+    """Running host (of ``running``, aws.project_instances) -> what identifies its
+    machine: the host container's id on local (a re-created container is a new, blank
+    machine even for the same instance), the instance id on aws."""
     if settings.target != "local":
         return {i["name"]: i["id"] for i in running}
     from stack.localcloud import hosts as host_containers
@@ -118,7 +117,8 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     if reissued:
         log.info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
     key = configuration_key(settings, variables)
-    identities = host_identities(settings)
+    running = aws.project_instances(settings, states=("running",))
+    identities = host_identities(settings, running)
     record = _read_record(settings)
     # A scale-out runs the playbook on the new hosts only, a scale-in on none: the others
     # would converge with 0 changes, in about 30 s. Run alone, configure converges them all.
@@ -133,7 +133,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
     # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
     # the rest get it after the playbook installed Docker.
-    workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
+    workers = [i["name"] for i in running if i["role"] == "worker"]
     preloading = ThreadPoolExecutor(max_workers=1)
     image_ready = preloading.submit(flow_runner_image, settings)
 
