@@ -31,9 +31,11 @@ BAKE_PLAYBOOK = "bake.yml"
 
 
 def bake_inputs() -> list[Path]:
-    """Every file the bake reads: its playbook, the roles' install tasks and defaults, the
-    pins, and the Ansible configuration."""
-    files = [ANSIBLE_DIR / BAKE_PLAYBOOK, ANSIBLE_DIR / "ansible.cfg", REPO_ROOT / "constraints.txt"]
+    """Every file the bake reads: its playbook, the roles' install tasks and defaults
+    (with the installed_packages role they include), the pins, and the Ansible
+    configuration."""
+    files = [ANSIBLE_DIR / BAKE_PLAYBOOK, ANSIBLE_DIR / "ansible.cfg", REPO_ROOT / "constraints.txt",
+             ANSIBLE_DIR / "roles" / "installed_packages" / "tasks" / "main.yml"]
     for role in sorted((ANSIBLE_DIR / "roles").iterdir()):
         files += [f for f in (role / "tasks" / "install.yml", role / "defaults" / "main.yml") if f.exists()]
     return files
