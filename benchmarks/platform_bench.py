@@ -163,7 +163,7 @@ def host_exec(host: str, *argv: str) -> str:
 def worker_hosts(settings: StackSettings) -> list[str]:
     from stack import aws
 
-    return [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
+    return [i["name"] for i in aws.running_hosts(settings, "worker")]
 
 
 # -- floors ------------------------------------------------------------------------------

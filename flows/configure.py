@@ -117,7 +117,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     if reissued:
         log.info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
     key = configuration_key(settings, variables)
-    running = aws.project_instances(settings, states=("running",))
+    running = aws.running_hosts(settings)
     identities = host_identities(settings, running)
     record = _read_record(settings)
     # A scale-out runs the playbook on the new hosts only, a scale-in on none: the others

@@ -51,8 +51,7 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
     if only_if_empty:
         log.warning("the platform database is empty (a new or lost data volume) and a backup exists: "
                     "restoring %s from %s", chosen.name, chosen.created_at.isoformat())
-    workers = [(i["name"], i["public_ip"]) for i in aws.project_instances(settings, states=("running",))
-               if i["role"] == "worker"]
+    workers = [(i["name"], i["public_ip"]) for i in aws.running_hosts(settings, "worker")]
     backups.restore(settings, server, chosen, ip, worker_hosts=workers)
     platform.wait_ready(settings, platform.operator_api_url(settings))
     log.info("restored %s into the platform database", chosen.name)

@@ -40,7 +40,7 @@ def smoke_test(settings: StackSettings | None = None, platform_url: str | None =
     log = get_run_logger()
     url = platform_url or platform.operator_api_url(settings)
     platform.wait_ready(settings, url)
-    workers = [i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker"]
+    workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
     reap_runs_of_gone_hosts(settings, url, workers)
     deploy_dir = stage(settings)
 

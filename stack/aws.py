@@ -36,3 +36,9 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
                     "public_ip": inst.get("PublicIpAddress"),
                 })
     return sorted(out, key=lambda i: i["name"])
+
+
+def running_hosts(settings: StackSettings, role: str | None = None) -> list[dict]:
+    """The project's running instances (see project_instances), only those of ``role``
+    ("server" or "worker") when one is given."""
+    return [i for i in project_instances(settings, states=("running",)) if role is None or i["role"] == role]

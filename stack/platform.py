@@ -77,7 +77,7 @@ def running_server(settings: StackSettings) -> dict | None:
     """The running server instance (id, name, public IP ...) as EC2 reports it, if any."""
     from stack import aws
 
-    servers = [i for i in aws.project_instances(settings, states=("running",)) if i["role"] == "server"]
+    servers = aws.running_hosts(settings, "server")
     return servers[0] if servers else None
 
 

@@ -80,7 +80,7 @@ def provision_probe(settings: StackSettings, provisioned) -> bool:
     """The instances it made are running (and the emulated cloud did not forget them)."""
     if cloudstate.emulator_lost_state(settings):
         return False
-    running = {i["id"] for i in aws.project_instances(settings, states=("running",))}
+    running = {i["id"] for i in aws.running_hosts(settings)}
     return running == {i.id for i in provisioned.instances}
 
 

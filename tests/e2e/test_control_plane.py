@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _running_instances(settings) -> int:
-    return len(aws.project_instances(settings, states=("running",)))
+    return len(aws.running_hosts(settings))
 
 
 def test_overdue_nightly_teardown_is_skipped_and_destroys_nothing(stack):

@@ -219,7 +219,7 @@ def test_lost_data_volume_is_restored_from_the_latest_backup(stack):
     # empty database (that run's container could not reach the server).
     cases = {c["case"]: c for c in report["smoke"]["cases"]}
     assert cases["case4-s3-docker"]["state"] == "COMPLETED", cases["case4-s3-docker"]
-    worker = next(i["name"] for i in aws.project_instances(s, states=("running",)) if i["role"] == "worker")
+    worker = next(i["name"] for i in aws.running_hosts(s, "worker"))
     assert active_since(worker, "prefect-worker-docker") >= active_since(SERVER, "prefect-server")
 
     status = result_json(run_step("flows.status", "--json"))

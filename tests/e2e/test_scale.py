@@ -26,7 +26,7 @@ BURST = 8
 
 
 def worker_hosts(settings) -> list[str]:
-    return sorted(i["name"] for i in aws.project_instances(settings, states=("running",)) if i["role"] == "worker")
+    return sorted(i["name"] for i in aws.running_hosts(settings, "worker"))
 
 
 async def submit(settings, url, deployment: str, n: int) -> list:

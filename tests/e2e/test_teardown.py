@@ -17,7 +17,7 @@ def test_teardown_all_without_yes_refuses_when_not_in_a_terminal(stack):
     proc = run_step("flows.teardown", "--all", check=False)
     assert proc.returncode == 2
     assert "destroys the platform's DATA" in proc.stderr and "--yes" in proc.stderr
-    assert len(aws.project_instances(stack["settings"], states=("running",))) == 2  # nothing destroyed
+    assert len(aws.running_hosts(stack["settings"])) == 2  # nothing destroyed
 
 
 def test_teardown_all_leaves_nothing_and_a_second_teardown_does_nothing(stack):
