@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from stack.localcloud.images import docker_client, ensure_image, uv_version
+from stack.localcloud.images import docker_client, ensure_image
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
@@ -96,7 +96,7 @@ def wait_healthy(endpoint: str, timeout: float = 60) -> None:
 
 def ensure_moto_image(client: docker.DockerClient) -> str:
     """The emulator's image: moto's server at the version the operator's venv has."""
-    return ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto"), "UV_VERSION": uv_version()})
+    return ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto")})
 
 
 def up(settings: StackSettings) -> EmulatorStatus:

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 
 from stack.pins import pinned_versions
-from stack.localcloud.images import docker_client, ensure_image, uv_version
+from stack.localcloud.images import docker_client, ensure_image
 from stack.hostexec import host_argv
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
@@ -35,8 +35,7 @@ def flow_runner_image(settings: StackSettings) -> FlowRunnerImage:
         extra = " ".join(pinned_versions(("prefect-aws", "s3fs"))) if ref == OFFICIAL_IMAGE else None
         return FlowRunnerImage(ref, extra_pip_packages=extra)
     client = docker_client()
-    tag = ensure_image(client, "flow-runner", {"PACKAGES": " ".join(pinned_versions(FLOW_RUNNER_PACKAGES)),
-                                                 "UV_VERSION": uv_version()})
+    tag = ensure_image(client, "flow-runner", {"PACKAGES": " ".join(pinned_versions(FLOW_RUNNER_PACKAGES))})
     ref = tag
     if settings.flow_runner_image and settings.flow_runner_image != tag:
         client.images.get(tag).tag(settings.flow_runner_image)

@@ -4,8 +4,9 @@ each tagged by a hash of what it is built from so an unchanged image is never re
 No registry is reachable on the machines this runs on, so the base image comes from
 ``debootstrap --variant=minbase`` + ``docker import`` (about 90 s, once). Every other
 image is a folder under ``stack/localcloud/images/<name>/`` with a Dockerfile that starts
-``FROM ${BASE}``; the build context also gets, when its Dockerfile names them, the host's CA bundle (``host-ca.crt``, so
-pip and apt work behind an intercepting proxy) and the project's ``constraints.txt``.
+``FROM ${BASE}``; the build context also gets, when its Dockerfile names them, the
+host's CA bundle (``host-ca.crt``, so pip and apt work behind an intercepting proxy), the
+project's ``constraints.txt`` and the pinned uv binary (``uv-bin``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from stack.pins import pinned_version
 from stack.proc import StackError, get_logger, run
 from stack.settings import REPO_ROOT
 
@@ -29,7 +29,8 @@ IMAGES_DIR = Path(__file__).parent / "images"
 BASE_REPO = "stack-base"
 DEBIAN_SUITE = "bookworm"
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
-# Packages every image needs; more are added by each image's Dockerfile.
+# Packages every image needs; more are added by each image's Dockerfile (python3 costs
+# 12 s more in debootstrap, which every image waits for, and 6 s in an apt step).
 BASE_PACKAGES = ["ca-certificates"]
 HOST_CA_CANDIDATES = [
     Path("/etc/ssl/certs/ca-certificates.crt"),
@@ -62,10 +63,14 @@ def host_ca_bundle() -> Path:
     raise StackError("no CA bundle found at " + ", ".join(map(str, HOST_CA_CANDIDATES)))
 
 
-def uv_version() -> str:
-    """The uv every image installs its Python packages with: the one constraints.txt pins
-    (the operator venv and the hosts' venv use it too), so images and venvs resolve alike."""
-    return pinned_version("uv")
+def uv_binary() -> Path:
+    """The uv every image installs its Python packages with: the operator venv's, which
+    bin/setup installed at the version constraints.txt pins (the hosts' venv uses that pin
+    too), so images and venvs resolve alike. Copied into an image's build context, it
+    spares the image python3-venv, pip, and pip's download of uv."""
+    import uv
+
+    return Path(uv.find_uv_bin())
 
 
 def image_exists(client: docker.DockerClient, ref: str) -> bool:
@@ -129,6 +134,7 @@ def _ensure_base_image(client: docker.DockerClient, tag: str, mirror: str) -> st
 CONTEXT_EXTRAS = {
     "constraints.txt": lambda: REPO_ROOT / "constraints.txt",
     "host-ca.crt": host_ca_bundle,
+    "uv-bin": uv_binary,
 }
 
 
