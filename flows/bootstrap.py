@@ -80,7 +80,8 @@ def summarize(step: str, result: BaseModel) -> str:
             return f"{len(r.created)} created, {len(r.started)} started, {len(r.removed)} removed, {len(r.unchanged)} unchanged"
         case "configure":
             if not r.recap:
-                return "every host already configured (hosts were only removed)"
+                # e.g. hosts were only removed, or only the stack's own code changed
+                return "every host already configured with the same settings and files"
             return f"{r.changed} tasks changed on {len(r.recap)} hosts"
         case "restore":
             return f"restored {r.backup['name']}" if r.restored else r.reason
@@ -306,5 +307,7 @@ if __name__ == "__main__":
             if last_run_file(settings).exists():
                 print_summary(settings, [StepOutcome(**r) for r in json.loads(last_run_file(settings).read_text())])
 
-    main(run)
+    from stack.localcloud.bake import start_early_builds
+
+    main(run, before_control_plane=start_early_builds)
     sys.exit(0)

@@ -37,10 +37,12 @@ def parse_step_args(module: str, doc: str | None, argv: list[str] | None = None)
 
 
 def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, print_result: bool = True,
-         command: str | None = None) -> T:
+         command: str | None = None, before_control_plane: Callable[[StackSettings], None] | None = None) -> T:
     """Run ``step(settings)``; exit 2 on bad settings and 1 on a failed step.
 
     A step's typed result (a pydantic model) is printed as JSON on stdout; logs go to stderr.
+    ``before_control_plane`` starts background work once the settings and inputs passed
+    their checks, while the control plane starts.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -57,6 +59,8 @@ def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, prin
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if before_control_plane is not None:
+        before_control_plane(settings)
     try:
         if not control_plane:
             result = step(settings)
