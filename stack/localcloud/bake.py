@@ -95,47 +95,32 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
     log.info("baked host image %s in %.0f s", tag, time.monotonic() - started)
 
 
-def _build_ahead(settings: StackSettings, what: str, build) -> None:
-    """``build(settings)`` ahead of time. A failure is left to the step that needs the
-    image, which builds it again and reports it."""
-    try:
-        build(settings)
-    except Exception as exc:  # noqa: BLE001
-        get_logger().info("building the %s ahead of time did not finish (%s); the step that needs it builds it",
-                          what, exc)
-
-
-def _emulator_image(settings: StackSettings) -> None:
-    from stack.localcloud.emulator import ensure_moto_image
-
-    ensure_moto_image(docker_client())
-
-
-def prebuild_local_images(settings: StackSettings, emulator_first: bool = False) -> None:
+def prebuild_local_images(settings: StackSettings) -> None:
     """Build what new hosts need ahead of time, side by side: the baked host image (the
     hosts step waits for it) and the flow-runner image (configure streams it into the
     worker hosts beside its playbook); both need only the base image. The bake is the
     longest chain of a cold start, so it starts as early as it can, beside preflight's
     emulator image and provision: measured from a fresh clone, side by side came out
     ahead of one image after the other (4 min 58 s against 5 min 41 s and 5 min 53 s).
-
-    ``emulator_first`` (bootstrap's early start): the flow-runner image, needed only at
-    configure, is built after the emulator's, which preflight waits for; three builds
-    side by side on 2 cores took the emulator's image from 25 s to 37 to 46 s."""
+    Failures are left to the step that needs the image, which builds it again and
+    reports them."""
     from stack.localcloud.flow_runner import flow_runner_image
 
-    def emulator_then_flow_runner() -> None:
-        if emulator_first:
-            _build_ahead(settings, "emulator's image", _emulator_image)
-        _build_ahead(settings, "flow-runner image", flow_runner_image)
+    def build(what: str, fn) -> None:
+        try:
+            fn(settings)
+        except Exception as exc:  # noqa: BLE001
+            get_logger().info("building the %s ahead of time did not finish (%s); the step that needs it builds it",
+                              what, exc)
 
-    runner = threading.Thread(target=emulator_then_flow_runner, daemon=True, name="prebuild-flow-runner")
+    runner = threading.Thread(target=build, args=("flow-runner image", flow_runner_image), daemon=True,
+                              name="prebuild-flow-runner")
     runner.start()
-    _build_ahead(settings, "baked host image", ensure_baked_host_image)
+    build("baked host image", ensure_baked_host_image)
     runner.join()
 
 
-def start_prebuild(settings: StackSettings, emulator_first: bool = False) -> bool:
+def start_prebuild(settings: StackSettings) -> bool:
     """Bootstrap on a stack with no host containers (new, or after the nightly teardown):
     start building the hosts' images in the background, so they are ready by the time
     provision has created the instances (minutes saved on a new machine). Returns
@@ -147,8 +132,7 @@ def start_prebuild(settings: StackSettings, emulator_first: bool = False) -> boo
     if project_hosts(docker_client(), settings):
         return False
     _prebuilding.add(settings.name_prefix)
-    threading.Thread(target=prebuild_local_images, args=(settings, emulator_first), daemon=True,
-                     name="prebuild-images").start()
+    threading.Thread(target=prebuild_local_images, args=(settings,), daemon=True, name="prebuild-images").start()
     return True
 
 
@@ -162,12 +146,20 @@ def start_early_builds(settings: StackSettings) -> None:
     start (about 15 s) then overlaps the Debian base image's build, which every image
     waits for. Does nothing on aws or when no Docker engine answers (preflight says so);
     a build that fails here is built again, and reported, by the step that needs it."""
+    from stack.localcloud.emulator import ensure_moto_image
+
     if settings.target != "local":
         return
     try:
-        docker_client()
+        client = docker_client()
     except StackError:
         return
-    if not start_prebuild(settings, emulator_first=True):  # the stack has hosts
-        threading.Thread(target=_build_ahead, args=(settings, "emulator's image", _emulator_image), daemon=True,
-                         name="prebuild-emulator").start()
+
+    def build_emulator_image() -> None:
+        try:
+            ensure_moto_image(client)
+        except Exception as exc:  # noqa: BLE001
+            get_logger().info("building the emulator's image ahead of time did not finish (%s)", exc)
+
+    threading.Thread(target=build_emulator_image, daemon=True, name="prebuild-emulator").start()
+    start_prebuild(settings)
