@@ -55,3 +55,32 @@ def test_unknown_option_is_refused_in_one_line(answers, module):
     # controlplane first misses its required action; every other one names the option
     assert "unrecognized arguments: --dry-run" in lines[0] or module == "controlplane"
     assert proc.stdout == ""
+
+
+def test_work_before_the_control_plane_starts_only_once_the_settings_passed(monkeypatch, tmp_path):
+    """bootstrap starts its image builds through before_control_plane: never on bad settings."""
+    from stack import cli
+
+    monkeypatch.setenv("STACK_STATE_DIR", str(tmp_path))
+    calls = []
+    cli.main(lambda s: calls.append("step"), control_plane=False, print_result=False, command="unit-test",
+             before_control_plane=lambda s: calls.append("early"))
+    assert calls == ["early", "step"]
+    calls.clear()
+    monkeypatch.setenv("STACK_TARGET", "mars")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(lambda s: calls.append("step"), control_plane=False, print_result=False, command="unit-test",
+                 before_control_plane=lambda s: calls.append("early"))
+    assert exited.value.code == 2 and calls == []
+
+
+def test_early_image_builds_do_nothing_on_aws(monkeypatch):
+    from stack.localcloud import bake
+    from stack.settings import StackSettings
+
+    def no_docker():
+        raise AssertionError("aws needs no local image")
+
+    monkeypatch.setattr(bake, "docker_client", no_docker)
+    settings = StackSettings(target="aws", operator_cidr="203.0.113.7/32", ami_id="ami-12345678")
+    assert bake.start_early_builds(settings) is None
