@@ -112,8 +112,12 @@ def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    # The case folders are made here, one after the other: pytest creates its base
+    # temporary folder on first use, and threads racing to create it failed with "is
+    # not a normalized and relative path" whenever these tests ran first.
+    folders = {c.id: tmp_path_factory.mktemp(c.id) for c in CASES}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        done = pool.map(lambda c: run_case(c, tmp_path_factory.mktemp(c.id)), CASES)
+        done = pool.map(lambda c: run_case(c, folders[c.id]), CASES)
         return {c.id: d for c, d in zip(CASES, done)}
 
 
