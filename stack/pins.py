@@ -37,7 +37,3 @@ def pinned_versions(names) -> list[str]:
         raise StackError(f"constraints.txt pins no version of {', '.join(missing)}; regenerate it")
     return [f"{n}=={pins[canonicalize_name(n)]}" for n in names]
 
-
-def pinned_version(name: str) -> str:
-    """The version constraints.txt pins for ``name``."""
-    return pinned_versions((name,))[0].partition("==")[2]

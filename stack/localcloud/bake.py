@@ -95,28 +95,29 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
     log.info("baked host image %s in %.0f s", tag, time.monotonic() - started)
 
 
+def _build_ahead(what: str, build, *args) -> None:
+    """``build(*args)`` ahead of time. A failure is left to the step that needs the image,
+    which builds it again and reports it."""
+    try:
+        build(*args)
+    except Exception as exc:  # noqa: BLE001
+        get_logger().info("building the %s ahead of time did not finish (%s); the step that needs it builds it",
+                          what, exc)
+
+
 def prebuild_local_images(settings: StackSettings) -> None:
     """Build what new hosts need ahead of time, side by side: the baked host image (the
     hosts step waits for it) and the flow-runner image (configure streams it into the
     worker hosts beside its playbook); both need only the base image. The bake is the
     longest chain of a cold start, so it starts as early as it can, beside preflight's
     emulator image and provision: measured from a fresh clone, side by side came out
-    ahead of one image after the other (4 min 58 s against 5 min 41 s and 5 min 53 s).
-    Failures are left to the step that needs the image, which builds it again and
-    reports them."""
+    ahead of one image after the other (4 min 58 s against 5 min 41 s and 5 min 53 s)."""
     from stack.localcloud.flow_runner import flow_runner_image
 
-    def build(what: str, fn) -> None:
-        try:
-            fn(settings)
-        except Exception as exc:  # noqa: BLE001
-            get_logger().info("building the %s ahead of time did not finish (%s); the step that needs it builds it",
-                              what, exc)
-
-    runner = threading.Thread(target=build, args=("flow-runner image", flow_runner_image), daemon=True,
-                              name="prebuild-flow-runner")
+    runner = threading.Thread(target=_build_ahead, args=("flow-runner image", flow_runner_image, settings),
+                              daemon=True, name="prebuild-flow-runner")
     runner.start()
-    build("baked host image", ensure_baked_host_image)
+    _build_ahead("baked host image", ensure_baked_host_image, settings)
     runner.join()
 
 
@@ -144,8 +145,7 @@ def start_early_builds(settings: StackSettings) -> None:
     background, the images the first steps wait for, the emulator's (preflight) and, for a
     stack without hosts, the hosts' (start_prebuild). On a new machine the control plane's
     start (about 15 s) then overlaps the Debian base image's build, which every image
-    waits for. Does nothing on aws or when no Docker engine answers (preflight says so);
-    a build that fails here is built again, and reported, by the step that needs it."""
+    waits for. Does nothing on aws or when no Docker engine answers (preflight says so)."""
     from stack.localcloud.emulator import ensure_moto_image
 
     if settings.target != "local":
@@ -154,12 +154,6 @@ def start_early_builds(settings: StackSettings) -> None:
         client = docker_client()
     except StackError:
         return
-
-    def build_emulator_image() -> None:
-        try:
-            ensure_moto_image(client)
-        except Exception as exc:  # noqa: BLE001
-            get_logger().info("building the emulator's image ahead of time did not finish (%s)", exc)
-
-    threading.Thread(target=build_emulator_image, daemon=True, name="prebuild-emulator").start()
+    threading.Thread(target=_build_ahead, args=("emulator's image", ensure_moto_image, client), daemon=True,
+                     name="prebuild-emulator").start()
     start_prebuild(settings)

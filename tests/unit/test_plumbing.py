@@ -7,7 +7,7 @@ import importlib.metadata
 import pytest
 
 from stack.ansible import HOST_PREFECT_PACKAGES
-from stack.pins import pinned_version, pinned_versions
+from stack.pins import pinned_versions
 from stack.proc import CommandError, StackError, redact, run
 from stack.terraform import PlanResult, is_transient
 
@@ -38,7 +38,8 @@ def test_host_packages_are_pinned_from_constraints():
     pins = pinned_versions(HOST_PREFECT_PACKAGES)
     assert "prefect==3.8.8" in pins
     assert all("==" in p for p in pins)
-    assert pinned_version("uv") == importlib.metadata.version("uv")  # bin/setup installed the pin
+    # The images are built with the installed uv binary: bin/setup installed the pin.
+    assert pinned_versions(("uv",)) == [f"uv=={importlib.metadata.version('uv')}"]
 
 
 
