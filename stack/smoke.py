@@ -171,9 +171,11 @@ def operator_worker(settings: StackSettings, url: str, deploy_dir: Path, query_s
     (polling every ``query_seconds``: the stack's 0.5 s, or Prefect's default 10 s for
     the benchmark's default row)."""
     log_path = settings.state_path / "operator-worker.log"
-    env = {**os.environ, **platform.client_env(settings, url),
+    venv_bin = str(Path(sys.executable).parent)
+    # PATH: the pool starts flow runs with `python -m prefect.engine`, this virtualenv's Python.
+    env = {**os.environ, **platform.client_env(settings, url), "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
            "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds), "PREFECT_LOGGING_LOG_PRINTS": "true"}
-    prefect_cli = str(Path(sys.executable).parent / "prefect")
+    prefect_cli = str(Path(venv_bin) / "prefect")
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
             [prefect_cli, "worker", "start", "--pool", platform.OPERATOR_POOL, "--type", "process",
