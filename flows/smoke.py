@@ -61,6 +61,7 @@ def smoke_test(settings: StackSettings | None = None, platform_url: str | None =
         rows.append({
             "case": r.case, "state": r.state, "ok": r.ok,
             "created_to_running_s": r.created_to_running, "running_to_completed_s": r.running_to_completed,
+            "logs_wait_s": r.logs_wait,
             "note": "; ".join(r.problems) or r.explanation,
         })
         (log.info if r.ok else log.error)("%s: %s %s", r.case, r.state, "; ".join(r.problems) or r.explanation)

@@ -29,7 +29,7 @@ from prefect.client.schemas.filters import (
 )
 
 from stack import platform
-from stack.proc import StackError, redact
+from stack.proc import StackError, get_logger, redact
 from stack.settings import StackSettings
 
 TESTFLOW = "concurrent-flows"
@@ -54,6 +54,7 @@ class CaseResult:
     created_to_pending: float | None = None   # until a worker picked it up
     created_to_running: float | None = None
     running_to_completed: float | None = None
+    logs_wait: float | None = None            # after the final state, until its logs had arrived
     problems: list[str] = field(default_factory=list)
     explanation: str = ""
 
@@ -72,13 +73,15 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
         children = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
         # Logs are shipped in batches and may land after the final state: wait for them.
-        deadline = time.monotonic() + LOG_WAIT_SECONDS
+        waited_from = time.monotonic()
+        deadline = waited_from + LOG_WAIT_SECONDS
         while True:
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
             text = "\n".join(log.message for log in logs)
             if expect_failure or all(e in text for e in EXPECTED_RESULTS) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
+        logs_wait = round(time.monotonic() - waited_from, 2)
         pull_dirs = []
         if expect_failure and fr.deployment_id:
             dep = await client.read_deployment(fr.deployment_id)
@@ -88,7 +91,7 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
     result = CaseResult(case=case, flow_run_id=str(run_id), state=state, ok=False,
                         created_to_pending=_seconds(fr.created, pending),
                         created_to_running=_seconds(fr.created, fr.start_time),
-                        running_to_completed=_seconds(fr.start_time, fr.end_time))
+                        running_to_completed=_seconds(fr.start_time, fr.end_time), logs_wait=logs_wait)
     if expect_failure:
         if state == "COMPLETED":
             result.problems.append("expected a failure: local storage should not be reachable from the worker host")
@@ -186,11 +189,15 @@ def operator_worker(settings: StackSettings, url: str, deploy_dir: Path, query_s
         yield proc
     finally:
         if proc.poll() is None:
+            stopping = time.monotonic()
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+            if time.monotonic() - stopping > 5:
+                get_logger().warning("the operator's worker took %.0f s to stop (its log: %s)",
+                                     time.monotonic() - stopping, log_path)
 
 
 async def workers_online(settings: StackSettings, url: str, worker_hosts: list[str]) -> dict[str, bool]:
