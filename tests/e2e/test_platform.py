@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from blocks.definitions import ENGINE_COMMAND
 from stack import platform, tls
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY
 from tests.conftest import result_json, run_step
@@ -181,6 +182,10 @@ def _platform_objects(stack) -> dict:
 def test_register_and_deploy_twice_leave_the_same_objects(stack):
     before = _platform_objects(stack)
     assert len(before["deployments"]) == 4 and len(before["pools"]) == 3
+    # Every pool starts its flow runs with the engine itself, in one interpreter.
+    commands = {name: json.loads(template)["variables"]["properties"]["command"]["default"]
+                for _, name, template in before["pools"]}
+    assert set(commands.values()) == {ENGINE_COMMAND}, commands
     assert result_json(run_step("flows.register"))["work_pools"]["process"] == ["default", "dev"]
     run_step("flows.deploy")
     assert _platform_objects(stack) == before

@@ -198,3 +198,44 @@ def test_configure_retries_unreachable_hosts_and_lost_connections_but_not_failed
             "ansible-tmp-1: `( umask 77 && mkdir -p ...)` returned empty string")
     assert result(lost, s=failed, w=failed, x=ok).hosts_to_retry() == ["s", "w"]
     assert result(None, s=ok).hosts_to_retry() == []
+
+
+def test_every_pool_starts_flow_runs_with_the_engine_in_one_interpreter(tmp_path):
+    """Without a command, Prefect 3.8's process worker starts a workspace supervisor that
+    starts the engine in a second interpreter, and the Docker worker runs the whole CLI:
+    each pool's template sets the engine command instead."""
+    from blocks.definitions import ENGINE_COMMAND, work_pools
+    from stack.settings import StackSettings
+
+    pools = work_pools(StackSettings(state_dir=tmp_path), "stack-flow-runner:test")
+    commands = {name: template["variables"]["properties"]["command"]["default"]
+                for name, (_, template, _) in pools.items()}
+    assert commands == dict.fromkeys(pools, ENGINE_COMMAND)
+    assert ENGINE_COMMAND == "python -m prefect.engine"
+
+
+def test_the_operators_worker_finds_its_own_python_first(monkeypatch, tmp_path):
+    """`python` in the pools' command is the worker's virtualenv, on the operator too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from stack import smoke
+    from stack.settings import StackSettings
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def fake_popen(argv, env, **kwargs):
+        seen["argv"], seen["env"] = argv, env
+        raise Started
+
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    with pytest.raises(Started):
+        with smoke.operator_worker(StackSettings(state_dir=tmp_path), "https://127.0.0.1:1/api", tmp_path):
+            pass
+    venv_bin = str(Path(sys.executable).parent)
+    assert seen["env"]["PATH"].split(":")[0] == venv_bin
+    assert seen["argv"][0] == str(Path(venv_bin) / "prefect")
