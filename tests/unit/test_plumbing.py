@@ -224,12 +224,15 @@ def test_the_operators_worker_finds_its_own_python_first(monkeypatch, tmp_path):
     from stack.settings import StackSettings
 
     seen = {}
+    real_popen = subprocess.Popen
 
     class Started(Exception):
         pass
 
-    def fake_popen(argv, env, **kwargs):
-        seen["argv"], seen["env"] = argv, env
+    def fake_popen(argv, **kwargs):
+        if "worker" not in argv:  # not the worker: other code's commands (the stdlib runs `file`)
+            return real_popen(argv, **kwargs)
+        seen["argv"], seen["env"] = argv, kwargs["env"]
         raise Started
 
     monkeypatch.setattr(subprocess, "Popen", fake_popen)
@@ -239,3 +242,25 @@ def test_the_operators_worker_finds_its_own_python_first(monkeypatch, tmp_path):
     venv_bin = str(Path(sys.executable).parent)
     assert seen["env"]["PATH"].split(":")[0] == venv_bin
     assert seen["argv"][0] == str(Path(venv_bin) / "prefect")
+
+
+def test_an_operators_worker_that_does_not_stop_is_killed_after_a_short_grace(monkeypatch, tmp_path):
+    """Every run the operator's worker took has ended when the block exits: one that
+    ignores its stop must not hold the smoke up (it once cost a cold start 15 s)."""
+    import subprocess
+    import sys
+    import time
+
+    from stack import smoke
+    from stack.settings import StackSettings
+
+    real_popen = subprocess.Popen
+    stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                      "print('up', flush=True); time.sleep(60)"]
+    monkeypatch.setattr(subprocess, "Popen",
+                        lambda argv, **kwargs: real_popen(stubborn if "worker" in argv else argv, **kwargs))
+    monkeypatch.setattr(smoke, "_wait_worker_online", lambda *args: time.sleep(0.5))
+    with smoke.operator_worker(StackSettings(state_dir=tmp_path), "https://127.0.0.1:1/api", tmp_path) as proc:
+        started = time.monotonic()
+    assert proc.poll() is not None
+    assert time.monotonic() - started < smoke.OPERATOR_WORKER_STOP_GRACE_SECONDS + 2
