@@ -92,7 +92,8 @@ async def inspect_run(settings: StackSettings, url: str, case: str, run_id: UUID
     result = CaseResult(case=case, flow_run_id=str(run_id), state=state, ok=False,
                         created_to_pending=_seconds(fr.created, pending),
                         created_to_running=_seconds(fr.created, fr.start_time),
-                        running_to_completed=_seconds(fr.start_time, fr.end_time), logs_wait=logs_wait)
+                        running_to_completed=_seconds(fr.start_time, fr.end_time),
+                        logs_wait=logs_wait)
     if expect_failure:
         if state == "COMPLETED":
             result.problems.append("expected a failure: local storage should not be reachable from the worker host")
@@ -177,7 +178,8 @@ def operator_worker(settings: StackSettings, url: str, deploy_dir: Path, query_s
     log_path = settings.state_path / "operator-worker.log"
     venv_bin = str(Path(sys.executable).parent)
     # PATH: the pool starts flow runs with `python -m prefect.engine`, this virtualenv's Python.
-    env = {**os.environ, **platform.client_env(settings, url), "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
+    env = {**os.environ, **platform.client_env(settings, url),
+           "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
            "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds), "PREFECT_LOGGING_LOG_PRINTS": "true"}
     prefect_cli = str(Path(venv_bin) / "prefect")
     with open(log_path, "wb") as logf:
