@@ -2,7 +2,7 @@
 each tagged by a hash of what it is built from so an unchanged image is never rebuilt.
 
 No registry is reachable on the machines this runs on, so the base image comes from
-``debootstrap --variant=minbase`` + ``docker import`` (about 90 s, once). Every other
+``mmdebstrap --variant=minbase`` streamed into ``docker import`` (about 20 s, once). Every other
 image is a folder under ``stack/localcloud/images/<name>/`` with a Dockerfile that starts
 ``FROM ${BASE}``; the build context also gets, when its Dockerfile names them, the
 host's CA bundle (``host-ca.crt``, so pip and apt work behind an intercepting proxy), the
@@ -30,7 +30,7 @@ BASE_REPO = "stack-base"
 DEBIAN_SUITE = "bookworm"
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # Packages every image needs; more are added by each image's Dockerfile (python3 costs
-# 12 s more in debootstrap, which every image waits for, and 6 s in an apt step).
+# 12 s more in the base image's build, which every image waits for, and 6 s in an apt step).
 BASE_PACKAGES = ["ca-certificates"]
 HOST_CA_CANDIDATES = [
     Path("/etc/ssl/certs/ca-certificates.crt"),
@@ -95,7 +95,7 @@ def base_image_tag(mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
 
 
 def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_MIRROR) -> str:
-    """Return the tag of the Debian base image, building it with debootstrap if missing."""
+    """Return the tag of the Debian base image, building it with mmdebstrap if missing."""
     tag = base_image_tag(mirror)
     with build_lock(tag):
         _ensure_base_image(client, tag, mirror)
@@ -106,25 +106,34 @@ def ensure_base_image(client: docker.DockerClient, mirror: str = DEFAULT_DEBIAN_
 def _ensure_base_image(client: docker.DockerClient, tag: str, mirror: str) -> str:
     if image_exists(client, tag):
         return tag
-    if not shutil.which("debootstrap"):
-        raise StackError("debootstrap is missing and the Debian base image is not built; run bin/setup")
+    if not shutil.which("mmdebstrap"):
+        raise StackError("mmdebstrap is missing and the Debian base image is not built; run bin/setup")
     log = get_logger()
-    log.info("building base image %s with debootstrap (about 90 s, once)", tag)
-    with tempfile.TemporaryDirectory(prefix="stack-rootfs-") as rootfs:
-        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-             DEBIAN_SUITE, rootfs, mirror], quiet=True)
-        # The host's CA bundle, so TLS through the intercepting proxy verifies inside.
-        ca_dir = Path(rootfs, "usr/local/share/ca-certificates")
-        ca_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(host_ca_bundle(), ca_dir / "host-ca.crt")
-        subprocess.run(["chroot", rootfs, "update-ca-certificates"], check=True, capture_output=True)
-        shutil.rmtree(Path(rootfs, "var/cache/apt/archives"), ignore_errors=True)
-        Path(rootfs, "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True)
-        tar.wait()
-        if imp.returncode != 0:
-            raise StackError(f"`docker import` of the base image failed: {imp.stderr.decode().strip()}")
+    log.info("building base image %s with mmdebstrap (about 20 s, once)", tag)
+    # mmdebstrap (apt's parallel downloads; 20 s here against debootstrap's 33 s) writes
+    # the root file system as a tar to stdout, which docker import reads: no folder on
+    # disk. It verifies the packages with the archive keyring and leaves no package
+    # files or lists behind. The host's CA bundle goes in so that TLS through an
+    # intercepting proxy verifies inside every image.
+    with tempfile.TemporaryFile() as build_log:  # a file, not a pipe: no deadlock on a full pipe
+        build = subprocess.Popen(
+            ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+             f"--customize-hook=upload {host_ca_bundle()} /usr/local/share/ca-certificates/host-ca.crt",
+             '--customize-hook=chroot "$1" update-ca-certificates',
+             DEBIAN_SUITE, "-", mirror],
+            stdout=subprocess.PIPE, stderr=build_log)
+        imp = subprocess.run(["docker", "import", "-", tag], stdin=build.stdout, capture_output=True)
+        build.stdout.close()
+        built = build.wait() == 0
+        build_log.seek(0)
+        build_err = build_log.read().decode(errors="replace").strip()
+    if not built:
+        if imp.returncode == 0:
+            client.images.remove(tag, force=True)  # a partial root file system: never keep it
+        raise StackError(f"mmdebstrap could not build the Debian base image from {mirror}: "
+                         f"{build_err.splitlines()[-1] if build_err else 'no message'}")
+    if imp.returncode != 0:
+        raise StackError(f"`docker import` of the base image failed: {imp.stderr.decode().strip()}")
     return tag
 
 
