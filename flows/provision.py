@@ -50,6 +50,7 @@ class ProvisionOutputs(BaseModel):
     applied: bool = False             # this run changed the infrastructure
     cloud_was_lost: bool = False      # the emulated cloud had restarted: everything re-created
     terraform_processes: int = 0      # each costs seconds of provider start-up
+    created_in_one_apply: list[str] = []  # root modules that had no resources: no separate plan
 
 
 def retry_if_transient(task, task_run, state) -> bool:
@@ -86,27 +87,44 @@ def terraform_apply(tf: Terraform, plan: PlanResult) -> None:
     tf.apply(plan)
 
 
+@task(name="terraform_create", **TF_TASK)
+def terraform_create(tf: Terraform) -> PlanResult:
+    if tf.has_state():
+        # A retry after a transient failure that left resources: plan, then apply.
+        plan = tf.plan()
+        if plan.has_changes:
+            tf.apply(plan)
+        return plan
+    return tf.create()
+
+
 @task(name="terraform_output", **TF_TASK)
 def terraform_output(tf: Terraform) -> dict:
     return tf.output()
 
 
 def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
-    """init, plan (as an artifact), apply when the plan has changes; the module's outputs."""
+    """init, plan (as an artifact), apply when the plan has changes; the module's outputs.
+    A root module with no resources yet (a new stack; compute after the nightly teardown)
+    is created in one apply, whose planned changes make the artifact."""
     log = get_run_logger()
     tf.prepare()
     terraform_init(tf)
-    plan = terraform_plan(tf)
+    if not tf.has_state():
+        plan = terraform_create(tf)
+        tf.created_in_one_apply = True
+    else:
+        plan = terraform_plan(tf)
+        if plan.has_changes:
+            terraform_apply(tf, plan)
+        else:
+            log.info("%s: no changes, the infrastructure matches the configuration", tf.root)
+            if plan.plan_file:
+                plan.plan_file.unlink(missing_ok=True)
     create_markdown_artifact(
         key=f"{settings.name_prefix}-terraform-plan-{tf.root}", markdown=plan.markdown(),
         description=f"What the provision step planned for the {tf.root} root module",
     )
-    if plan.has_changes:
-        terraform_apply(tf, plan)
-    else:
-        log.info("%s: no changes, the infrastructure matches the configuration", tf.root)
-        if plan.plan_file:
-            plan.plan_file.unlink(missing_ok=True)
     tf.applied = plan.has_changes
     return terraform_output(tf)
 
@@ -140,6 +158,7 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
         data_volume=volume, security_group_id=compute["security_group_id"],
         instance_role_arn=compute["instance_role_arn"], applied=data_tf.applied or compute_tf.applied,
         cloud_was_lost=cloud_was_lost, terraform_processes=data_tf.processes + compute_tf.processes,
+        created_in_one_apply=[tf.root for tf in (data_tf, compute_tf) if tf.created_in_one_apply],
     )
     log.info("provisioned %d instances, bucket %s and data volume %s (%s) with %d terraform processes",
              len(outputs.instances), outputs.bucket_name, volume.name, volume.id, outputs.terraform_processes)

@@ -125,6 +125,7 @@ class Terraform:
         self.inputs = inputs or {}
         self.processes = 0
         self.applied = False  # set by the provision step when an apply ran
+        self.created_in_one_apply = False  # set by the provision step (no resources: no separate plan)
 
     @property
     def log(self):
@@ -281,13 +282,19 @@ provider "aws" {{
         if destroy:
             args.append("-destroy")
         rc, messages = self._run(*args, ok_codes=(0, 2))
-        result = PlanResult(has_changes=rc == 2, plan_file=plan_file)
-        for m in messages:
-            if m.get("type") == "planned_change":
-                ch = m["change"]
-                result.changes.append((ch["action"], ch["resource"]["addr"]))
-            elif m.get("type") == "change_summary":
-                result.summary = {k: m["changes"].get(k, 0) for k in ("add", "change", "remove")}
+        return _plan_result(messages, has_changes=rc == 2, plan_file=plan_file)
+
+    def create(self) -> PlanResult:
+        """Plan and apply in one terraform command, for a root module whose state holds
+        no resource. Every change is then a creation: the separate plan that guards an
+        update (nothing replaced or destroyed unseen) has nothing to guard, and leaving
+        it out saves a terraform process, 5 to 11 s of provider start-up here. What was
+        planned comes from the apply's own stream."""
+        if self.has_state():
+            raise StackError(f"the {self.root} root module has resources; plan, then apply the plan")
+        _, messages = self._run("apply", "-input=false", "-json", "-auto-approve")
+        result = _plan_result(messages, has_changes=True)
+        result.has_changes = bool(result.changes) or any(result.summary.values())
         return result
 
     def apply(self, plan: PlanResult) -> None:
@@ -334,6 +341,18 @@ provider "aws" {{
             return False
         resources = json.loads(state.read_text() or "{}").get("resources") or []
         return any(r.get("mode") == "managed" for r in resources)
+
+
+def _plan_result(messages: list[dict], has_changes: bool, plan_file: Path | None = None) -> PlanResult:
+    """What a plan (or an apply's planning) reported in Terraform's JSON stream."""
+    result = PlanResult(has_changes=has_changes, plan_file=plan_file)
+    for m in messages:
+        if m.get("type") == "planned_change":
+            ch = m["change"]
+            result.changes.append((ch["action"], ch["resource"]["addr"]))
+        elif m.get("type") == "change_summary" and m["changes"].get("operation", "plan") == "plan":
+            result.summary = {k: m["changes"].get(k, 0) for k in ("add", "change", "remove")}
+    return result
 
 
 def _write_if_changed(path: Path, text: str) -> None:

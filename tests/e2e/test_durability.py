@@ -197,6 +197,9 @@ def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back(stack):
     assert sh("docker", "volume", "inspect", s.data_volume_name).returncode == 0  # the data is kept
 
     report = result_json(run_step("flows.bootstrap"))
+    # The compute module had no resources left: created in one apply; the data module
+    # kept its volume and bucket, so it was planned (no changes) and not applied.
+    assert report["provision"]["created_in_one_apply"] == ["compute"]
     assert report["restore"]["restored"] is False  # the data volume still had it all
     assert_nothing_lost(before, s)
     assert_case3_ran(report)

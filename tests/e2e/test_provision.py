@@ -74,7 +74,11 @@ def test_second_bootstrap_skips_every_step_and_force_runs_them_all(stack):
     assert forced["provision"]["applied"] is False
     # Per root module (data, compute): init skipped, one plan, one output, no apply.
     assert forced["provision"]["terraform_processes"] == 4
-    assert stack["first_bootstrap"]["provision"]["applied"] is True
+    assert forced["provision"]["created_in_one_apply"] == []
+    first = stack["first_bootstrap"]["provision"]
+    assert first["applied"] is True
+    # From nothing, each root module is created by one apply, with no separate plan.
+    assert first["created_in_one_apply"] == ["data", "compute"]
 
     status = result_json(run_step("flows.status", "--json"))
     assert status["steps"]["configure"]["state"] == "completed" and status["steps"]["configure"]["duration_s"] > 0

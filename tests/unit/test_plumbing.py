@@ -9,7 +9,7 @@ import pytest
 from stack.ansible import HOST_PREFECT_PACKAGES
 from stack.pins import pinned_versions
 from stack.proc import CommandError, StackError, redact, run
-from stack.terraform import PlanResult, is_transient
+from stack.terraform import PlanResult, _plan_result, is_transient
 
 
 def test_transient_terraform_errors_are_told_apart_from_configuration_errors():
@@ -264,3 +264,16 @@ def test_an_operators_worker_that_does_not_stop_is_killed_after_a_short_grace(mo
         started = time.monotonic()
     assert proc.poll() is not None
     assert time.monotonic() - started < smoke.OPERATOR_WORKER_STOP_GRACE_SECONDS + 2
+
+
+def test_an_applys_own_planning_is_read_as_its_plan():
+    # `terraform apply -json` with no plan file: its planning, then the apply's summary.
+    stream = [
+        {"type": "planned_change", "change": {"action": "create", "resource": {"addr": "aws_s3_bucket.code"}}},
+        {"type": "change_summary", "changes": {"add": 1, "change": 0, "remove": 0, "operation": "plan"}},
+        {"type": "change_summary", "changes": {"add": 1, "change": 0, "remove": 0, "operation": "apply"}},
+    ]
+    plan = _plan_result(stream, has_changes=True)
+    assert plan.changes == [("create", "aws_s3_bucket.code")]
+    assert plan.summary == {"add": 1, "change": 0, "remove": 0}
+    assert "1 to add" in plan.markdown() and plan.plan_file is None
