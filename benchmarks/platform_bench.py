@@ -14,7 +14,8 @@ that way so that the benchmark cannot rot). Sections:
               created->running (median, p90, worst) beside the case's floor: a fresh
               interpreter on the worker host (a fresh container of the flow-runner image
               for Docker; the operator machine for case 2) importing Prefect's flow engine
-              and reading the flow's code from the bucket
+              and reading the flow's code from the bucket, sampled before the first run
+              and after each (the median of those)
   defaults    every worker case again with Prefect's default worker polling (10 s):
               what a user who installs Prefect by hand gets
   throughput  --throughput-runs runs of the testflow's my_flow submitted at once to the
@@ -30,6 +31,7 @@ least 1.8 x the throughput of one where the workers bound it.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import json
 import os
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,7 +62,6 @@ BENCH_ENV = {
 SECTIONS = ("bootstrap", "latency", "defaults", "throughput", "memory")
 WORKER_CASES = ("case2-local-storage", "case3-s3-process", "case4-s3-docker")
 STEP_ORDER = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
-FLOOR_SAMPLES = 5
 FLOOR_TARGET = 1.5
 PREFECT_DEFAULT_QUERY_SECONDS = 10   # PREFECT_WORKER_QUERY_SECONDS when nobody sets it
 SCALE_TARGET = 1.8
@@ -101,7 +103,7 @@ class CaseLatency(BaseModel):
     created_to_pending: Spread
     pending_to_running: Spread
     created_to_running: Spread
-    floor_s: float | None = None         # median of the floor samples
+    floor_s: float | None = None         # median of the floor samples, one before and after each run
     ratio_to_floor: float | None = None  # created->running median / floor
     meets_target: bool | None = None
 
@@ -180,34 +182,40 @@ def floor_args(settings: StackSettings, inside: bool) -> str:
                        "key": f"{platform.CODE_FOLDER}/testflow.py"})
 
 
-def floor(settings: StackSettings, case: str, host: str, image: str) -> float:
-    """Median seconds of FLOOR_SAMPLES cold starts of what the case's flow run process does first."""
-    samples = []
-    for _ in range(FLOOR_SAMPLES):
-        if case == "case2-local-storage":  # the operator's worker runs it on this machine
-            env = {**os.environ, "AWS_ENDPOINT_URL": settings.emulator_endpoint or ""}
-            out = subprocess.run([sys.executable, "-c", TIMER_CODE, sys.executable, "-c", FLOOR_CODE,
-                                  floor_args(settings, inside=False)], capture_output=True, text=True, env=env,
-                                 check=True).stdout
-        elif case == "case3-s3-process":
-            out = host_exec(host, "python3", "-c", TIMER_CODE, "/opt/prefect/venv/bin/python", "-c", FLOOR_CODE,
-                            floor_args(settings, inside=True))
-        else:
-            out = host_exec(host, "python3", "-c", TIMER_CODE, "docker", "run", "--rm", "--network", "host", image,
-                            "python", "-c", FLOOR_CODE, floor_args(settings, inside=True))
-        samples.append(float(out.strip().splitlines()[-1]))
-    return round(statistics.median(samples), 2)
+def floor_sample(settings: StackSettings, case: str, host: str, image: str) -> float:
+    """Seconds of one cold start of what the case's flow run process does first."""
+    if case == "case2-local-storage":  # the operator's worker runs it on this machine
+        env = {**os.environ, "AWS_ENDPOINT_URL": settings.emulator_endpoint or ""}
+        out = subprocess.run([sys.executable, "-c", TIMER_CODE, sys.executable, "-c", FLOOR_CODE,
+                              floor_args(settings, inside=False)], capture_output=True, text=True, env=env,
+                             check=True).stdout
+    elif case == "case3-s3-process":
+        out = host_exec(host, "python3", "-c", TIMER_CODE, "/opt/prefect/venv/bin/python", "-c", FLOOR_CODE,
+                        floor_args(settings, inside=True))
+    else:
+        out = host_exec(host, "python3", "-c", TIMER_CODE, "docker", "run", "--rm", "--network", "host", image,
+                        "python", "-c", FLOOR_CODE, floor_args(settings, inside=True))
+    return float(out.strip().splitlines()[-1])
 
 
 # -- latency -----------------------------------------------------------------------------
 
 def case_latency(settings: StackSettings, url: str, case: str, runs: int, worker_settings: str,
-                 floor_s: float | None) -> CaseLatency:
+                 floor: Callable[[], float] | None = None) -> CaseLatency:
+    """``runs`` runs of the case, one after the other. With ``floor``, a sample of the
+    case's floor is taken after each run and before the first, so that runs and floor
+    see the same machine: floors taken in one batch before the runs moved by 0.2 to
+    0.4 s from one benchmark to the next, enough to swing a ratio across 1.5."""
     from flows.deploy import stage
     from stack import smoke
 
+    floor_samples = [floor()] if floor else []
+
     def one() -> smoke.CaseResult:
-        return smoke.run_case(settings, url, case, smoke.CASE_DEPLOYMENTS[case])
+        result = smoke.run_case(settings, url, case, smoke.CASE_DEPLOYMENTS[case])
+        if floor:
+            floor_samples.append(floor())
+        return result
 
     if case == "case2-local-storage":
         query_seconds = PREFECT_DEFAULT_QUERY_SECONDS if worker_settings == "prefect-default" else 0.5
@@ -215,6 +223,7 @@ def case_latency(settings: StackSettings, url: str, case: str, runs: int, worker
             results = [one() for _ in range(runs)]
     else:
         results = [one() for _ in range(runs)]
+    floor_s = round(statistics.median(floor_samples), 2) if floor_samples else None
     c2p = [r.created_to_pending or 0.0 for r in results]
     c2r = [r.created_to_running or 0.0 for r in results]
     c2r_spread = Spread.of(c2r)
@@ -516,8 +525,9 @@ def main(argv: list[str] | None = None) -> None:
             image = flow_runner_image(settings).reference
             if "latency" in sections:
                 for case in cases:
-                    report.latency.append(case_latency(settings, url, case, args.runs, "stack",
-                                                       floor(settings, case, hosts[0], image)))
+                    report.latency.append(case_latency(
+                        settings, url, case, args.runs, "stack",
+                        floor=functools.partial(floor_sample, settings, case, hosts[0], image)))
                     print(f"latency {case}: done", file=sys.stderr, flush=True)
             if "defaults" in sections:
                 with prefect_default_polling(settings, url, hosts):
