@@ -293,7 +293,7 @@ provider "aws" {{
         if self.has_state():
             raise StackError(f"the {self.root} root module has resources; plan, then apply the plan")
         _, messages = self._run("apply", "-input=false", "-json", "-auto-approve")
-        result = _plan_result(messages, has_changes=True)
+        result = _plan_result(messages, has_changes=False)
         result.has_changes = bool(result.changes) or any(result.summary.values())
         return result
 
