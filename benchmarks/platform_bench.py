@@ -31,8 +31,8 @@ least 1.8 x the throughput of one where the workers bound it.
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
+import functools
 import json
 import os
 import shlex

@@ -77,25 +77,26 @@ def terraform_plan(tf: Terraform, destroy: bool = False) -> PlanResult:
     return tf.plan(destroy=destroy)
 
 
+def _plan_then_apply(tf: Terraform) -> PlanResult:
+    plan = tf.plan()
+    if plan.has_changes:
+        tf.apply(plan)
+    return plan
+
+
 @task(name="terraform_apply", **TF_TASK)
 def terraform_apply(tf: Terraform, plan: PlanResult) -> None:
     if plan.plan_file is None or not plan.plan_file.exists():
         # A retry after a transient failure: the old plan file is spent; plan again.
-        plan = tf.plan()
-        if not plan.has_changes:
-            return
+        _plan_then_apply(tf)
+        return
     tf.apply(plan)
 
 
 @task(name="terraform_create", **TF_TASK)
 def terraform_create(tf: Terraform) -> PlanResult:
-    if tf.has_state():
-        # A retry after a transient failure that left resources: plan, then apply.
-        plan = tf.plan()
-        if plan.has_changes:
-            tf.apply(plan)
-        return plan
-    return tf.create()
+    # A retry after a transient failure that left resources plans first, as any update.
+    return _plan_then_apply(tf) if tf.has_state() else tf.create()
 
 
 @task(name="terraform_output", **TF_TASK)
@@ -112,7 +113,6 @@ def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
     terraform_init(tf)
     if not tf.has_state():
         plan = terraform_create(tf)
-        tf.created_in_one_apply = True
     else:
         plan = terraform_plan(tf)
         if plan.has_changes:

@@ -125,7 +125,7 @@ class Terraform:
         self.inputs = inputs or {}
         self.processes = 0
         self.applied = False  # set by the provision step when an apply ran
-        self.created_in_one_apply = False  # set by the provision step (no resources: no separate plan)
+        self.created_in_one_apply = False  # set by create(): no resources, so no separate plan
 
     @property
     def log(self):
@@ -293,6 +293,7 @@ provider "aws" {{
         if self.has_state():
             raise StackError(f"the {self.root} root module has resources; plan, then apply the plan")
         _, messages = self._run("apply", "-input=false", "-json", "-auto-approve")
+        self.created_in_one_apply = True
         result = _plan_result(messages, has_changes=False)
         result.has_changes = bool(result.changes) or any(result.summary.values())
         return result

@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from stack.proc import StackError, get_logger, run
+from stack.proc import StackError, get_logger
 from stack.settings import REPO_ROOT
 
 IMAGES_DIR = Path(__file__).parent / "images"
@@ -117,7 +117,7 @@ def _ensure_base_image(client: docker.DockerClient, tag: str, mirror: str) -> st
     # intercepting proxy verifies inside every image.
     with tempfile.TemporaryFile() as build_log:  # a file, not a pipe: no deadlock on a full pipe
         build = subprocess.Popen(
-            ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+            ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
              f"--customize-hook=upload {host_ca_bundle()} /usr/local/share/ca-certificates/host-ca.crt",
              '--customize-hook=chroot "$1" update-ca-certificates',
              DEBIAN_SUITE, "-", mirror],
@@ -127,13 +127,16 @@ def _ensure_base_image(client: docker.DockerClient, tag: str, mirror: str) -> st
         built = build.wait() == 0
         build_log.seek(0)
         build_err = build_log.read().decode(errors="replace").strip()
-    if not built:
-        if imp.returncode == 0:
-            client.images.remove(tag, force=True)  # a partial root file system: never keep it
-        raise StackError(f"mmdebstrap could not build the Debian base image from {mirror}: "
-                         f"{build_err.splitlines()[-1] if build_err else 'no message'}")
+    import_err = imp.stderr.decode(errors="replace").strip()
     if imp.returncode != 0:
-        raise StackError(f"`docker import` of the base image failed: {imp.stderr.decode().strip()}")
+        # mmdebstrap then fails too, on its closed pipe: the import's message says why.
+        raise StackError(f"`docker import` of the base image failed: {import_err}")
+    if not built:
+        client.images.remove(tag, force=True)  # a partial root file system: never keep it
+        # Its first error says why (e.g. "Failed to fetch ..."); the last only that it failed.
+        errors = [line for line in build_err.splitlines() if line.startswith("E: ")] or build_err.splitlines()
+        raise StackError(f"mmdebstrap could not build the Debian base image from {mirror}: "
+                         f"{errors[0] if errors else 'no message'}")
     return tag
 
 

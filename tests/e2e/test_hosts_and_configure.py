@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from stack.ansible import ANSIBLE_DIR, environment
-from stack.localcloud.images import docker_client, ensure_base_image
+from stack.localcloud.images import _ensure_base_image, docker_client, ensure_base_image, image_exists
+from stack.proc import StackError
 from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +68,14 @@ def test_configured_hosts_have_prefect_and_the_worker_runs_a_loaded_image(stack)
     ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", image, "cat", "/etc/debian_version")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().startswith("12")
+
+
+def test_a_base_image_build_that_cannot_reach_its_mirror_says_why_and_leaves_no_image():
+    client = docker_client()
+    tag = "stack-base:unreachable-mirror-test"
+    with pytest.raises(StackError, match=r"from http://127\.0\.0\.1:9/debian: E: Failed to fetch"):
+        _ensure_base_image(client, tag, "http://127.0.0.1:9/debian")
+    assert not image_exists(client, tag)  # no half-made image is kept
 
 
 def test_second_configure_changes_nothing(stack):
