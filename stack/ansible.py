@@ -38,8 +38,10 @@ class HostRecap:
 # A task that failed because the channel to its host lost the command's output, not
 # because of what the task does: the Docker API's exec sometimes returns an empty output
 # under load (community.docker issue 644), and Ansible then cannot find its temporary
-# directory on the host.
-CONNECTION_LOST = re.compile(r"failed to resolve remote temporary directory")
+# directory on the host, or docker_api the ids of its user (the stack's connection
+# plugin retries that exec, ansible/connection_plugins/stack_docker_api.py).
+CONNECTION_LOST = re.compile(r"failed to resolve remote temporary directory"
+                             r"|Error while determining user and group ID of current user")
 
 
 @dataclass

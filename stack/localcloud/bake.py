@@ -81,7 +81,7 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
         with tempfile.TemporaryDirectory(prefix="stack-bake-") as tmp:
             inventory = Path(tmp) / "bake-inventory.yml"
             inventory.write_text(json.dumps({"all": {"hosts": {name: {
-                "ansible_connection": "community.docker.docker_api", "ansible_host": name, "ansible_user": "root",
+                "ansible_connection": "stack_docker_api", "ansible_host": name, "ansible_user": "root",
             }}}}))
             result = run_playbook(settings, BAKE_PLAYBOOK, extravars=install_vars(), inventory=inventory,
                                   env={"ANSIBLE_INVENTORY_ENABLED": "yaml"})
@@ -122,11 +122,12 @@ def prebuild_local_images(settings: StackSettings) -> None:
 
 def _flow_runner_after_emulator(settings: StackSettings) -> None:
     from stack.localcloud.emulator import ensure_moto_image
-    from stack.localcloud.flow_runner import flow_runner_image
+    from stack.localcloud.flow_runner import flow_runner_image, save_archive
 
     # Waits on the emulator's build when it is under way; builds it first otherwise.
     _build_ahead("emulator's image", ensure_moto_image, docker_client())
-    flow_runner_image(settings)
+    # Saved now, while provision mostly waits on the cloud, so that configure only loads it.
+    save_archive(flow_runner_image(settings))
 
 
 def start_prebuild(settings: StackSettings) -> bool:

@@ -47,6 +47,13 @@ SYSTEMD_RUN_FLAGS = [
 ]
 
 
+# On aws every host has CPUs of its own; here all hosts share this machine's cores. The
+# server host is on the path of everything (configure waits for its API while a worker
+# host loads the flow-runner image; every run talks to it), so when the cores are
+# saturated it gets four times a worker host's CPU share (Docker's default is 1024).
+SERVER_HOST_CPU_SHARES = 4096
+
+
 @dataclass
 class Reconciled:
     created: list[str] = field(default_factory=list)
@@ -96,6 +103,7 @@ def _create(settings: StackSettings, image: str, instance: dict, data_volume: st
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
             "-v", f"{docker_volume(name)}:/var/lib/docker", *SYSTEMD_RUN_FLAGS]
     if instance["role"] == "server":
+        argv += ["--cpu-shares", str(SERVER_HOST_CPU_SHARES)]
         argv += ["-p", f"127.0.0.1:{settings.platform_port}:{PLATFORM_INNER_PORT}"]
         if data_volume:
             argv += ["-v", f"{data_volume}:{DATA_MOUNT}"]

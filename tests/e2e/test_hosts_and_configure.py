@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from stack.ansible import ANSIBLE_DIR, environment
+from stack.localcloud.flow_runner import archive_path, flow_runner_image, load_into_hosts
+from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
 from stack.localcloud.images import _ensure_base_image, docker_client, ensure_base_image, image_exists
 from stack.proc import StackError
 from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
@@ -55,12 +57,21 @@ def test_hosts_are_containers_named_by_instance_with_systemd(stack):
         assert sh("docker", "exec", name, "ps", "-p", "1", "-o", "comm=").stdout.strip() == "systemd"
     ports = sh("docker", "port", SERVER, "4200").stdout.strip()
     assert ports == f"127.0.0.1:{stack['settings'].platform_port}"
+    # The server host gets the larger share of the cores all hosts share here.
+    shares = {name: sh("docker", "inspect", "-f", "{{.HostConfig.CpuShares}}", name).stdout.strip()
+              for name in (SERVER, WORKER)}
+    assert shares == {SERVER: str(SERVER_HOST_CPU_SHARES), WORKER: "0"}  # 0: Docker's default, 1024
 
 
 def test_configured_hosts_have_prefect_and_the_worker_runs_a_loaded_image(stack):
     assert_host_configured(SERVER, docker=False)
     assert_host_configured(WORKER, docker=True)
     image = ensure_base_image(docker_client())
+    # Slim like Debian's container images: no manuals, apt keeps no caches or packages.
+    slim = sh("docker", "run", "--rm", image, "sh", "-c",
+              "ls /usr/share/man | wc -l; ls /var/cache/apt/*.bin 2>/dev/null | wc -l; "
+              "apt-config dump | grep -c 'Keep-Downloaded-Packages \"false\"'")
+    assert slim.stdout.split() == ["0", "0", "1"], slim.stdout + slim.stderr
     save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
     load = sh("docker", "exec", "-i", WORKER, "docker", "load", stdin=save.stdout)
     save.wait()
@@ -68,6 +79,33 @@ def test_configured_hosts_have_prefect_and_the_worker_runs_a_loaded_image(stack)
     ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", image, "cat", "/etc/debian_version")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().startswith("12")
+
+
+def test_the_flow_runner_image_is_loaded_from_its_saved_archive_and_a_damaged_one_is_replaced(stack):
+    """Bootstrap saved the image's archive ahead of time; configure loads it from there. A
+    damaged archive fails with the host named, is removed, and the next load streams
+    straight from docker save."""
+    s = stack["settings"]
+    image = flow_runner_image(s)
+    archive = archive_path(image.reference)
+    assert archive is not None and archive.stat().st_size > 100_000_000
+    assert sh("docker", "exec", WORKER, "docker", "image", "inspect", image.reference).returncode == 0
+    kept = archive.read_bytes()
+    try:
+        assert sh("docker", "exec", WORKER, "docker", "rmi", image.reference).returncode == 0
+        archive.write_bytes(b"not a tar archive")
+        with pytest.raises(StackError, match=f"could not load image {image.reference} into {WORKER}"):
+            load_into_hosts(s, image, [WORKER])
+        assert not archive.exists()
+        assert load_into_hosts(s, image, [WORKER]) == [WORKER]  # from docker save
+        ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", "--network", "none", image.reference,
+                 "python", "-c", "import prefect; print(prefect.__version__)")
+        assert ran.stdout.strip() == "3.8.8", ran.stderr
+    finally:
+        if not archive.exists():
+            archive.write_bytes(kept)
+        if sh("docker", "exec", WORKER, "docker", "image", "inspect", image.reference).returncode != 0:
+            load_into_hosts(s, image, [WORKER])  # the smoke tests run flows in it
 
 
 def test_a_base_image_build_that_cannot_reach_its_mirror_says_why_and_leaves_no_image():

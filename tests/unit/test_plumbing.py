@@ -197,7 +197,38 @@ def test_configure_retries_unreachable_hosts_and_lost_connections_but_not_failed
     lost = ("s", "Create clusters", "Task failed: failed to resolve remote temporary directory from "
             "ansible-tmp-1: `( umask 77 && mkdir -p ...)` returned empty string")
     assert result(lost, s=failed, w=failed, x=ok).hosts_to_retry() == ["s", "w"]
+    # docker_api could not read its user's ids (the same lost output): the server host was
+    # unreachable and the worker host failed waiting for it; both run again.
+    no_ids = ("s", "Install the stack's CA certificate", 'Task failed: Error while determining user and group '
+              'ID of current user in container "p-ec2-0": not enough values to unpack (expected 2, got 0)')
+    assert result(no_ids, ["s"], s=dark, w=failed).hosts_to_retry() == ["s", "w"]
     assert result(None, s=ok).hosts_to_retry() == []
+
+
+def test_the_host_connection_reads_its_users_ids_again_when_the_output_is_lost(monkeypatch):
+    """The stack's connection plugin (docker_api's subclass) asks again when `id -u && id -g`
+    comes back empty, and hands docker_api's copy the ids it read."""
+    import importlib.util
+
+    from stack.ansible import ANSIBLE_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "stack_docker_api", ANSIBLE_DIR / "connection_plugins" / "stack_docker_api.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    answers = [(0, b"", b""), (0, b"\n", b""), (0, b"0\n0\n", b"")]
+    copied = []
+    connection = plugin.Connection.__new__(plugin.Connection)
+    connection.ids, connection.actual_user = {}, "root"
+    monkeypatch.setattr(connection, "_connect", lambda: connection, raising=False)
+    monkeypatch.setattr(connection, "exec_command", lambda cmd: answers.pop(0), raising=False)
+    monkeypatch.setattr(connection, "get_option", lambda name: "p-ec2-0", raising=False)
+    monkeypatch.setattr(plugin.time, "sleep", lambda s: None)
+    monkeypatch.setattr(plugin.DockerApiConnection, "put_file",
+                        lambda self, src, dest: copied.append((src, dest, dict(self.ids))))
+    connection.put_file("/tmp/a", "/etc/a")
+    assert copied == [("/tmp/a", "/etc/a", {"root": (0, 0)})]
+    assert answers == []  # asked three times: twice lost, then read
 
 
 def test_every_pool_starts_flow_runs_with_the_engine_in_one_interpreter(tmp_path):
