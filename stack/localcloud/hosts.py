@@ -103,8 +103,8 @@ def _create(settings: StackSettings, image: str, instance: dict, data_volume: st
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
             "-v", f"{docker_volume(name)}:/var/lib/docker", *SYSTEMD_RUN_FLAGS]
     if instance["role"] == "server":
-        argv += ["--cpu-shares", str(SERVER_HOST_CPU_SHARES)]
-        argv += ["-p", f"127.0.0.1:{settings.platform_port}:{PLATFORM_INNER_PORT}"]
+        argv += ["--cpu-shares", str(SERVER_HOST_CPU_SHARES),
+                 "-p", f"127.0.0.1:{settings.platform_port}:{PLATFORM_INNER_PORT}"]
         if data_volume:
             argv += ["-v", f"{data_volume}:{DATA_MOUNT}"]
     run([*argv, image, "/sbin/init"], quiet=True)
