@@ -1,0 +1,3 @@
+# ``python -m benchmarks`` starts many Python processes: let them cache their byte-code
+# (see stack/__init__.py).
+import stack  # noqa: F401

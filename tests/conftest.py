@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import stack  # noqa: F401  (the tests' processes cache their byte-code: stack/__init__.py)
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The test stack: everything differs from the defaults a user's stack has.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ from stack.ansible import HOST_PREFECT_PACKAGES
 from stack.pins import pinned_versions
 from stack.proc import CommandError, StackError, redact, run
 from stack.terraform import PlanResult, _plan_result, is_transient
+from tests.conftest import REPO
 
 
 def test_transient_terraform_errors_are_told_apart_from_configuration_errors():
@@ -308,3 +312,13 @@ def test_an_applys_own_planning_is_read_as_its_plan():
     assert plan.changes == [("create", "aws_s3_bucket.code")]
     assert plan.summary == {"add": 1, "change": 0, "remove": 0}
     assert "1 to add" in plan.markdown() and plan.plan_file is None
+
+
+def test_the_stacks_python_processes_cache_their_byte_code_even_where_the_environment_says_not_to():
+    """Where PYTHONDONTWRITEBYTECODE is set, every process of a bootstrap would compile
+    Prefect again; the stack's packages lift it for themselves and what they start."""
+    probe = "import os, sys, {0}; print(sys.dont_write_bytecode, 'PYTHONDONTWRITEBYTECODE' in os.environ)"
+    for package in ("flows", "stack", "benchmarks"):
+        out = subprocess.run([sys.executable, "-c", probe.format(package)], cwd=REPO, capture_output=True,
+                             text=True, check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert out.stdout.split() == ["False", "False"], (package, out.stdout, out.stderr)
