@@ -111,6 +111,9 @@ class StepRunner:
     def __init__(self, settings: StackSettings, force: bool, from_step: str | None, only: str | None):
         self.settings, self.force, self.from_step, self.only = settings, force, from_step, only
         self.outcomes: dict[str, StepOutcome] = {}
+        # What failed at an earlier bootstrap (a step, or the smoke itself): until a full
+        # smoke passes, what came after it is not trusted to a health check.
+        self.failed_before = sorted(n for n, o in self._known().items() if o.get("outcome") == "failed")
         # Step results persist in the state directory, through a block on the control plane.
         block = f"{settings.name_prefix}-step-results"
         LocalFileSystem(basepath=str(settings.state_path / "step-results")).save(block, overwrite=True)
@@ -122,12 +125,14 @@ class StepRunner:
             return True
         return self.from_step is not None and steps.STEPS.index(name) >= steps.STEPS.index(self.from_step)
 
+    def _known(self) -> dict[str, dict]:
+        path = steps_file(self.settings)
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def last_failed(self, name: str) -> bool:
         """A step that failed last time runs again even if its key matches an older success
         (it may have changed things half-way)."""
-        path = steps_file(self.settings)
-        known = json.loads(path.read_text()) if path.exists() else {}
-        return known.get(name, {}).get("outcome") == "failed"
+        return self._known().get(name, {}).get("outcome") == "failed"
 
     def run(self, name: str, fn: Callable, *inputs, **kwargs):
         """Run step ``name`` as ``fn(settings, *inputs, **kwargs)`` unless its key and probe say skip."""
@@ -178,22 +183,32 @@ class StepRunner:
         self.log.info("step %s: %s in %.1f s%s", name, outcome, self.outcomes[name].seconds,
                       f" ({summary})" if summary else "")
         # Kept for python -m flows.status: the last outcome of each step.
-        path = steps_file(self.settings)
-        known = json.loads(path.read_text()) if path.exists() else {}
+        known = self._known()
         known[name] = self.outcomes[name].model_dump()
-        path.write_text(json.dumps(known, indent=2))
+        steps_file(self.settings).write_text(json.dumps(known, indent=2))
 
     def needs_full_smoke(self, configured: ConfigureReport | None) -> bool:
-        """Did anything change what flow runs meet? New instances or hosts, restored data,
-        new pools or deployments, or a configure that changed something on a host. A
-        configure that re-ran and changed nothing leaves a health check enough."""
-        ran = {s for s, o in self.outcomes.items() if o.outcome == "ran"}
-        if ran & {"provision", "hosts", "restore", "register", "deploy"}:
-            return True
-        return "configure" in ran and configured is not None and configured.changed > 0
+        if self.failed_before:
+            self.log.info("an earlier bootstrap failed at %s: running the full smoke", ", ".join(self.failed_before))
+        return full_smoke_needed(self.failed_before, self.outcomes, configured)
 
     def table(self) -> list[StepOutcome]:
         return [self.outcomes.get(s, StepOutcome(step=s, outcome="not run")) for s in steps.STEPS]
+
+
+def full_smoke_needed(failed_before: list[str], outcomes: dict[str, StepOutcome],
+                      configured: ConfigureReport | None) -> bool:
+    """Did anything change what flow runs meet, or has it not been proven since it did?
+    A step or smoke that failed at an earlier bootstrap (until a full smoke passes), new
+    instances or hosts, restored data, new pools or deployments, or a configure that
+    changed something on a host. A configure that re-ran and changed nothing leaves a
+    health check enough."""
+    if failed_before:
+        return True
+    ran = {s for s, o in outcomes.items() if o.outcome == "ran"}
+    if ran & {"provision", "hosts", "restore", "register", "deploy"}:
+        return True
+    return "configure" in ran and configured is not None and configured.changed > 0
 
 
 def markdown_table(rows: list[StepOutcome]) -> str:
@@ -233,8 +248,10 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         url = configured.platform_api_url if configured else platform.operator_api_url(settings)
         # A new or lost data volume leaves an empty database: the latest backup fills it.
         restored = runner.run("restore", restore, only_if_empty=True)
-        registered = runner.run("register", register, url)
-        deployed = runner.run("deploy", deploy, url)
+        # The Docker pool and case 4 use the image configure loaded into the worker hosts.
+        image = configured.flow_runner_image if configured else None
+        registered = runner.run("register", register, url, image)
+        deployed = runner.run("deploy", deploy, url, image)
         if verify or only == "smoke" or runner.needs_full_smoke(configured):
             smoked = runner.run("smoke", smoke_test, url)
         else:

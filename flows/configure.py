@@ -31,7 +31,7 @@ class ConfigureReport(BaseModel):
     recap: dict[str, dict[str, int]]   # host -> ok / changed / failed / unreachable
     changed: int
     attempts: int
-    flow_runner_image: str
+    flow_runner_image: str             # the reference loaded into the worker hosts: register and deploy use it
     platform_api_url: str
 
 
@@ -53,7 +53,7 @@ def configuration_key(settings: StackSettings, variables: dict) -> str:
     """What every host's configuration depends on: configure's files, the settings but
     the number of worker hosts, the auth string, the CA and the playbook's variables.
     A scale-out leaves it unchanged."""
-    return steps.step_key("configure", settings.model_copy(update={"worker_count": 1}), (variables,))
+    return steps.step_key("configure", settings.model_copy(update={"worker_count": 1}), (variables,), values={})
 
 
 def host_identities(settings: StackSettings, running: list[dict]) -> dict[str, str]:

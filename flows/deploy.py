@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from stack import platform
-from stack.localcloud.flow_runner import flow_runner_image
+from stack.localcloud.flow_runner import flow_runner_image as current_flow_runner_image
 from stack.proc import run
 from stack.lock import exclusive
 from stack.settings import REPO_ROOT, StackSettings, load_settings
@@ -51,9 +51,12 @@ async def _read_deployments(settings: StackSettings, url: str) -> dict[str, str]
 
 @flow(name="deploy")
 @exclusive
-def deploy(settings: StackSettings | None = None, platform_url: str | None = None) -> DeployReport:
-    """Create or update the testflow deployments of every case (on ``platform_url``, configure's output)."""
+def deploy(settings: StackSettings | None = None, platform_url: str | None = None,
+           flow_runner_image: str | None = None) -> DeployReport:
+    """Create or update the testflow deployments of every case (on ``platform_url``, the
+    Docker case on ``flow_runner_image``: configure's outputs; run alone, the current ones)."""
     settings = settings or load_settings()
+    image = flow_runner_image or current_flow_runner_image(settings).reference
     log = get_run_logger()
     url = platform_url or platform.operator_api_url(settings)
     staged = stage(settings)
@@ -61,13 +64,13 @@ def deploy(settings: StackSettings | None = None, platform_url: str | None = Non
         **platform.client_env(settings, url),
         "STACK_BUCKET": settings.effective_bucket_name,
         "STACK_DEPLOY_DIR": str(staged),
-        "STACK_FLOW_RUNNER_IMAGE": flow_runner_image(settings).reference,
+        "STACK_FLOW_RUNNER_IMAGE": image,
     }
     prefect_cli = str(Path(sys.executable).parent / "prefect")
     run([prefect_cli, "--no-prompt", "deploy", "--all"], cwd=staged, env=env,
         secrets=(platform.auth_string(settings),))
     deployments = asyncio.run(_read_deployments(settings, url))
-    log.info("deployments: %s", ", ".join(deployments))
+    log.info("deployments: %s (the Docker case on %s)", ", ".join(deployments), image)
     return DeployReport(deployments=deployments, staged_dir=str(staged))
 
 

@@ -14,11 +14,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from stack import cloudstate
-from stack.localcloud import images
 from stack.proc import CommandError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
-from stack.terraform import COMPUTE, DATA, PlanResult, Terraform
+from stack.terraform import COMPUTE, DATA, PlanResult, Terraform, host_image_version
 
 
 class Instance(BaseModel):
@@ -127,12 +126,6 @@ def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
     )
     tf.applied = plan.has_changes
     return terraform_output(tf)
-
-
-def host_image_version(settings: StackSettings) -> str:
-    """What the hosts boot besides the AMI: the host image on local (a new one replaces
-    the instances, as a new AMI would); nothing on aws, where the AMI says it all."""
-    return images.image_tag("host") if settings.target == "local" else ""
 
 
 @flow(name="provision")

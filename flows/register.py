@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from blocks import definitions
 from stack import platform
-from stack.localcloud.flow_runner import FlowRunnerImage, flow_runner_image
+from stack.localcloud.flow_runner import FlowRunnerImage
+from stack.localcloud.flow_runner import flow_runner_image as current_flow_runner_image
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
@@ -57,14 +58,17 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
 
 @flow(name="register")
 @exclusive
-def register(settings: StackSettings | None = None, platform_url: str | None = None) -> RegisterReport:
-    """Create or update the platform's blocks and work pools (on ``platform_url``, configure's output)."""
+def register(settings: StackSettings | None = None, platform_url: str | None = None,
+             flow_runner_image: str | None = None) -> RegisterReport:
+    """Create or update the platform's blocks and work pools (on ``platform_url``, with the
+    Docker pool on ``flow_runner_image``: configure's outputs; run alone, the current ones)."""
     settings = settings or load_settings()
     url = platform_url or platform.operator_api_url(settings)
+    image = FlowRunnerImage.of(flow_runner_image) if flow_runner_image else current_flow_runner_image(settings)
     platform.wait_ready(settings, url)
-    report = asyncio.run(_register(settings, url, flow_runner_image(settings)))
+    report = asyncio.run(_register(settings, url, image))
     log = get_run_logger()
-    log.info("blocks: %s", ", ".join(report.blocks))
+    log.info("blocks: %s; Docker pool image %s", ", ".join(report.blocks), image.reference)
     for pool, queues in report.work_pools.items():
         log.info("work pool %s with queues %s", pool, ", ".join(queues))
     return report

@@ -1,10 +1,13 @@
 """What makes a bootstrap step's work still valid: its key and its probe.
 
-A step's key is a hash of the files it reads (its Terraform, playbooks and roles,
-prefect.yaml, block definitions, image contexts, its own flow module), the settings it
-uses and its inputs from earlier steps. Bootstrap skips a step when the key equals that
-of its last successful run (Prefect's task cache, results persisted on the control plane
-side in the state directory) and the step's probe says what it made still exists.
+A step's key is a hash of the values it uses: its inputs from earlier steps (configure's
+report carries the flow-runner image it loaded; register and deploy take that reference),
+the values computed for it here (``STEP_VALUES``: the host image version Terraform gets,
+the flow-runner image's reference and content hash), the settings, and the files the step
+itself consumes (its Terraform, playbooks and roles, prefect.yaml, block definitions, its
+own flow module). Bootstrap skips a step when the key equals that of its last successful
+run (Prefect's task cache, results persisted on the control plane side in the state
+directory) and the step's probe says what it made still exists.
 """
 
 from __future__ import annotations
@@ -26,14 +29,38 @@ STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", 
 # before it ran).
 ALWAYS_RUN = ("preflight", "restore", "smoke")
 
-# The files each step reads, relative to the repository (folders are hashed whole).
+# The files each step consumes itself, relative to the repository (folders are hashed
+# whole). What a step gets through a computed value (an image built from files) is keyed
+# by that value instead: STEP_VALUES and the inputs.
 STEP_FILES: dict[str, tuple[str, ...]] = {
-    "provision": ("terraform", "flows/provision.py", "stack/terraform.py", "stack/localcloud/images/host"),
+    "provision": ("terraform", "flows/provision.py", "stack/terraform.py"),
     "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/bake.py", "stack/localcloud/images/host"),
-    "configure": ("ansible", "constraints.txt", "flows/configure.py", "stack/ansible.py",
-                  "stack/localcloud/images/flow-runner", "stack/localcloud/flow_runner.py"),
+    # constraints.txt: the hosts' Prefect virtualenv installs with it as its constraints file.
+    "configure": ("ansible", "constraints.txt", "flows/configure.py", "stack/ansible.py"),
     "register": ("blocks", "flows/register.py"),
     "deploy": ("deployments", "flows/testflow.py", "flows/deploy.py"),
+}
+
+
+def _provision_values(settings: StackSettings) -> dict:
+    from stack.terraform import host_image_version
+
+    return {"host_image_version": host_image_version(settings)}
+
+
+def _configure_values(settings: StackSettings) -> dict:
+    from stack.localcloud.flow_runner import flow_runner_identity
+
+    return {"flow_runner_image": flow_runner_identity(settings)}
+
+
+# Values a step uses that no earlier step hands it, computed from the settings without
+# building anything: provision gives Terraform the host image's version (a new one
+# replaces the instances), configure loads the flow-runner image into the worker hosts
+# and reports its reference to register and deploy.
+STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
+    "provision": _provision_values,
+    "configure": _configure_values,
 }
 # Settings only the control plane reads: changing them never reruns a step.
 CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "nightly_teardown_timezone", "teardown_grace_minutes",
@@ -56,11 +83,16 @@ def _stable(value):
     return value
 
 
-def step_key(step: str, settings: StackSettings, inputs: tuple = ()) -> str:
-    """The key of ``step`` for these settings and inputs (see the module docstring)."""
+def step_key(step: str, settings: StackSettings, inputs: tuple = (), values: dict | None = None) -> str:
+    """The key of ``step`` for these settings and inputs (see the module docstring).
+    ``values``: instead of the step's STEP_VALUES (configure's per-host record leaves out
+    the flow-runner image, which changes no host's configuration)."""
     h = hashlib.sha256(step.encode())
     for rel in STEP_FILES.get(step, ()):
         _hash_path(h, REPO_ROOT / rel)
+    if values is None:
+        values = STEP_VALUES[step](settings) if step in STEP_VALUES else {}
+    h.update(json.dumps(values, sort_keys=True).encode())
     used = {k: v for k, v in settings.model_dump(mode="json").items() if k not in CONTROL_PLANE_SETTINGS}
     h.update(json.dumps(used, sort_keys=True).encode())
     if step == "configure":

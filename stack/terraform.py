@@ -94,6 +94,16 @@ def detect_plugin_mirror(settings: StackSettings) -> Path | None:
     return None
 
 
+def host_image_version(settings: StackSettings) -> str:
+    """What the hosts boot besides the AMI: the host image on local (a new one replaces
+    the instances, as a new AMI would); nothing on aws, where the AMI says it all."""
+    if settings.target != "local":
+        return ""
+    from stack.localcloud import images
+
+    return images.image_tag("host")
+
+
 def ssh_public_key(settings: StackSettings) -> str:
     """The stack's SSH key pair (generated once into the state directory); returns the public key."""
     key_dir = settings.state_path / "ssh"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stack.pins import pinned_versions
-from stack.localcloud.images import docker_client, ensure_image
+from stack.localcloud.images import docker_client, ensure_image, image_tag
 from stack.hostexec import host_argv
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
@@ -35,14 +35,35 @@ class FlowRunnerImage:
     reference: str
     extra_pip_packages: str | None = None       # for the official image on aws
 
+    @classmethod
+    def of(cls, reference: str) -> "FlowRunnerImage":
+        """The image behind ``reference`` (configure's output): the official image installs
+        the pinned prefect-aws and s3fs at start; any other holds them already."""
+        extra = " ".join(pinned_versions(("prefect-aws", "s3fs"))) if reference == OFFICIAL_IMAGE else None
+        return cls(reference, extra_pip_packages=extra)
+
+
+def _build_args() -> dict[str, str]:
+    return {"PACKAGES": " ".join(pinned_versions(FLOW_RUNNER_PACKAGES))}
+
+
+def flow_runner_identity(settings: StackSettings) -> dict[str, str]:
+    """What the flow-runner image is, computed without building it: its reference and, on
+    local, the content-hash tag of what it is built from (its Dockerfile, the pins, the
+    base image). A step key hashes this value, so any change to what the image is made
+    of (even under a fixed STACK_FLOW_RUNNER_IMAGE name) reaches every step that uses it."""
+    if settings.target != "local":
+        return {"reference": settings.flow_runner_image or OFFICIAL_IMAGE}
+    content = image_tag("flow-runner", build_args=_build_args())
+    return {"reference": settings.flow_runner_image or content, "content": content}
+
 
 def flow_runner_image(settings: StackSettings) -> FlowRunnerImage:
+    """The flow-runner image, built first on local when it does not exist yet."""
     if settings.target != "local":
-        ref = settings.flow_runner_image or OFFICIAL_IMAGE
-        extra = " ".join(pinned_versions(("prefect-aws", "s3fs"))) if ref == OFFICIAL_IMAGE else None
-        return FlowRunnerImage(ref, extra_pip_packages=extra)
+        return FlowRunnerImage.of(settings.flow_runner_image or OFFICIAL_IMAGE)
     client = docker_client()
-    tag = ensure_image(client, "flow-runner", {"PACKAGES": " ".join(pinned_versions(FLOW_RUNNER_PACKAGES))})
+    tag = ensure_image(client, "flow-runner", _build_args())
     ref = tag
     if settings.flow_runner_image and settings.flow_runner_image != tag:
         client.images.get(tag).tag(settings.flow_runner_image)

@@ -1,7 +1,9 @@
 """Bootstrap runs what changed and resumes what failed: a changed role reruns configure
-(and what its outputs feed), a broken playbook stops bootstrap at configure and the next
-bootstrap starts there, --only runs one step, the control plane's Run button runs one
-step with the current settings, and a changed schedule reaches the control plane.
+(and what its outputs feed), a changed flow-runner image reaches the Docker pool and case
+4 (on a host created after the change too), a failed smoke is run in full until it
+passes, a broken playbook stops bootstrap at configure and the next bootstrap starts
+there, --only runs one step, the control plane's Run button runs one step with the
+current settings, and a changed schedule reaches the control plane.
 
 The repository is changed only in a copy (run with that copy as the working directory).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,12 +43,81 @@ def test_a_changed_role_reruns_configure_and_not_what_it_does_not_feed(stack, re
     report = result_json(run_in(repo_copy))
     got = outcomes(report)
     assert (got["provision"], got["hosts"], got["configure"]) == ("skipped", "skipped", "ran"), got
-    # configure's outputs (platform URL, flow-runner image) did not change: register and
-    # deploy keep their keys. configure changed no task on a host, so a health check
-    # (every worker online) stands in for the full smoke.
+    # configure's outputs (platform URL, flow-runner image reference) did not change:
+    # register and deploy keep their keys. configure changed no task on a host, so a
+    # health check (every worker online) stands in for the full smoke.
     assert (got["register"], got["deploy"], got["smoke"]) == ("skipped", "skipped", "ran"), got
     assert report["configure"]["changed"] == 0
     assert report["smoke"]["health_only"] is True
+
+
+def test_a_failed_smoke_is_run_in_full_by_the_next_bootstrap_not_a_health_check(stack):
+    """A smoke that failed (recorded in the steps' outcomes, as a bootstrap does) is not
+    forgotten by the next bootstrap in which nothing changed."""
+    import json
+
+    path = stack["settings"].state_path / "steps.json"
+    known = json.loads(path.read_text())
+    known["smoke"]["outcome"] = "failed"
+    path.write_text(json.dumps(known))
+    report = result_json(run_step("flows.bootstrap"))
+    # Nothing that flow runs meet changed (register and deploy kept their keys) ...
+    assert (outcomes(report)["register"], outcomes(report)["deploy"]) == ("skipped", "skipped"), outcomes(report)
+    # ... and still the full smoke ran.
+    assert report["smoke"]["health_only"] is False
+    assert all(c["ok"] for c in report["smoke"]["cases"]), report["smoke"]["cases"]
+    # It passed: the bootstrap after it trusts a health check again.
+    assert result_json(run_step("flows.bootstrap"))["smoke"]["health_only"] is True
+
+
+def _docker_images_in_use(stack) -> tuple[str, str]:
+    """The Docker pool's default image and case 4's image, read back from the platform."""
+    from stack import platform
+
+    s = stack["settings"]
+
+    async def read():
+        async with platform.prefect_client(s, platform.api_url(s)) as client:
+            pool = await client.read_work_pool(platform.DOCKER_POOL)
+            case4 = await client.read_deployment_by_name("concurrent-flows/case4-s3-docker")
+            return (pool.base_job_template["variables"]["properties"]["image"]["default"],
+                    case4.job_variables.get("image"))
+
+    return asyncio.run(read())
+
+
+def _host_has_image(host: str, image: str) -> bool:
+    return subprocess.run(["docker", "exec", host, "docker", "image", "inspect", image],
+                          capture_output=True).returncode == 0
+
+
+def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4_on_a_host_created_after_it(stack, repo_copy):
+    """The bug of issue 27: configure loaded a new image, register and deploy were skipped
+    (their keys did not hash it), and case 4 failed on the next new worker host."""
+    from stack import aws
+
+    s = stack["settings"]
+    old_image = stack["first_bootstrap"]["configure"]["flow_runner_image"]
+    dockerfile = repo_copy / "stack/localcloud/images/flow-runner/Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "# one line more: a new content hash, a new tag\n")
+
+    report = result_json(run_in(repo_copy))
+    got = outcomes(report)
+    new_image = report["configure"]["flow_runner_image"]
+    assert new_image != old_image
+    assert (got["configure"], got["register"], got["deploy"]) == ("ran", "ran", "ran"), got
+    assert report["smoke"]["health_only"] is False
+    assert _docker_images_in_use(stack) == (new_image, new_image)
+
+    # A worker host created after the change has only the new tag (the pool never pulls).
+    worker = next(i["name"] for i in aws.running_hosts(s, "worker"))
+    assert subprocess.run(["docker", "rm", "-f", worker], capture_output=True).returncode == 0
+    report = result_json(run_in(repo_copy))
+    assert worker in report["hosts"]["created"], report["hosts"]
+    assert _host_has_image(worker, new_image) and not _host_has_image(worker, old_image)
+    cases = {c["case"]: c for c in report["smoke"]["cases"]}
+    assert report["smoke"]["health_only"] is False
+    assert cases["case4-s3-docker"]["ok"] is True, cases["case4-s3-docker"]
 
 
 def test_a_failed_step_stops_bootstrap_and_the_next_one_starts_there(stack, repo_copy):
