@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from stack import cloudstate
+from stack import cloudstate, statebackend
 from stack.proc import CommandError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -128,6 +128,17 @@ def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
     return terraform_output(tf)
 
 
+def compute_inputs(settings: StackSettings, data_outputs: dict) -> dict:
+    """The compute module's variables that come from the data module's outputs."""
+    volume = data_outputs["data_volume"]
+    return {
+        "bucket_arn": data_outputs["bucket_arn"],
+        "availability_zone": volume["availability_zone"],
+        "data_volume_id": volume["id"],
+        "host_image_version": host_image_version(settings),
+    }
+
+
 @flow(name="provision")
 @exclusive
 def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
@@ -135,15 +146,12 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     settings = settings or load_settings()
     log = get_run_logger()
     cloud_was_lost = cloudstate.forget_if_lost(settings)
+    # Terraform cannot create the bucket that holds its own state: made here, once.
+    statebackend.ensure_state_bucket(settings)
     data_tf = Terraform(settings, DATA)
     data = apply_root_module(settings, data_tf)
     volume = DataVolume(**data["data_volume"])
-    compute_tf = Terraform(settings, COMPUTE, inputs={
-        "bucket_arn": data["bucket_arn"],
-        "availability_zone": volume.availability_zone,
-        "data_volume_id": volume.id,
-        "host_image_version": host_image_version(settings),
-    })
+    compute_tf = Terraform(settings, COMPUTE, inputs=compute_inputs(settings, data))
     compute = apply_root_module(settings, compute_tf)
     cloudstate.record(settings)
     outputs = ProvisionOutputs(

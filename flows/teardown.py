@@ -24,7 +24,7 @@ from prefect.states import Completed
 from pydantic import BaseModel
 
 from flows.backup import backup
-from flows.provision import terraform_init
+from flows.provision import compute_inputs, terraform_init
 from stack import backups, cloudstate, platform
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
@@ -88,22 +88,28 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
     log = get_run_logger()
     report = TeardownReport(scope="all" if destroy_data else "compute")
     data, compute = Terraform(settings, DATA), Terraform(settings, COMPUTE)
-    if settings.target == "local" and (data.has_state() or compute.has_state()):
-        emulator.up(settings)
-        cloudstate.forget_if_lost(settings)  # nothing left in the cloud to destroy then
-    compute.inputs = compute.last_inputs()
+    # The states are in the state bucket; an emulated cloud that is not running, or that
+    # restarted, holds no resource and no state: nothing there to destroy.
+    cloud_up = settings.target != "local" or emulator.status(settings).state == "running"
+    if settings.target == "local" and cloud_up:
+        cloudstate.forget_if_lost(settings)
+    has_compute = cloud_up and compute.has_state()
+    has_data = cloud_up and data.has_state()
+    # What the last apply gave the compute module; from the data module's outputs when
+    # this machine has no working copy (another clone, or .stack/ deleted).
+    compute.inputs = compute.last_inputs() or (compute_inputs(settings, data.state_outputs()) if has_data else {})
     # --all destroys the backups with the data: a backup first would only be destroyed too
     # (and would stop a teardown of a half-made stack whose server was never configured).
-    if compute.has_state() and take_backup and not destroy_data and _server_running(settings):
+    if has_compute and take_backup and not destroy_data and _server_running(settings):
         try:
             report.backup = backup(settings).location
         except Exception as exc:
             raise StackError(f"the backup before teardown failed, so nothing was destroyed: {exc}. "
                              "Fix it, or run python -m flows.teardown --no-backup") from None
-    elif compute.has_state():
+    elif has_compute:
         log.info("no running server: no backup taken (the data volume is kept)")
 
-    if compute.has_state():
+    if has_compute:
         _destroy(compute)
         report.destroyed.append(COMPUTE)
     else:
@@ -114,7 +120,7 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
             log.info("removed host containers and their root volumes: %s", ", ".join(report.hosts_removed))
 
     if destroy_data:
-        if data.has_state():
+        if has_data:
             _destroy(data)
             report.destroyed.append(DATA)
         if settings.target == "local" and host_containers.remove_data_volume(settings, settings.data_volume_name):
@@ -122,7 +128,7 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
         if copies := backups.delete_all_local(settings):
             report.data_removed.append(f"{copies} local backup copies")
         log.warning("destroyed the platform's data: %s", ", ".join(report.destroyed + report.data_removed) or "none left")
-    elif data.has_state():
+    elif has_data:
         log.info("kept the data: volume %s and bucket %s (teardown --all destroys them)",
                  settings.data_volume_name, settings.effective_bucket_name)
     if stop_emulator and settings.target == "local":

@@ -1,16 +1,17 @@
-"""Do the Terraform states still describe the cloud? On the local target the emulated
-cloud (moto) forgets everything when its container restarts (a Docker engine restart, a
-reboot). Provision records which emulator session it applied to; when that session is
-gone, the states list resources that no longer exist, so they are moved aside and the
-next apply creates everything again (the platform's data comes back from the named
-volume that stands in for the data volume, or from a backup)."""
+"""Does the emulated cloud still hold what the last provision made? On the local target
+the emulated cloud (moto) forgets everything when its container restarts (a Docker engine
+restart, a reboot), the state bucket and its Terraform states included. Provision records
+which emulator session it applied to; when that session is gone, the next apply creates
+everything again from an empty state (the platform's data comes back from the named volume
+that stands in for the data volume, or from a backup). Nothing moves a state aside: the
+states live in the state bucket (stack/statebackend.py)."""
 
 from __future__ import annotations
 
 from stack.localcloud import emulator
 from stack.proc import get_logger
 from stack.settings import StackSettings
-from stack.terraform import ROOT_MODULES, Terraform
+from stack.terraform import LEGACY_STATE, ROOT_MODULES, Terraform
 
 
 def _marker(settings: StackSettings):
@@ -28,24 +29,25 @@ def record(settings: StackSettings) -> None:
 
 
 def emulator_lost_state(settings: StackSettings) -> bool:
-    """True when a state lists resources but the emulator restarted since it was written."""
+    """True when a provision applied to an emulator session that is gone (it restarted)."""
     if settings.target != "local":
         return False
-    if not any(Terraform(settings, root).has_state() for root in ROOT_MODULES):
-        return False
     marker = _marker(settings)
-    recorded = marker.read_text().strip() if marker.exists() else None
-    return recorded != emulator.session(settings)
+    return marker.exists() and marker.read_text().strip() != emulator.session(settings)
 
 
 def forget_if_lost(settings: StackSettings) -> bool:
-    """Move the states aside when the emulated cloud lost what they describe; say so in one line."""
+    """When the emulated cloud lost what the last provision made, say so in one line."""
     if not emulator_lost_state(settings):
         return False
     get_logger().warning(
-        "the emulated cloud restarted since the last provision and lost its resources; "
+        "the emulated cloud restarted since the last provision and lost its resources and the Terraform states; "
         "re-provisioning (the platform's data is on the %s volume, and in backups)", settings.data_volume_name)
     for root in ROOT_MODULES:
-        Terraform(settings, root).forget_state("emulator-lost")
+        # A state file of a stack made before remote state describes the lost cloud too:
+        # it must not be migrated into the new one.
+        legacy = Terraform(settings, root).workdir / LEGACY_STATE
+        if legacy.exists():
+            legacy.replace(legacy.with_name(LEGACY_STATE + ".emulator-lost"))
     _marker(settings).unlink(missing_ok=True)
     return True

@@ -78,6 +78,10 @@ class StackSettings(BaseSettings):
     bucket_name: str | None = Field(
         None, description="S3 bucket for flow code. Default: derived from prefix and region."
     )
+    state_bucket: str | None = Field(
+        None, description="S3 bucket of the Terraform states (made by the stack before the first terraform init). "
+                          "Default: <prefix>-tfstate-<account id>-<region>.",
+    )
     ssh_user: str = Field("admin", description="Login user of the AMI (aws target, SSH).")
     emulator_port: int = Field(4566, ge=1024, le=65535, description="Loopback port of moto.")
     control_plane_port: int = Field(

@@ -10,7 +10,9 @@ Two root modules, two states, two lifetimes:
                destroyed every night. It takes the data module's outputs as variables.
 
 The committed ``terraform/`` files never mention the emulator: endpoints only come from
-the override file written here (the tflocal pattern).
+the override file written here (the tflocal pattern). The states live in S3 (the
+``backend "s3"`` of each ``versions.tf``, configured by a generated backend file; see
+stack/statebackend.py), so the working copies are caches.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from stack import statebackend
 from stack.proc import CommandError, StackError, get_logger, run
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
 
@@ -35,6 +38,7 @@ ROOT_MODULES = (DATA, COMPUTE)  # in apply order; destroy goes the other way
 OVERRIDE_FILE = "emulator_override.tf"
 PLAN_FILE = "stack.tfplan"
 INIT_STAMP = ".terraform/stack-init.sha256"
+LEGACY_STATE = "terraform.tfstate"  # where a stack made before remote state kept it
 AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 # Emulated services the stack's resources use.
 EMULATED_SERVICES = ("ec2", "iam", "s3", "sts", "ssm")
@@ -160,6 +164,7 @@ class Terraform:
         elif override.exists():
             override.unlink()
         _write_if_changed(self.workdir / "terraform.tfvars.json", json.dumps(self.variables(), indent=2) + "\n")
+        _write_if_changed(self.workdir / statebackend.BACKEND_FILE, statebackend.backend_config(self.settings, self.root))
         _write_if_changed(self.cli_config, self.cli_config_text())
 
     def variables(self) -> dict:
@@ -269,7 +274,7 @@ provider "aws" {{
 
     def _init_fingerprint(self) -> str:
         h = hashlib.sha256()
-        for name in ("versions.tf", "provider.tf", OVERRIDE_FILE):
+        for name in ("versions.tf", "provider.tf", OVERRIDE_FILE, statebackend.BACKEND_FILE):
             p = self.workdir / name
             h.update(name.encode() + (p.read_bytes() if p.exists() else b""))
         h.update(self.cli_config.read_bytes())
@@ -282,7 +287,20 @@ provider "aws" {{
         if stamp.exists() and stamp.read_text() == fingerprint:
             self.log.info("terraform init skipped: providers and backend unchanged")
             return False
-        self._run("init", "-input=false", "-no-color", json_stream=False)
+        backend = f"-backend-config={statebackend.BACKEND_FILE}"
+        legacy = self.workdir / LEGACY_STATE
+        if _has_resources(json.loads(legacy.read_text() or "{}") if legacy.exists() else {}):
+            # A stack made before remote state: its state moves to the state bucket, once.
+            where = f"s3://{statebackend.state_bucket_name(self.settings)}/{statebackend.state_key(self.settings, self.root)}"
+            self._run("init", "-input=false", "-no-color", backend, "-migrate-state", "-force-copy", json_stream=False)
+            legacy.replace(legacy.with_name(LEGACY_STATE + ".migrated"))
+            (self.workdir / (LEGACY_STATE + ".backup")).unlink(missing_ok=True)
+            self.log.warning("migrated the %s state from %s to %s (the local file is kept as %s.migrated)",
+                             self.root, legacy, where, LEGACY_STATE)
+        else:
+            # -reconfigure: the backend file changed (another bucket or endpoint), or this
+            # working copy was initialised for another backend; the state is in the bucket.
+            self._run("init", "-input=false", "-no-color", backend, "-reconfigure", json_stream=False)
         stamp.write_text(fingerprint)
         return True
 
@@ -329,17 +347,6 @@ provider "aws" {{
         own = set(Terraform(self.settings, self.root).variables())
         return {k: v for k, v in json.loads(path.read_text()).items() if k not in own}
 
-    def forget_state(self, reason: str) -> Path | None:
-        """Move the state aside (``terraform.tfstate.<reason>``) when the resources it
-        lists no longer exist (the emulated cloud lost them); returns where it went."""
-        state = self.workdir / "terraform.tfstate"
-        if not state.exists():
-            return None
-        aside = state.with_name(f"terraform.tfstate.{reason}")
-        state.replace(aside)
-        (self.workdir / "terraform.tfstate.backup").unlink(missing_ok=True)
-        return aside
-
     def output(self) -> dict:
         self.processes += 1
         done = run(["terraform", "output", "-json"], cwd=self.workdir, env=self.env(), quiet=True)
@@ -347,11 +354,21 @@ provider "aws" {{
         return {k: v["value"] for k, v in raw.items()}
 
     def has_state(self) -> bool:
-        state = self.workdir / "terraform.tfstate"
-        if not state.exists():
-            return False
-        resources = json.loads(state.read_text() or "{}").get("resources") or []
-        return any(r.get("mode") == "managed" for r in resources)
+        """Does the state (in the state bucket; before the migration, the local file) list
+        a managed resource? Read with boto3: no terraform process."""
+        legacy = self.workdir / LEGACY_STATE
+        if legacy.exists():
+            return _has_resources(json.loads(legacy.read_text() or "{}"))
+        return _has_resources(statebackend.read_state(self.settings, self.root) or {})
+
+    def state_outputs(self) -> dict:
+        """The root module's outputs as its state holds them (no terraform process)."""
+        state = statebackend.read_state(self.settings, self.root) or {}
+        return {k: v["value"] for k, v in (state.get("outputs") or {}).items()}
+
+
+def _has_resources(state: dict) -> bool:
+    return any(r.get("mode") == "managed" for r in state.get("resources") or [])
 
 
 def _plan_result(messages: list[dict], has_changes: bool, plan_file: Path | None = None) -> PlanResult:

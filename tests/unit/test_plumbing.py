@@ -402,3 +402,30 @@ def test_after_a_failed_bootstrap_the_full_smoke_runs_until_it_passes_not_a_heal
     # A step that failed, and then ran again without changing anything.
     assert full_smoke_needed(["configure"], nothing_ran, None) is True
     assert full_smoke_needed([], nothing_ran | {"deploy": StepOutcome(step="deploy", outcome="ran")}, None) is True
+
+
+def test_the_backend_file_names_the_state_bucket_and_lock_and_holds_no_credential_on_aws(monkeypatch, tmp_path):
+    from stack import statebackend
+    from stack.settings import EMULATOR_SECRET_KEY, StackSettings
+
+    monkeypatch.setitem(statebackend._accounts, ("aws", "eu-west-1", None), "210987654321")
+    aws_settings = StackSettings(target="aws", region="eu-west-1", name_prefix="team", ami_id="ami-0123456789abcdef0",
+                                 operator_cidr="203.0.113.7/32",
+                                 state_dir=tmp_path)
+    text = statebackend.backend_config(aws_settings, "compute")
+    assert 'bucket = "team-tfstate-210987654321-eu-west-1"' in text
+    assert 'key = "team/compute.tfstate"' in text and "use_lockfile = true" in text and "encrypt = true" in text
+    assert "access_key" not in text and "secret_key" not in text and "endpoints" not in text
+    local = StackSettings(target="local", name_prefix="team", state_dir=tmp_path, emulator_port=4999)
+    monkeypatch.setitem(statebackend._accounts, ("local", local.region, local.emulator_endpoint), "123456789012")
+    text = statebackend.backend_config(local, "data")
+    assert "http://127.0.0.1:4999" in text and EMULATOR_SECRET_KEY in text  # the emulator's fixed test key only
+
+
+def test_a_state_bucket_name_aws_would_refuse_is_one_line_naming_the_setting(monkeypatch, tmp_path):
+    from stack import statebackend
+    from stack.settings import StackSettings
+
+    settings = StackSettings(target="local", state_dir=tmp_path, state_bucket="Not_A_Bucket")
+    with pytest.raises(StackError, match="STACK_STATE_BUCKET"):
+        statebackend.state_bucket_name(settings)

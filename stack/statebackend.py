@@ -1,0 +1,122 @@
+"""Where the Terraform states live: an S3 bucket in the stack's own account (on local, in
+the emulated cloud), one object per root module, locked with Terraform's S3-native lock
+file (``use_lockfile``, Terraform 1.10+). The operator's ``.stack/`` holds caches only:
+the working copies, the generated backend file, the provider cache.
+
+The state bucket is made here, before the first ``terraform init``, with boto3 (Terraform
+cannot create the bucket that holds its own state): versioned (every state ever written
+can be recovered), encrypted, public access blocked, and on aws TLS-only. Its name holds
+the account id and region, so two teams, or one team in two regions, never share one.
+
+A stack made before remote state kept its states in ``.stack/terraform/<root>/``: the
+first ``terraform init`` migrates each one (``-migrate-state``), once, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from stack import aws
+from stack.proc import StackError, get_logger
+from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
+
+BACKEND_FILE = "stack.s3.tfbackend"
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+# Asked of STS once per process and target: the account does not change under a command.
+_accounts: dict[tuple, str] = {}
+
+
+def account_id(settings: StackSettings) -> str:
+    """The account the stack lives in."""
+    where = (settings.target, settings.region, settings.emulator_endpoint)
+    if where not in _accounts:
+        try:
+            _accounts[where] = aws.client(settings, "sts").get_caller_identity()["Account"]
+        except Exception as exc:  # botocore's errors: no credentials, no endpoint
+            raise StackError(f"could not read the AWS account id ({exc}); check the AWS credentials "
+                             f"(target {settings.target}, region {settings.region})") from None
+    return _accounts[where]
+
+
+def state_bucket_name(settings: StackSettings) -> str:
+    """``<prefix>-tfstate-<account id>-<region>``, unless STACK_STATE_BUCKET names one."""
+    name = settings.state_bucket or f"{settings.name_prefix}-tfstate-{account_id(settings)}-{settings.region}"
+    if not BUCKET_NAME.match(name) or ".." in name:
+        raise StackError(f"the Terraform state bucket name {name!r} is not a valid S3 bucket name (3 to 63 "
+                         "lowercase letters, digits, dots and hyphens); set STACK_STATE_BUCKET or a shorter "
+                         "STACK_NAME_PREFIX")
+    return name
+
+
+def state_key(settings: StackSettings, root: str) -> str:
+    return f"{settings.name_prefix}/{root}.tfstate"
+
+
+def ensure_state_bucket(settings: StackSettings) -> str:
+    """Create the state bucket if it does not exist yet, with its protections; its name."""
+    name = state_bucket_name(settings)
+    s3 = aws.client(settings, "s3")
+    try:
+        s3.head_bucket(Bucket=name)
+        return name
+    except s3.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            raise StackError(f"the Terraform state bucket {name} exists but cannot be read ({code}): it may "
+                             "belong to another account; set STACK_STATE_BUCKET to a bucket of your own") from None
+    get_logger().info("creating the Terraform state bucket %s (versioned, encrypted, private)", name)
+    create = {"Bucket": name}
+    if settings.region != "us-east-1":
+        create["CreateBucketConfiguration"] = {"LocationConstraint": settings.region}
+    s3.create_bucket(**create)
+    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]})
+    if settings.target != "local":
+        # The emulator speaks plain HTTP and enforces bucket policies (as for the code bucket).
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(tls_only_policy(name)))
+    return name
+
+
+def tls_only_policy(bucket: str) -> dict:
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+
+
+def backend_config(settings: StackSettings, root: str) -> str:
+    """The S3 backend's settings for ``root`` (a ``-backend-config`` file). No credential
+    but the emulator's fixed test keys: on aws the usual credential chain applies."""
+    lines = {
+        "bucket": state_bucket_name(settings),
+        "key": state_key(settings, root),
+        "region": settings.region,
+        "encrypt": True,
+        "use_lockfile": True,
+    }
+    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in lines.items()) + "\n"
+    if settings.target == "local":
+        text += (f'endpoints = {{ s3 = "{settings.emulator_endpoint}", sts = "{settings.emulator_endpoint}" }}\n'
+                 f'access_key = "{EMULATOR_ACCESS_KEY}"\nsecret_key = "{EMULATOR_SECRET_KEY}"\n'
+                 "use_path_style = true\nskip_credentials_validation = true\nskip_requesting_account_id = true\n"
+                 "skip_metadata_api_check = true\nskip_region_validation = true\n")
+    return text
+
+
+def read_state(settings: StackSettings, root: str) -> dict | None:
+    """The current state of ``root`` as Terraform wrote it, or None when there is none
+    (no bucket yet, no object yet, or the emulated cloud forgot both)."""
+    s3 = aws.client(settings, "s3")
+    try:
+        body = s3.get_object(Bucket=state_bucket_name(settings), Key=state_key(settings, root))["Body"].read()
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in ("NoSuchKey", "NoSuchBucket", "404"):
+            return None
+        raise
+    return json.loads(body or b"{}")
