@@ -151,7 +151,9 @@ class StepRunner:
         except Exception as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self._record(name, "failed", started, first_line)
-            raise StackError(f"bootstrap failed at step {name}: {first_line}") from exc
+            failed = StackError(f"bootstrap failed at step {name}: {first_line}")
+            failed.exit_code = getattr(exc, "exit_code", 1)  # a refusal stays a refusal (2)
+            raise failed from exc
         self._record(name, "skipped" if skipped else "ran", started, summarize(name, result))
         return result
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from stack import cloudstate, statebackend
-from stack.proc import CommandError
+from stack.proc import CommandError, StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 from stack.terraform import COMPUTE, DATA, PlanResult, Terraform, host_image_version
@@ -78,6 +78,8 @@ def terraform_plan(tf: Terraform, destroy: bool = False) -> PlanResult:
 
 def _plan_then_apply(tf: Terraform) -> PlanResult:
     plan = tf.plan()
+    if tf.root == DATA and plan.has_changes:
+        refuse_data_loss(tf, plan)
     if plan.has_changes:
         tf.apply(plan)
     return plan
@@ -103,6 +105,48 @@ def terraform_output(tf: Terraform) -> dict:
     return tf.output()
 
 
+# What the data module holds that cannot be made again, and the settings behind each
+# attribute whose change would replace it.
+PROTECTED_DATA = {
+    "aws_ebs_volume": ("the platform's database volume", {
+        "availability_zone": "STACK_AVAILABILITY_ZONE", "size": "STACK_DATA_VOLUME_SIZE"}),
+    "aws_s3_bucket": ("the code bucket with every backup", {
+        "bucket": "STACK_BUCKET_NAME (derived from STACK_NAME_PREFIX and STACK_REGION when unset)"}),
+}
+
+
+class DataChangeRefused(StackError):
+    """A plan would delete or replace the platform's data: refused, nothing applied."""
+
+    exit_code = 2
+
+
+def refuse_data_loss(tf: Terraform, plan: PlanResult) -> None:
+    """Stop before an apply that would delete or replace a protected data resource,
+    naming it and the setting that caused it (read from the saved plan's JSON)."""
+    doomed = [addr for action, addr in plan.changes
+              if action in ("delete", "replace") and addr.split(".")[0] in PROTECTED_DATA]
+    if not doomed:
+        return
+    changes = {rc["address"]: rc for rc in tf.show_plan(plan).get("resource_changes", [])}
+    reasons = []
+    for addr in doomed:
+        what, settings_of = PROTECTED_DATA[addr.split(".")[0]]
+        change = changes.get(addr, {}).get("change", {})
+        paths = [p[0] for p in change.get("replace_paths", []) if p]
+        if paths:
+            why = "; ".join(f"{p} {change.get('before', {}).get(p)!r} -> {change.get('after', {}).get(p)!r}"
+                            + (f" (set by {settings_of[p]})" if p in settings_of else "") for p in paths)
+            reasons.append(f"{addr} ({what}) would be replaced: {why}")
+        else:
+            reasons.append(f"{addr} ({what}) would be destroyed")
+    if plan.plan_file:
+        plan.plan_file.unlink(missing_ok=True)
+    raise DataChangeRefused(
+        "refused, nothing applied: " + "; ".join(reasons) + ". Set the setting back to keep the data; "
+        "to destroy the data on purpose, run python -m flows.teardown --all first")
+
+
 def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
     """init, plan (as an artifact), apply when the plan has changes; the module's outputs.
     A root module with no resources yet (a new stack; compute after the nightly teardown)
@@ -114,6 +158,8 @@ def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
         plan = terraform_create(tf)
     else:
         plan = terraform_plan(tf)
+        if tf.root == DATA and plan.has_changes:
+            refuse_data_loss(tf, plan)
         if plan.has_changes:
             terraform_apply(tf, plan)
         else:

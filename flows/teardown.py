@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from flows.backup import backup
 from flows.provision import compute_inputs, terraform_init
-from stack import backups, cloudstate, platform
+from stack import accountsecrets, backups, cloudstate, platform, statebackend
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
@@ -121,8 +121,16 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
 
     if destroy_data:
         if has_data:
+            # The bucket is emptied here, after --all's question, never by force_destroy.
+            if objects := statebackend.empty_bucket(settings, settings.effective_bucket_name):
+                report.data_removed.append(f"{objects} objects of bucket {settings.effective_bucket_name}")
             _destroy(data)
             report.destroyed.append(DATA)
+        if cloud_up:
+            if deleted := accountsecrets.delete_all(settings):
+                report.data_removed.append(f"secrets {', '.join(deleted)}")
+            if statebackend.delete_state_bucket(settings):
+                report.data_removed.append(f"state bucket {statebackend.state_bucket_name(settings)}")
         if settings.target == "local" and host_containers.remove_data_volume(settings, settings.data_volume_name):
             report.data_removed.append(f"volume {settings.data_volume_name}")
         if copies := backups.delete_all_local(settings):

@@ -15,6 +15,7 @@ from stack import tls
 from stack.pins import pinned_versions
 from stack.proc import StackError, get_logger, redact
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
+from stack.terraform import ssh_key_file, ssh_public_key
 
 ANSIBLE_DIR = REPO_ROOT / "ansible"
 INVENTORY = ANSIBLE_DIR / "inventory.aws_ec2.yml"
@@ -96,6 +97,8 @@ def environment(settings: StackSettings) -> dict[str, str]:
     """The whole environment of ansible-playbook: what the inventory and group_vars read
     (target, region, prefix, endpoint, key and auth file paths) and the operator's
     environment without any secret. AWS credentials come from a 0600 file."""
+    if settings.target != "local":
+        ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
     env = {k: v for k, v in os.environ.items() if not SENSITIVE_ENV.search(k) and not k.startswith("AWS_")}
     env |= {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -103,7 +106,7 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_REGION": settings.region,
         "STACK_NAME_PREFIX": settings.name_prefix,
         "STACK_SSH_USER": settings.ssh_user,
-        "STACK_SSH_KEY_FILE": str(settings.state_path / "ssh" / "id_ed25519"),
+        "STACK_SSH_KEY_FILE": str(ssh_key_file(settings)),
         "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
         # The CA and server certificate (stack/tls.py); the roles copy from this folder.
         "STACK_TLS_DIR": str(tls.tls_dir(settings)),

@@ -73,7 +73,7 @@ def main(step: Callable[[StackSettings], T], *, control_plane: bool = True, prin
                 result = step(settings)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     if print_result and isinstance(result, BaseModel):
         print(result.model_dump_json(indent=2))
     return result

@@ -18,8 +18,11 @@ def host_argv(settings: StackSettings, host: str, command: Sequence[str], public
         return ["docker", "exec", "-i", host, *command]
     if not public_ip:
         raise StackError(f"host {host} has no public IP; is its instance running? (python -m flows.status)")
-    ssh_dir = settings.state_path / "ssh"
-    return ["ssh", "-i", str(ssh_dir / "id_ed25519"), "-o", "BatchMode=yes",
+    from stack.terraform import ssh_key_file, ssh_public_key
+
+    ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
+    ssh_dir = ssh_key_file(settings).parent
+    return ["ssh", "-i", str(ssh_key_file(settings)), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={ssh_dir / 'known_hosts'}",
             f"{settings.ssh_user}@{public_ip}", "sudo " + shlex.join(command)]
 

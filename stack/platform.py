@@ -20,7 +20,7 @@ import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
-from stack import tls
+from stack import accountsecrets, tls
 from stack.localcloud.emulator import inner_endpoint
 from stack.proc import StackError
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
@@ -43,16 +43,14 @@ def auth_file(settings: StackSettings) -> Path:
     return settings.state_path / "platform-auth"
 
 
+AUTH_SECRET = accountsecrets.AUTH_STRING
+
+
 def auth_string(settings: StackSettings) -> str:
-    """The stack's API auth string, created on first use (0600, never printed)."""
-    path = auth_file(settings)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{AUTH_USER}:{secrets.token_urlsafe(24)}")
-    os.chmod(path, 0o600)
-    return path.read_text().strip()
+    """The stack's API auth string: a secret in the account (Secrets Manager), made on
+    first use, cached in a 0600 file; never printed."""
+    return accountsecrets.stack_secret(settings, AUTH_SECRET, auth_file(settings),
+                                       lambda: f"{AUTH_USER}:{secrets.token_urlsafe(24)}").strip()
 
 
 def server_host(settings: StackSettings) -> str:

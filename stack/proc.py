@@ -14,7 +14,10 @@ from pathlib import Path
 
 
 class StackError(RuntimeError):
-    """An error the operator can act on; its message says what failed and what to do."""
+    """An error the operator can act on; its message says what failed and what to do.
+    ``exit_code``: 1 for a failed step, 2 for a request refused before anything changed."""
+
+    exit_code = 1
 
 
 class CommandError(StackError):

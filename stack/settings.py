@@ -78,6 +78,9 @@ class StackSettings(BaseSettings):
     bucket_name: str | None = Field(
         None, description="S3 bucket for flow code. Default: derived from prefix and region."
     )
+    backup_retention_days: int = Field(
+        30, ge=1, le=3650, description="Days each backup in the bucket (backups/) is kept before it expires.",
+    )
     state_bucket: str | None = Field(
         None, description="S3 bucket of the Terraform states (made by the stack before the first terraform init). "
                           "Default: <prefix>-tfstate-<account id>-<region>.",
@@ -179,7 +182,7 @@ class StackSettings(BaseSettings):
             raise ValueError(f"{v!r} is not an AMI id; use one like ami-0abcdef1234567890")
         return v
 
-    @field_validator("bucket_name")
+    @field_validator("bucket_name", "state_bucket")
     @classmethod
     def _bucket(cls, v: str | None) -> str | None:
         if v is not None and (

@@ -120,3 +120,36 @@ def read_state(settings: StackSettings, root: str) -> dict | None:
             return None
         raise
     return json.loads(body or b"{}")
+
+
+def empty_bucket(settings: StackSettings, bucket: str) -> int:
+    """Delete every object version and delete marker of ``bucket`` (a versioned bucket is
+    deleted only when empty); how many were deleted. Only ``teardown --all`` calls it,
+    after its question."""
+    s3 = aws.client(settings, "s3")
+    deleted = 0
+    try:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            batch = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                     for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            for i in range(0, len(batch), 1000):
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": batch[i:i + 1000], "Quiet": True})
+            deleted += len(batch)
+    except s3.exceptions.NoSuchBucket:
+        return 0
+    return deleted
+
+
+def delete_state_bucket(settings: StackSettings) -> bool:
+    """Delete the state bucket with every state version in it (``teardown --all``, once
+    both root modules are destroyed). True when there was one."""
+    name = state_bucket_name(settings)
+    s3 = aws.client(settings, "s3")
+    empty_bucket(settings, name)
+    try:
+        s3.delete_bucket(Bucket=name)
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return False
+        raise
+    return True

@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stack import statebackend
+from stack import accountsecrets, statebackend
 from stack.proc import CommandError, StackError, get_logger, run
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
 
@@ -108,19 +108,26 @@ def host_image_version(settings: StackSettings) -> str:
     return images.image_tag("host")
 
 
+SSH_KEY_SECRET = accountsecrets.SSH_PRIVATE_KEY
+
+
+def ssh_key_file(settings: StackSettings) -> Path:
+    """The cache of the stack's SSH private key, for ssh and Ansible (0600)."""
+    return settings.state_path / "ssh" / "id_ed25519"
+
+
 def ssh_public_key(settings: StackSettings) -> str:
-    """The stack's SSH key pair (generated once into the state directory); returns the public key."""
-    key_dir = settings.state_path / "ssh"
-    private, public = key_dir / "id_ed25519", key_dir / "id_ed25519.pub"
-    if not private.exists():
-        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The public half of the stack's SSH key pair, whose private key is a secret in the
+    account (made once; cached in the state directory)."""
+    def make() -> str:
         key = Ed25519PrivateKey.generate()
-        private.touch(mode=0o600)
-        private.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
-        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        public.write_text(pub.decode() + f" {settings.name_prefix}-operator\n")
-    return public.read_text().strip()
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption()).decode()
+
+    private = accountsecrets.stack_secret(settings, SSH_KEY_SECRET, ssh_key_file(settings), make)
+    key = serialization.load_ssh_private_key(private.encode(), password=None)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{public.decode()} {settings.name_prefix}-operator"
 
 
 class Terraform:
@@ -179,6 +186,7 @@ class Terraform:
                 # The emulator speaks plain HTTP and enforces bucket policies: a TLS-only
                 # policy would refuse every request there. Always on for real AWS.
                 "bucket_tls_only": s.target != "local",
+                "backup_retention_days": s.backup_retention_days,
             }
         return {
             **common,
@@ -346,6 +354,12 @@ provider "aws" {{
             return {}
         own = set(Terraform(self.settings, self.root).variables())
         return {k: v for k, v in json.loads(path.read_text()).items() if k not in own}
+
+    def show_plan(self, plan: PlanResult) -> dict:
+        """The saved plan as JSON (``terraform show -json``): what each change would do and why."""
+        self.processes += 1
+        done = run(["terraform", "show", "-json", plan.plan_file.name], cwd=self.workdir, env=self.env(), quiet=True)
+        return json.loads("\n".join(done.lines) or "{}")
 
     def output(self) -> dict:
         self.processes += 1

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from stack import accountsecrets
 from stack.settings import StackSettings
 
 CA_CERT = "ca.pem"
@@ -60,15 +61,34 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+CA_KEY_SECRET, CA_CERT_SECRET = accountsecrets.CA_KEY, accountsecrets.CA_CERT
+
+
 def ensure_ca(settings: StackSettings) -> bool:
-    """Create the stack's CA unless it exists. True when it was created."""
+    """The stack's CA: its key and certificate are secrets in the account (made once),
+    cached here. True when the cached CA changed (made now, or another one than the
+    cache held): the server certificate it signed is then dropped."""
     d = tls_dir(settings)
-    if (d / CA_CERT).exists() and (d / CA_KEY).exists():
-        os.chmod(d / CA_KEY, 0o600)
-        return False
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
+    cached = (d / CA_CERT).read_text() if (d / CA_CERT).exists() else None
+    made = []
+
+    def new_certificate() -> str:
+        made.append(True)
+        return _new_ca_certificate(settings, key_pem)
+
+    key_pem = accountsecrets.stack_secret(
+        settings, CA_KEY_SECRET, d / CA_KEY, lambda: _key_pem(ec.generate_private_key(ec.SECP256R1())).decode())
+    cert_pem = accountsecrets.stack_secret(settings, CA_CERT_SECRET, d / CA_CERT, new_certificate)
+    if made or (cached is not None and cert_pem != cached):
+        (d / SERVER_CERT).unlink(missing_ok=True)   # signed by another CA
+        return True
+    return False
+
+
+def _new_ca_certificate(settings: StackSettings, key_pem: str) -> str:
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{settings.name_prefix} platform CA")])
     now = _now()
     cert = (
@@ -85,10 +105,7 @@ def ensure_ca(settings: StackSettings) -> bool:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(d / CA_KEY, _key_pem(key))
-    (d / SERVER_CERT).unlink(missing_ok=True)   # signed by a CA that is gone
-    (d / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return True
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def server_names(settings: StackSettings, server: dict | None = None) -> list[str]:
@@ -125,6 +142,10 @@ def server_certificate_current(settings: StackSettings, names: list[str]) -> boo
         return False
     cert = x509.load_pem_x509_certificate((d / SERVER_CERT).read_bytes())
     ca = x509.load_pem_x509_certificate((d / CA_CERT).read_bytes())
+    try:  # signed by this CA's key (every CA of a stack has the same subject)
+        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    except Exception:  # cryptography's InvalidSignature, or another key type
+        return False
     return (cert.issuer == ca.subject and _names_of(cert) == set(names)
             and cert.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS))
 
@@ -171,4 +192,6 @@ def ca_fingerprint(settings: StackSettings) -> str:
 
 def ssl_context(settings: StackSettings) -> ssl.SSLContext:
     """A client context that trusts the stack's CA only."""
+    if not ca_file(settings).exists():
+        ensure_ca(settings)  # the cache was deleted: the CA comes back from the account
     return ssl.create_default_context(cafile=str(ca_file(settings)))

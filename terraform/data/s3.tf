@@ -58,3 +58,26 @@ resource "aws_s3_bucket_policy" "code" {
   # The public access block must exist first, or AWS may reject the policy.
   depends_on = [aws_s3_bucket_public_access_block.code]
 }
+
+# Backups do not grow forever: each one (and any older version of it) expires after
+# backup_retention_days. Flow code is not touched.
+resource "aws_s3_bucket_lifecycle_configuration" "backups" {
+  bucket = aws_s3_bucket.code.id
+
+  rule {
+    id     = "expire-backups"
+    status = "Enabled"
+    filter {
+      prefix = "backups/"
+    }
+    expiration {
+      days = var.backup_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = var.backup_retention_days
+    }
+  }
+
+  # A lifecycle rule on a versioned bucket needs the versioning set first.
+  depends_on = [aws_s3_bucket_versioning.code]
+}

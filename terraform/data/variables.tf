@@ -52,9 +52,20 @@ variable "bucket_name" {
 }
 
 variable "bucket_force_destroy" {
-  description = "Delete the bucket with its objects (flow code, backups) when the data is destroyed (teardown --all)."
+  description = "Let Terraform delete the bucket with its objects. Off: teardown --all empties the bucket itself, after its question, so no apply can delete the backups."
   type        = bool
-  default     = true
+  default     = false
+}
+
+variable "backup_retention_days" {
+  description = "Days a backup (backups/ in the bucket) is kept, and an overwritten or deleted one's older versions."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.backup_retention_days >= 1 && var.backup_retention_days <= 3650 && floor(var.backup_retention_days) == var.backup_retention_days
+    error_message = "backup_retention_days must be a whole number of days from 1 to 3650."
+  }
 }
 
 variable "bucket_tls_only" {

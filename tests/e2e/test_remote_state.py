@@ -1,4 +1,5 @@
-"""The Terraform states live in the stack's state bucket (in the emulated cloud here, in
+"""The Terraform states and the stack's secrets live in the account (the state bucket,
+Secrets Manager; in the emulated cloud here, in
 the account on aws): the operator's state directory holds caches only. Real moto, real
 Terraform, through the real entry points."""
 
@@ -36,11 +37,11 @@ def test_the_states_are_in_a_versioned_encrypted_private_state_bucket_not_on_dis
 
 def test_deleting_the_terraform_working_copies_loses_nothing(stack):
     s = stack["settings"]
-    before = result_json(run_step("flows.status"))
+    before = result_json(run_step("flows.status", "--json"))
     shutil.rmtree(s.state_path / "terraform")
     report = result_json(run_step("flows.provision"))
     assert report["applied"] is False, "the states in the bucket matched the cloud: nothing to change"
-    after = result_json(run_step("flows.status"))
+    after = result_json(run_step("flows.status", "--json"))
     assert sorted(i["id"] for i in after["instances"]) == sorted(i["id"] for i in before["instances"])
     assert report["data_volume"]["id"] == before["data_volume"]["id"]
     volumes = aws.client(s, "ec2").describe_volumes(
@@ -67,3 +68,36 @@ def test_a_stack_with_local_states_is_migrated_to_the_bucket_once_and_says_so(st
         assert not (Terraform(s, root).workdir / LEGACY_STATE).exists()
     again = run_step("flows.provision")
     assert "migrated" not in again.stderr
+
+
+def test_a_setting_that_would_replace_the_data_volume_is_refused_and_nothing_is_applied(stack):
+    from tests.conftest import TEST_STACK_ENV, clean_env
+
+    s = stack["settings"]
+    volume_before = result_json(run_step("flows.status", "--json"))["data_volume"]["id"]
+    moved = clean_env(**TEST_STACK_ENV) | {"STACK_AVAILABILITY_ZONE": f"{s.region}b"}
+    proc = run_step("flows.provision", env=moved, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = [line for line in proc.stderr.splitlines() if line.startswith("error:")][-1]
+    assert "refused, nothing applied" in last and "aws_ebs_volume.data" in last
+    assert "STACK_AVAILABILITY_ZONE" in last
+    volumes = aws.client(s, "ec2").describe_volumes(
+        Filters=[{"Name": "tag:Name", "Values": [s.data_volume_name]}])["Volumes"]
+    assert [v["VolumeId"] for v in volumes] == [volume_before]
+    assert volumes[0]["AvailabilityZone"] == s.effective_availability_zone
+
+
+def test_the_stacks_secrets_are_in_the_account_and_deleting_their_caches_loses_none(stack):
+    from stack import accountsecrets, platform, tls
+
+    s = stack["settings"]
+    sm = aws.client(s, "secretsmanager")
+    names = {x["Name"] for x in sm.list_secrets(Filters=[{"Key": "name", "Values": [f"{s.name_prefix}/"]}])["SecretList"]}
+    assert names == {f"{s.name_prefix}/{n}" for n in accountsecrets.ALL}
+    auth, ca = platform.auth_string(s), tls.ca_fingerprint(s)
+    for cache in (platform.auth_file(s), s.state_path / "ssh", tls.tls_dir(s)):
+        shutil.rmtree(cache) if cache.is_dir() else cache.unlink()
+    report = result_json(run_step("flows.bootstrap"))
+    assert all(c["ok"] for c in report["smoke"]["cases"]), report["smoke"]
+    assert platform.auth_file(s).read_text().strip() == auth
+    assert tls.ca_fingerprint(s) == ca

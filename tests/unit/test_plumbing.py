@@ -422,10 +422,12 @@ def test_the_backend_file_names_the_state_bucket_and_lock_and_holds_no_credentia
     assert "http://127.0.0.1:4999" in text and EMULATOR_SECRET_KEY in text  # the emulator's fixed test key only
 
 
-def test_a_state_bucket_name_aws_would_refuse_is_one_line_naming_the_setting(monkeypatch, tmp_path):
+def test_a_derived_state_bucket_name_aws_would_refuse_is_one_line_naming_the_settings(monkeypatch, tmp_path):
     from stack import statebackend
     from stack.settings import StackSettings
 
-    settings = StackSettings(target="local", state_dir=tmp_path, state_bucket="Not_A_Bucket")
+    settings = StackSettings(target="local", state_dir=tmp_path, name_prefix="a-prefix-of-twenty-c",
+                             region="ap-southeast-1")
+    monkeypatch.setattr(statebackend, "account_id", lambda s: "123456789012123456789012")
     with pytest.raises(StackError, match="STACK_STATE_BUCKET"):
         statebackend.state_bucket_name(settings)

@@ -16,6 +16,8 @@ BAD_INPUTS = [
     ("STACK_WORKER_COUNT", "0"),
     ("STACK_WORKER_COUNT", "two"),
     ("STACK_BUCKET_NAME", "Not_A_Bucket"),
+    ("STACK_STATE_BUCKET", "Not_A_Bucket"),
+    ("STACK_BACKUP_RETENTION_DAYS", "0"),
     ("STACK_TARGET", "gcp"),
 ]
 

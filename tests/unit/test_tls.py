@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from stack import platform, tls
+from stack import accountsecrets, platform, tls
 from stack.settings import StackSettings
 
 
@@ -50,8 +50,17 @@ def test_a_new_address_or_a_new_ca_reissues_the_certificate(settings):
     moved = names + ["198.51.100.8"]
     assert not tls.server_certificate_current(settings, moved)
     assert tls.ensure_server_certificate(settings, moved) is True
-    # A lost CA: a new one is made and the server certificate is signed again by it.
+    # A deleted cache loses nothing: the CA comes back from the account.
+    before = tls.ca_fingerprint(settings)
     (tls.tls_dir(settings) / tls.CA_KEY).unlink()
+    (tls.tls_dir(settings) / tls.CA_CERT).unlink()
+    assert tls.ensure_ca(settings) is False
+    assert tls.ca_fingerprint(settings) == before and tls.server_certificate_current(settings, moved)
+    # A lost CA (gone from the account too): a new one is made and the server
+    # certificate is signed again by it.
+    accountsecrets.delete_all(settings, (tls.CA_KEY_SECRET, tls.CA_CERT_SECRET))
+    (tls.tls_dir(settings) / tls.CA_KEY).unlink()
+    (tls.tls_dir(settings) / tls.CA_CERT).unlink()
     assert tls.ensure_ca(settings) is True
     assert not tls.server_certificate_current(settings, moved)
     assert tls.ensure_server_certificate(settings, moved) is True
@@ -99,3 +108,30 @@ def test_the_platforms_prefect_client_trusts_the_ca(settings, https_server):
     assert asyncio.run(health(platform.prefect_client(settings, url))) is None  # None: it answered
     without_ca = PrefectClient(api=url, httpx_settings={"verify": ssl.create_default_context()})
     assert "CERTIFICATE_VERIFY_FAILED" in str(asyncio.run(health(without_ca)))
+
+
+def test_the_stacks_secrets_live_in_the_account_and_the_files_are_caches(settings, secrets_manager):
+    """Deleting the state directory loses no secret; a stack made before keeps its own
+    (its files go up once); a second clone gets the same values."""
+    from stack.terraform import ssh_key_file, ssh_public_key
+
+    auth, public_key = platform.auth_string(settings), ssh_public_key(settings)
+    tls.ensure_ca(settings)
+    ca = tls.ca_fingerprint(settings)
+    assert set(secrets_manager.secrets) == {f"tlstest/{n}" for n in (
+        platform.AUTH_SECRET, "ssh-private-key", tls.CA_KEY_SECRET, tls.CA_CERT_SECRET)}
+    for cache in (platform.auth_file(settings), ssh_key_file(settings), tls.tls_dir(settings) / tls.CA_KEY):
+        assert _mode(cache) == 0o600
+
+    second_clone = settings.model_copy(update={"state_dir": settings.state_dir.parent / "clone"})
+    accountsecrets._read.clear()  # another process
+    assert platform.auth_string(second_clone) == auth and ssh_public_key(second_clone) == public_key
+    tls.ensure_ca(second_clone)
+    assert tls.ca_fingerprint(second_clone) == ca
+
+    # A stack made before this change: its files, no secret in the account.
+    older = settings.model_copy(update={"name_prefix": "older", "state_dir": settings.state_dir.parent / "older"})
+    platform.auth_file(older).parent.mkdir(parents=True)
+    platform.auth_file(older).write_text("prefect:kept-from-before")
+    assert platform.auth_string(older) == "prefect:kept-from-before"
+    assert secrets_manager.secrets["older/platform-auth"] == "prefect:kept-from-before"

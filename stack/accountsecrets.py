@@ -1,0 +1,104 @@
+"""The stack's own secrets live in the account, in AWS Secrets Manager (on local, the
+emulated cloud's): the platform's auth string, the SSH private key of the hosts, the key
+and certificate of the platform's CA. Each one is named ``<prefix>/<name>``, created
+once, and read when needed; the file under the state directory is a 0600 cache that a
+tool reads (Ansible's SSH key, the operator's CA bundle) and that can be deleted at any
+time. So a second clone with the same settings, or this one after its ``.stack/`` was
+deleted, uses the same secrets, and no credential is tied to one disk.
+
+Order of truth, for each secret:
+  1. the secret in the account (its cache file is rewritten when it differs);
+  2. a cache file without a secret (a stack made before this change, or an emulated
+     cloud that restarted and forgot its secrets): the file's value goes up, once;
+  3. neither: a new value is made, stored in the account, then cached.
+When the account cannot be reached (the emulated cloud is down) the cache file stands
+in, so status and teardown still work; a value is never made up without storing it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from stack import aws
+from stack.proc import StackError, get_logger
+from stack.settings import StackSettings
+
+# The stack's secrets, by name (under <prefix>/ in Secrets Manager).
+AUTH_STRING = "platform-auth"
+SSH_PRIVATE_KEY = "ssh-private-key"
+CA_KEY = "ca-key"
+CA_CERT = "ca-cert"
+ALL = (AUTH_STRING, SSH_PRIVATE_KEY, CA_KEY, CA_CERT)
+
+# The values this process read, by stack, target and name: one call per secret per process.
+_read: dict[tuple, str] = {}
+
+
+def secret_id(settings: StackSettings, name: str) -> str:
+    return f"{settings.name_prefix}/{name}"
+
+
+def _write_cache(path: Path, value: str) -> None:
+    """A 0600 file from its first byte (never world-readable, even for an instant)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists() and path.read_text() == value:
+        os.chmod(path, 0o600)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    tmp.replace(path)
+
+
+def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable[[], str]) -> str:
+    """The value of the stack's secret ``name``, created with ``make()`` on first use and
+    cached in ``cache`` (0600). See the module docstring for the order of truth."""
+    where = (settings.name_prefix, settings.target, settings.region, settings.emulator_endpoint, name)
+    if where in _read:
+        if not cache.exists():
+            _write_cache(cache, _read[where])
+        return _read[where]
+    sm = aws.client(settings, "secretsmanager")
+    sid = secret_id(settings, name)
+    try:
+        value = sm.get_secret_value(SecretId=sid)["SecretString"]
+    except sm.exceptions.ResourceNotFoundException:
+        value = None
+    except Exception as exc:  # botocore: the account (or the emulated cloud) cannot be reached
+        if cache.exists():
+            get_logger().debug("Secrets Manager not reachable (%s); using the cached %s", exc, cache)
+            return cache.read_text()
+        raise StackError(f"could not read the stack's secret {sid} from Secrets Manager ({exc}); "
+                         "check the AWS credentials (aws target) or start the emulated cloud "
+                         "(python -m flows.bootstrap)") from None
+    if value is None:
+        value = cache.read_text() if cache.exists() else make()
+        try:
+            sm.create_secret(Name=sid, SecretString=value, Description=f"{name} of the Prefect platform stack "
+                             f"{settings.name_prefix} (made by the stack; do not edit)",
+                             Tags=[{"Key": "Project", "Value": settings.name_prefix}])
+            get_logger().info("stored the stack's %s in Secrets Manager as %s", name, sid)
+        except sm.exceptions.ResourceExistsException:
+            # Another operator's command stored it first: theirs is the one.
+            value = sm.get_secret_value(SecretId=sid)["SecretString"]
+    _write_cache(cache, value)
+    _read[where] = value
+    return value
+
+
+def delete_all(settings: StackSettings, names: tuple[str, ...] = ALL) -> list[str]:
+    """Delete the stack's secrets (``teardown --all``, after its question); the ids deleted."""
+    sm = aws.client(settings, "secretsmanager")
+    deleted = []
+    for name in names:
+        try:
+            sm.delete_secret(SecretId=secret_id(settings, name), ForceDeleteWithoutRecovery=True)
+            deleted.append(secret_id(settings, name))
+        except sm.exceptions.ResourceNotFoundException:
+            pass
+        _read.pop((settings.name_prefix, settings.target, settings.region, settings.emulator_endpoint, name), None)
+    return deleted
