@@ -1,6 +1,7 @@
-"""Backup: a ``pg_dump`` of the platform database, streamed to the code bucket under
-``backups/`` (versioned, encrypted) with a copy under the state directory. Runs before
-every teardown and on its own schedule on the control plane (STACK_BACKUP_CRON).
+"""Backup: runs the server host's own backup (``pg_dump`` streamed to the code bucket
+under ``backups/``, versioned, encrypted) and waits for it, then keeps a copy under the
+state directory. Runs before every teardown; the nightly backup needs no operator
+machine: a systemd timer on the server host runs the same service (STACK_BACKUP_CRON).
 
     python -m flows.backup
 """

@@ -18,6 +18,8 @@ from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbo
 from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
 from stack.proc import StackError
+from stack.localcloud import emulator
+from stack.oncalendar import on_calendar
 from stack.settings import StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
@@ -46,6 +48,26 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         **install_vars(),
         "prefect_server_ui_api_url": ui_api_url,
         "prefect_worker_limit": settings.worker_concurrency,
+        **backup_vars(settings),
+    }
+
+
+def backup_vars(settings: StackSettings) -> dict:
+    """The server host's nightly backup (its systemd timer, on STACK_BACKUP_CRON in the
+    schedules' time zone) and its S3 client's environment: the region, and on local the
+    emulated cloud as the hosts reach it. On aws the client signs with the instance role;
+    the emulator checks no signature, so on local the twin of that role is a placeholder
+    name, not a key of anyone's."""
+    env = {"AWS_DEFAULT_REGION": settings.region}
+    if settings.target == "local":
+        env |= {"AWS_ENDPOINT_URL": emulator.inner_endpoint(), "AWS_ACCESS_KEY_ID": "instance-role-twin",
+                "AWS_SECRET_ACCESS_KEY": "instance-role-twin"}
+    return {
+        "prefect_server_backup_bucket": settings.effective_bucket_name,
+        "prefect_server_backup_name_prefix": settings.name_prefix,
+        "prefect_server_backup_on_calendar": (on_calendar(settings.backup_cron, settings.nightly_teardown_timezone)
+                                              if settings.backup_cron else ""),
+        "prefect_server_backup_env": env,
     }
 
 

@@ -1,7 +1,7 @@
 """The control plane's runner: every step as a deployment with a Run button in the
 Prefect UI; teardown (compute only, data kept) on a nightly schedule
-(STACK_NIGHTLY_TEARDOWN_CRON) and a backup of the platform database on its own
-(STACK_BACKUP_CRON), both in STACK_NIGHTLY_TEARDOWN_TIMEZONE.
+(STACK_NIGHTLY_TEARDOWN_CRON, in STACK_NIGHTLY_TEARDOWN_TIMEZONE). The nightly backup is
+not here: a systemd timer on the server host runs it (STACK_BACKUP_CRON).
 
 Started in the background by the entry points (``stack/controlplane.py``); run it in the
 foreground with ``python -m flows.serve``.
@@ -41,8 +41,10 @@ def deployments(settings):
                     "a run that starts overdue is skipped.",
     ))
     out.append(backup.to_deployment(
-        name=f"{tag}-backup", tags=[tag], schedules=scheduled(settings.backup_cron),
-        description="pg_dump of the platform database to the code bucket (backups/) and the state directory.",
+        name=f"{tag}-backup", tags=[tag],
+        description="Runs the server host's backup now (pg_dump to the code bucket, backups/) and keeps a copy in "
+                    "the state directory. The nightly one needs no Run: a timer on the server host runs it "
+                    "(STACK_BACKUP_CRON).",
     ))
     return out
 

@@ -1,15 +1,18 @@
 """Backups of the platform database: ``pg_dump`` (custom format) on the server host,
-streamed to the code bucket under ``backups/`` (versioned, encrypted) and, in the same
-pass, to a copy under the state directory; restore streams one back into
-``pg_restore`` on the server host.
+streamed to the code bucket under ``backups/`` (versioned, encrypted, expiring after
+STACK_BACKUP_RETENTION_DAYS) by the host's own backup service, which its systemd timer
+starts every night with no operator machine involved; the operator's backup (before a
+teardown) starts the same service, waits for it, and keeps a copy under the state
+directory. Restore streams one back into ``pg_restore`` on the server host.
 
-One code path for both targets: the bytes travel over ``docker exec`` (local) or SSH
-(aws), see stack/hostexec.py.
+One code path for both targets: commands reach the server over ``docker exec`` (local)
+or SSH (aws), see stack/hostexec.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 
 @dataclass(frozen=True)
 class Backup:
-    name: str                 # <prefix>-platform-<UTC stamp>.dump
+    name: str                 # <prefix>-platform-<UTC stamp>.dump (files/prefect-backup.py names it)
     created_at: dt.datetime
     size: int                 # bytes
     location: str             # s3://bucket/backups/... or a local path
@@ -46,55 +49,48 @@ def local_dir(settings: StackSettings) -> Path:
     return settings.state_path / "backups"
 
 
-def backup_name(settings: StackSettings, when: dt.datetime) -> str:
-    return f"{settings.name_prefix}-platform-{when.strftime(_STAMP)}.dump"
-
-
 def _time_of(name: str) -> dt.datetime | None:
     m = re.search(r"-platform-(\d{8}T\d{6}Z)\.dump$", name)
     return dt.datetime.strptime(m.group(1), _STAMP).replace(tzinfo=dt.UTC) if m else None
 
 
-class _Tee:
-    """A read-only file object that copies what is read from ``source`` into ``copy``,
-    so one pass of the dump feeds the S3 upload and the local copy."""
-
-    def __init__(self, source, copy):
-        self.source, self.copy, self.size = source, copy, 0
-
-    def read(self, n: int = -1) -> bytes:
-        chunk = self.source.read(n)
-        self.copy.write(chunk)
-        self.size += len(chunk)
-        return chunk
+BACKUP_SERVICE = "prefect-backup.service"    # the prefect_server role's backup (tasks/backup.yml)
+LAST_BACKUP_FILE = "/var/lib/prefect-backup/last.json"
 
 
 def take(settings: StackSettings, server: str, bucket: str, public_ip: str | None = None) -> Backup:
-    """Dump the platform database on ``server`` into the bucket and the state directory."""
-    name = backup_name(settings, dt.datetime.now(dt.UTC))
+    """Run the server host's own backup (the unit its nightly timer starts) and wait for
+    it: pg_dump streamed into the bucket with the host's credentials. Then a copy of the
+    dump under the state directory (0600: it holds the platform's blocks)."""
+    try:
+        run_on_host(settings, server, ["systemctl", "start", BACKUP_SERVICE], public_ip, timeout=3600)
+    except StackError as exc:
+        journal = run_on_host(settings, server, ["journalctl", "-u", BACKUP_SERVICE, "-n", "5", "--no-pager",
+                                                 "-o", "cat"], public_ip).strip().splitlines()
+        if "not found" in str(exc):
+            raise StackError(f"the server host {server} has no backup service yet (configured by an older "
+                             "version of the stack); run python -m flows.bootstrap --from configure") from None
+        raise StackError(f"the backup on {server} failed: {journal[-1] if journal else exc}") from None
+    last = json.loads(run_on_host(settings, server, ["cat", LAST_BACKUP_FILE], public_ip))
+    if last.get("location") != f"s3://{bucket}/{BACKUP_PREFIX}{last.get('name')}":
+        raise StackError(f"the backup on {server} wrote {last.get('location')}, not into bucket {bucket}; "
+                         "run python -m flows.bootstrap --from configure")
+    name = last["name"]
     local = local_dir(settings) / name
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = local.with_suffix(".partial")
-    dump = open_on_host(settings, server, ["sudo", "-u", DB_OWNER, "pg_dump", "--format=custom", DB_NAME], public_ip)
-    s3 = aws.client(settings, "s3")
     try:
         with open(partial, "wb") as copy:
-            partial.chmod(0o600)  # the dump holds the platform's blocks
-            tee = _Tee(dump.stdout, copy)
-            s3.upload_fileobj(tee, bucket, BACKUP_PREFIX + name, ExtraArgs={"ServerSideEncryption": "AES256"})
-        err = dump.stderr.read().decode(errors="replace").strip() if dump.stderr else ""
-        if dump.wait() != 0 or tee.size == 0:
-            s3.delete_object(Bucket=bucket, Key=BACKUP_PREFIX + name)
-            raise StackError(f"pg_dump on {server} failed (exit {dump.returncode}): {err or 'no output'}")
-    except BaseException:
-        dump.kill()
+            partial.chmod(0o600)
+            aws.client(settings, "s3").download_fileobj(bucket, BACKUP_PREFIX + name, copy)
+        partial.rename(local)
+    finally:
         partial.unlink(missing_ok=True)
-        raise
-    partial.rename(local)
     for old in sorted(local.parent.glob("*.dump"))[:-LOCAL_COPIES_KEPT]:
         old.unlink()
-    get_logger().info("backup %s: %d bytes to s3://%s/%s%s and %s", name, tee.size, bucket, BACKUP_PREFIX, name, local)
-    return Backup(name, _time_of(name), tee.size, f"s3://{bucket}/{BACKUP_PREFIX}{name}")
+    get_logger().info("backup %s: %d bytes to %s (by %s on %s) and %s", name, last["size"], last["location"],
+                      BACKUP_SERVICE, server, local)
+    return Backup(name, _time_of(name), last["size"], last["location"])
 
 
 def available(settings: StackSettings, bucket: str | None) -> list[Backup]:

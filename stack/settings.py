@@ -113,7 +113,8 @@ class StackSettings(BaseSettings):
     )
     backup_cron: str = Field(
         "0 2 * * *",
-        description="Cron of the platform database backup on the control plane; empty for no schedule.",
+        description="Cron of the platform database backup (a systemd timer on the server host, in "
+                    "STACK_NIGHTLY_TEARDOWN_TIMEZONE); empty for no schedule.",
     )
     lock_wait_seconds: int = Field(
         600, ge=0, le=86400,
@@ -195,7 +196,7 @@ class StackSettings(BaseSettings):
 
     @field_validator("nightly_teardown_cron", "backup_cron")
     @classmethod
-    def _cron(cls, v: str) -> str:
+    def _cron(cls, v: str, info) -> str:
         if not v:
             return v
         from prefect.client.schemas.schedules import CronSchedule
@@ -207,6 +208,13 @@ class StackSettings(BaseSettings):
             valid = False
         if not valid:
             raise ValueError(f"{v!r} is not a 5-field cron expression; use one like '0 3 * * *', or '' for none")
+        if info.field_name == "backup_cron":
+            from stack.oncalendar import CalendarError, on_calendar
+
+            try:  # the server host's backup timer runs on it (systemd's calendar)
+                on_calendar(v, "UTC")
+            except CalendarError as exc:
+                raise ValueError(f"{exc}; the backup runs on a systemd timer on the server host") from None
         return v
 
     @field_validator("nightly_teardown_timezone")

@@ -214,3 +214,34 @@ def test_control_plane_serves_every_step_and_its_run_button_works(stack):
                  "smoke", "nightly-teardown", "backup"):
         assert f"p2test-{step}" in names
     assert run.state.is_completed(), run.state
+
+
+def test_the_server_host_backs_itself_up_on_its_own_timer_without_the_operator(stack):
+    """The nightly backup is a systemd timer on the server host: its service dumps the
+    database into the bucket with the host's own credentials (no operator SSH or address)."""
+    from stack import aws, backups
+    from stack.oncalendar import on_calendar
+
+    s = stack["settings"]
+    server = platform.server_host(s)
+
+    def on_server(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "exec", server, *argv], capture_output=True, text=True)
+
+    assert on_server("systemctl", "is-active", "prefect-backup.timer").stdout.strip() == "active"
+    calendar = on_server("systemctl", "show", "-p", "TimersCalendar", "--value", "prefect-backup.timer").stdout
+    assert "OnCalendar=" in calendar and s.backup_cron and on_calendar(s.backup_cron, "UTC").split()[1] in calendar
+    s3 = aws.client(s, "s3")
+
+    def keys() -> set[str]:
+        return {o["Key"] for o in s3.list_objects_v2(Bucket=s.effective_bucket_name,
+                                                     Prefix=backups.BACKUP_PREFIX).get("Contents", [])}
+
+    before = keys()
+    # What the timer does when it fires; nothing of the operator's is involved.
+    done = on_server("systemctl", "start", "prefect-backup.service")
+    assert done.returncode == 0, on_server("journalctl", "-u", "prefect-backup.service", "-n", "20").stdout
+    new = keys() - before
+    assert len(new) == 1, new
+    last = json.loads(on_server("cat", backups.LAST_BACKUP_FILE).stdout)
+    assert last["location"] == f"s3://{s.effective_bucket_name}/{new.pop()}" and last["size"] > 0

@@ -18,6 +18,7 @@ BAD_INPUTS = [
     ("STACK_BUCKET_NAME", "Not_A_Bucket"),
     ("STACK_STATE_BUCKET", "Not_A_Bucket"),
     ("STACK_BACKUP_RETENTION_DAYS", "0"),
+    ("STACK_BACKUP_CRON", "0 2 1 * 1"),
     ("STACK_TARGET", "gcp"),
 ]
 
@@ -73,12 +74,14 @@ def test_teardown_deployment_is_scheduled_nightly_unless_disabled():
         load_settings(nightly_teardown_cron="every night")
 
 
-def test_backup_is_scheduled_and_both_schedules_use_the_configured_time_zone():
+def test_the_backup_is_scheduled_on_the_server_host_in_the_schedules_time_zone_not_on_the_control_plane():
+    from flows.configure import backup_vars
     from flows.serve import deployments
 
-    deps = {d.name: d for d in deployments(load_settings(name_prefix="prefect2", backup_cron="0 1 * * *",
-                                                         nightly_teardown_timezone="Europe/Madrid"))}
-    assert [(s.schedule.cron, s.schedule.timezone) for s in deps["prefect2-backup"].schedules] == \
-        [("0 1 * * *", "Europe/Madrid")]
+    settings = load_settings(name_prefix="prefect2", backup_cron="0 1 * * *", nightly_teardown_timezone="Europe/Madrid")
+    deps = {d.name: d for d in deployments(settings)}
+    assert deps["prefect2-backup"].schedules in (None, [])  # a Run button only: the server's timer runs it
+    assert backup_vars(settings)["prefect_server_backup_on_calendar"] == "*-*-* 01:00:00 Europe/Madrid"
+    assert backup_vars(settings.model_copy(update={"backup_cron": ""}))["prefect_server_backup_on_calendar"] == ""
     assert [s.schedule.timezone for s in deps["prefect2-nightly-teardown"].schedules] == ["Europe/Madrid"]
     assert "prefect2-restore" in deps

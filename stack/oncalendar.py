@@ -1,0 +1,65 @@
+"""A cron expression (the settings' STACK_BACKUP_CRON) as a systemd ``OnCalendar=`` value,
+so a timer on a host fires when the control plane's schedule would, in the same time zone.
+
+    >>> on_calendar("0 2 * * *", "Europe/Madrid")
+    '*-*-* 02:00:00 Europe/Madrid'
+    >>> on_calendar("*/15 8-18 * * 1-5", "UTC")
+    'Mon..Fri *-*-* 08..18:00/15:00 UTC'
+"""
+
+from __future__ import annotations
+
+import re
+
+DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_PART = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?$")
+
+
+class CalendarError(ValueError):
+    """A cron expression that has no systemd calendar equivalent."""
+
+
+def _field(value: str, first: int, width: int = 2) -> str:
+    out = []
+    for part in value.split(","):
+        m = _PART.match(part)
+        if not m:
+            raise CalendarError(f"{value!r}: only numbers, '*', ranges a-b, lists and steps /n are supported")
+        base, step = m.group(1), m.group(3)
+        if base == "*":
+            text = "*" if not step else f"{first:0{width}d}"
+        elif "-" in base:
+            a, b = base.split("-")
+            text = f"{int(a):0{width}d}..{int(b):0{width}d}"
+        else:
+            text = f"{int(base):0{width}d}"
+        out.append(text + (step or ""))
+    return ",".join(out)
+
+
+def _days(value: str) -> str:
+    if value == "*":
+        return ""
+    out = []
+    for part in value.split(","):
+        if "/" in part or not re.fullmatch(r"\d(-\d)?", part):
+            raise CalendarError(f"day of week {value!r}: use numbers 0-7, ranges a-b and lists")
+        if "-" in part:
+            a, b = part.split("-")
+            out.append(f"{DAYS[int(a)]}..{DAYS[int(b)]}")
+        else:
+            out.append(DAYS[int(part)])
+    return ",".join(out) + " "
+
+
+def on_calendar(cron: str, timezone: str) -> str:
+    """The systemd calendar expression of a five-field ``cron`` in ``timezone``."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise CalendarError(f"{cron!r}: expected five fields (minute hour day month weekday)")
+    minute, hour, dom, month, dow = fields
+    if dom != "*" and dow != "*":
+        # cron runs when either matches, systemd when both do: not the same schedule.
+        raise CalendarError(f"{cron!r}: a day of the month and a day of the week together have no systemd equivalent")
+    return (f"{_days(dow)}*-{_field(month, 1)}-{_field(dom, 1)} "
+            f"{_field(hour, 0)}:{_field(minute, 0)}:00 {timezone}")
