@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
-from stack import tls
+from stack import credentials, tls
 from stack.pins import pinned_versions
 from stack.proc import StackError, get_logger, redact
-from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, REPO_ROOT, StackSettings
+from stack.settings import REPO_ROOT, StackSettings
 from stack.terraform import ssh_key_file, ssh_public_key
 
 ANSIBLE_DIR = REPO_ROOT / "ansible"
@@ -68,38 +68,15 @@ class PlaybookResult:
 SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)
 
 
-def aws_credentials_file(settings: StackSettings) -> Path:
-    """A 0600 shared-credentials file (profile ``stack``) holding the AWS credentials the
-    operator's credential chain resolves to, so the playbooks' environment (which
-    ansible-runner records in its artifacts) names a file instead of holding keys."""
-    import boto3
-
-    path = settings.state_path / "aws" / "credentials"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if settings.target == "local":
-        key, secret, token = EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, None
-    else:
-        creds = boto3.Session(region_name=settings.region).get_credentials()
-        if creds is None:
-            raise StackError("no AWS credentials found; configure them (aws configure / AWS_PROFILE) and run again")
-        frozen = creds.get_frozen_credentials()
-        key, secret, token = frozen.access_key, frozen.secret_key, frozen.token
-    lines = ["[stack]", f"aws_access_key_id = {key}", f"aws_secret_access_key = {secret}"]
-    if token:
-        lines.append(f"aws_session_token = {token}")
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def environment(settings: StackSettings) -> dict[str, str]:
     """The whole environment of ansible-playbook: what the inventory and group_vars read
     (target, region, prefix, endpoint, key and auth file paths) and the operator's
-    environment without any secret. AWS credentials come from a 0600 file."""
+    environment without any secret. AWS credentials come from stack/credentials.py."""
     if settings.target != "local":
         ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
-    env = {k: v for k, v in os.environ.items() if not SENSITIVE_ENV.search(k) and not k.startswith("AWS_")}
+    # The operator's AWS settings pass (a CA bundle, endpoints), never a key: those come
+    # from stack/credentials.py while the playbook runs.
+    env = {k: v for k, v in os.environ.items() if not SENSITIVE_ENV.search(k)}
     env |= {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "STACK_TARGET": settings.target,
@@ -113,8 +90,6 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         "AWS_DEFAULT_REGION": settings.region,
         "AWS_REGION": settings.region,
-        "AWS_SHARED_CREDENTIALS_FILE": str(aws_credentials_file(settings)),
-        "AWS_PROFILE": "stack",
     }
     if settings.emulator_endpoint:
         env["AWS_URL"] = settings.emulator_endpoint  # the aws_ec2 inventory's endpoint
@@ -187,9 +162,10 @@ def run_playbook(
     # ansible-runner seeds the playbook's environment with the whole of ours and writes
     # it to artifacts/<id>/command: give it one that holds no secret instead.
     added_by_runner = {k: v for k, v in config.env.items() if os.environ.get(k) != v}  # its callback, PYTHONPATH
-    config.env = {**environment(settings), **added_by_runner, **(env or {})}
-    r = Runner(config=config, event_handler=on_event)
-    r.run()
+    with credentials.served(settings) as aws_env:
+        config.env = {**environment(settings), **aws_env, **added_by_runner, **(env or {})}
+        r = Runner(config=config, event_handler=on_event)
+        r.run()
     result.status = r.status
     stats = r.stats or {}
     hosts = set()

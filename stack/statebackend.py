@@ -19,7 +19,7 @@ import re
 
 from stack import aws
 from stack.proc import StackError, get_logger
-from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
+from stack.settings import StackSettings
 
 BACKEND_FILE = "stack.s3.tfbackend"
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -91,8 +91,8 @@ def tls_only_policy(bucket: str) -> dict:
 
 
 def backend_config(settings: StackSettings, root: str) -> str:
-    """The S3 backend's settings for ``root`` (a ``-backend-config`` file). No credential
-    but the emulator's fixed test keys: on aws the usual credential chain applies."""
+    """The S3 backend's settings for ``root`` (a ``-backend-config`` file). No credential:
+    they come from the environment and the usual chain."""
     lines = {
         "bucket": state_bucket_name(settings),
         "key": state_key(settings, root),
@@ -102,8 +102,8 @@ def backend_config(settings: StackSettings, root: str) -> str:
     }
     text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in lines.items()) + "\n"
     if settings.target == "local":
+        # The emulator's keys come from the environment (StackSettings.aws_env), as on aws.
         text += (f'endpoints = {{ s3 = "{settings.emulator_endpoint}", sts = "{settings.emulator_endpoint}" }}\n'
-                 f'access_key = "{EMULATOR_ACCESS_KEY}"\nsecret_key = "{EMULATOR_SECRET_KEY}"\n'
                  "use_path_style = true\nskip_credentials_validation = true\nskip_requesting_account_id = true\n"
                  "skip_metadata_api_check = true\nskip_region_validation = true\n")
     return text

@@ -101,3 +101,16 @@ def test_the_stacks_secrets_are_in_the_account_and_deleting_their_caches_loses_n
     assert all(c["ok"] for c in report["smoke"]["cases"]), report["smoke"]
     assert platform.auth_file(s).read_text().strip() == auth
     assert tls.ca_fingerprint(s) == ca
+
+
+def test_no_file_under_the_state_directory_holds_an_aws_credential(stack):
+    """Terraform, its backend and Ansible's inventory get the keys from the environment
+    or the operator's process (stack/credentials.py); the emulator's keys stand in for a
+    real account's here."""
+    from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY
+
+    s = stack["settings"]
+    holding = [str(p) for p in s.state_path.rglob("*") if p.is_file() and not p.is_symlink()
+               and "terraform-plugin-cache" not in p.parts
+               and any(k.encode() in p.read_bytes() for k in (EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY))]
+    assert holding == []

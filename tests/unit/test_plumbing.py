@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -404,7 +405,7 @@ def test_after_a_failed_bootstrap_the_full_smoke_runs_until_it_passes_not_a_heal
     assert full_smoke_needed([], nothing_ran | {"deploy": StepOutcome(step="deploy", outcome="ran")}, None) is True
 
 
-def test_the_backend_file_names_the_state_bucket_and_lock_and_holds_no_credential_on_aws(monkeypatch, tmp_path):
+def test_the_backend_file_names_the_state_bucket_and_lock_and_holds_no_credential(monkeypatch, tmp_path):
     from stack import statebackend
     from stack.settings import EMULATOR_SECRET_KEY, StackSettings
 
@@ -419,7 +420,7 @@ def test_the_backend_file_names_the_state_bucket_and_lock_and_holds_no_credentia
     local = StackSettings(target="local", name_prefix="team", state_dir=tmp_path, emulator_port=4999)
     monkeypatch.setitem(statebackend._accounts, ("local", local.region, local.emulator_endpoint), "123456789012")
     text = statebackend.backend_config(local, "data")
-    assert "http://127.0.0.1:4999" in text and EMULATOR_SECRET_KEY in text  # the emulator's fixed test key only
+    assert "http://127.0.0.1:4999" in text and EMULATOR_SECRET_KEY not in text  # keys come from the environment
 
 
 def test_a_derived_state_bucket_name_aws_would_refuse_is_one_line_naming_the_settings(monkeypatch, tmp_path):
@@ -431,3 +432,24 @@ def test_a_derived_state_bucket_name_aws_would_refuse_is_one_line_naming_the_set
     monkeypatch.setattr(statebackend, "account_id", lambda s: "123456789012123456789012")
     with pytest.raises(StackError, match="STACK_STATE_BUCKET"):
         statebackend.state_bucket_name(settings)
+
+
+def test_a_tools_aws_sdk_gets_the_credentials_from_the_operators_process_and_no_file_holds_them(tmp_path):
+    """The environment Ansible gets names a profile whose credential_process asks the
+    operator's process; botocore (the real one) resolves the keys through it."""
+    from stack import credentials
+    from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
+
+    settings = StackSettings(target="local", state_dir=tmp_path)
+    probe = ("import boto3; c = boto3.Session().get_credentials().get_frozen_credentials(); "
+             "print(c.access_key, c.secret_key)")
+    with credentials.served(settings) as env:
+        assert not any(EMULATOR_SECRET_KEY in v for v in env.values())
+        folder = Path(env["AWS_CONFIG_FILE"]).parent
+        assert EMULATOR_SECRET_KEY not in "".join(p.read_text() for p in folder.iterdir() if p.is_file())
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        done = subprocess.run([sys.executable, "-c", probe], env=clean | env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY]
+    assert not folder.exists(), "nothing is left behind"
