@@ -45,7 +45,7 @@ class ProvisionOutputs(BaseModel):
     bucket_name: str
     data_volume: DataVolume
     security_group_id: str
-    instance_role_arn: str
+    instance_role_arns: dict[str, str]   # server, worker
     applied: bool = False             # this run changed the infrastructure
     cloud_was_lost: bool = False      # the emulated cloud had restarted: everything re-created
     terraform_processes: int = 0      # each costs seconds of provider start-up
@@ -203,7 +203,7 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     outputs = ProvisionOutputs(
         instances=compute["instances"], server_name=compute["server_name"], bucket_name=data["bucket_name"],
         data_volume=volume, security_group_id=compute["security_group_id"],
-        instance_role_arn=compute["instance_role_arn"], applied=data_tf.applied or compute_tf.applied,
+        instance_role_arns=compute["instance_role_arns"], applied=data_tf.applied or compute_tf.applied,
         cloud_was_lost=cloud_was_lost, terraform_processes=data_tf.processes + compute_tf.processes,
         created_in_one_apply=[tf.root for tf in (data_tf, compute_tf) if tf.created_in_one_apply],
     )

@@ -175,6 +175,8 @@ class Terraform:
         _write_if_changed(self.cli_config, self.cli_config_text())
 
     def variables(self) -> dict:
+        from stack.platform import CODE_FOLDER
+
         s = self.settings
         common = {"region": s.region, "name_prefix": s.name_prefix}
         if self.root == DATA:
@@ -196,6 +198,7 @@ class Terraform:
             "operator_cidr": s.effective_operator_cidr,
             "allow_public_api": s.allow_public_api,
             "ssh_public_key": ssh_public_key(s),
+            "flow_code_prefix": CODE_FOLDER,  # what the worker role may read
             **self.inputs,
         }
 

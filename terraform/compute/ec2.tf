@@ -74,7 +74,7 @@ resource "aws_instance" "host" {
   availability_zone      = var.availability_zone
   instance_type          = var.instance_type
   key_name               = aws_key_pair.operator.key_name
-  iam_instance_profile   = aws_iam_instance_profile.host.name
+  iam_instance_profile   = aws_iam_instance_profile.host[each.value.role].name
   vpc_security_group_ids = [aws_security_group.platform.id]
   user_data              = local.ssm_agent_user_data
 

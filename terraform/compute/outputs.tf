@@ -19,9 +19,9 @@ output "security_group_id" {
   value       = aws_security_group.platform.id
 }
 
-output "instance_role_arn" {
-  description = "ARN of the hosts' IAM role."
-  value       = aws_iam_role.host.arn
+output "instance_role_arns" {
+  description = "ARN of each host role's IAM role (server, worker)."
+  value       = { for role, r in aws_iam_role.host : role => r.arn }
 }
 
 output "data_volume_attachment" {

@@ -73,6 +73,17 @@ variable "allow_public_api" {
   default     = false
 }
 
+variable "flow_code_prefix" {
+  description = "Folder of the code bucket that holds the flow code: all that worker hosts (and their flow runs) may read."
+  type        = string
+  default     = "testflow"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._-]*$", var.flow_code_prefix)) && var.flow_code_prefix != "backups"
+    error_message = "flow_code_prefix must be one folder name (letters, digits, '.', '_', '-'), not backups."
+  }
+}
+
 variable "bucket_arn" {
   description = "ARN of the code bucket (an output of the data root module); the instance role may read and write its objects."
   type        = string

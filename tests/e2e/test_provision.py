@@ -27,7 +27,35 @@ def test_bootstrap_creates_server_and_worker_with_tags_and_imdsv2(stack):
     for i in instances:
         assert i["MetadataOptions"]["HttpTokens"] == "required"
         assert i["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
-        assert i["IamInstanceProfile"]["Arn"].endswith("/p2test-host")
+        role = next(t["Value"] for t in i["Tags"] if t["Key"] == "Role")
+        assert i["IamInstanceProfile"]["Arn"].endswith(f"/p2test-{s.region}-{role}")
+
+
+def test_each_host_role_may_do_only_its_own_job(stack):
+    """Worker hosts (and so every flow run) read the flow code; the server writes
+    backups; neither reads a backup (the emulator does not enforce IAM: the documents
+    are what is checked)."""
+    s = stack["settings"]
+    iam = aws.client(s, "iam")
+
+    def allowed(role: str) -> dict[str, set[str]]:
+        grants: dict[str, set[str]] = {}
+        for name in iam.list_role_policies(RoleName=f"p2test-{s.region}-{role}")["PolicyNames"]:
+            doc = iam.get_role_policy(RoleName=f"p2test-{s.region}-{role}", PolicyName=name)["PolicyDocument"]
+            for st in doc["Statement"]:
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                for a in actions:
+                    grants.setdefault(a, set()).update(resources)
+        assert not iam.list_attached_role_policies(RoleName=f"p2test-{s.region}-{role}")["AttachedPolicies"]
+        return grants
+
+    bucket = f"arn:aws:s3:::{s.effective_bucket_name}"
+    worker, server = allowed("worker"), allowed("server")
+    assert worker["s3:GetObject"] == {f"{bucket}/testflow/*"}
+    assert "s3:PutObject" not in worker and "s3:GetObject" not in server
+    assert server["s3:PutObject"] == {f"{bucket}/backups/*"}
+    assert not any(a.startswith("ssm:GetParameter") for a in worker | server)
 
 
 def test_api_port_is_not_open_to_the_world(stack):

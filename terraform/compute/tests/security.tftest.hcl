@@ -112,18 +112,58 @@ run "open_api_allowed_with_opt_in" {
   }
 }
 
-run "instance_role_least_privilege_on_bucket" {
+run "each_role_least_privilege" {
   command = plan
 
   assert {
-    condition = alltrue(flatten([for s in data.aws_iam_policy_document.code_bucket.statement :
-      [for a in s.actions : !endswith(a, "*")]
+    condition = alltrue(flatten([for d in [data.aws_iam_policy_document.read_flow_code, data.aws_iam_policy_document.write_backups, data.aws_iam_policy_document.ssm_agent] :
+      [for s in d.statement : [for a in s.actions : !endswith(a, "*")]]
     ]))
-    error_message = "the bucket policy of the instance role must not use wildcard actions"
+    error_message = "no role policy may use a wildcard action"
   }
   assert {
-    condition     = aws_iam_role_policy_attachment.ssm_core.policy_arn == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    error_message = "hosts need the SSM managed policy"
+    condition = (toset(flatten([for s in data.aws_iam_policy_document.read_flow_code.statement : s.actions])) == toset(["s3:ListBucket", "s3:GetObject"])
+    && one([for s in data.aws_iam_policy_document.read_flow_code.statement : s.resources if s.sid == "ReadFlowCode"]) == toset(["arn:aws:s3:::tftest-flow-code/testflow/*"]))
+    error_message = "worker hosts (and every flow run) read the flow code prefix only"
+  }
+  assert {
+    condition = (one(data.aws_iam_policy_document.write_backups.statement).resources == toset(["arn:aws:s3:::tftest-flow-code/backups/*"])
+    && !contains(one(data.aws_iam_policy_document.write_backups.statement).actions, "s3:GetObject"))
+    error_message = "the server host writes backups/ only, and cannot read a backup"
+  }
+  assert {
+    condition     = aws_iam_role_policy.read_flow_code.role == "prefect2-us-east-1-worker" && aws_iam_role_policy.write_backups.role == "prefect2-us-east-1-server"
+    error_message = "the worker role reads code, the server role writes backups"
+  }
+  assert {
+    condition = (!contains(flatten([for s in data.aws_iam_policy_document.ssm_agent.statement : s.actions]), "ssm:GetParameter")
+    && !contains(flatten([for s in data.aws_iam_policy_document.ssm_agent.statement : s.actions]), "ssm:GetParameters"))
+    error_message = "the SSM agent's policy must not read the account's parameters"
+  }
+  assert {
+    condition     = aws_iam_role.host["server"].name == "prefect2-us-east-1-server" && aws_iam_role.host["worker"].name == "prefect2-us-east-1-worker"
+    error_message = "IAM names carry the region (IAM is global)"
+  }
+  assert {
+    condition     = aws_instance.host["prefect2-ec2-0"].iam_instance_profile == "prefect2-us-east-1-server" && aws_instance.host["prefect2-ec2-1"].iam_instance_profile == "prefect2-us-east-1-worker"
+    error_message = "each host gets the profile of its role"
+  }
+}
+
+run "the_trust_policy_follows_the_partition" {
+  command = plan
+
+  override_data {
+    target = data.aws_partition.current
+    values = {
+      partition  = "aws-cn"
+      dns_suffix = "amazonaws.com.cn"
+    }
+  }
+
+  assert {
+    condition     = one(one(data.aws_iam_policy_document.assume_ec2.statement).principals).identifiers == toset(["ec2.amazonaws.com.cn"])
+    error_message = "the EC2 service principal must come from the partition, not a hard-coded aws"
   }
 }
 
