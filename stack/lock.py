@@ -1,8 +1,10 @@
 """One command at a time per stack: bootstrap, teardown, backup, restore and every single
 step hold a Prefect global concurrency limit (``stack-<prefix>``, one slot) on the
 control plane for their whole run, so a nightly teardown can never run beside a
-bootstrap. A second command waits up to STACK_LOCK_WAIT_SECONDS, then fails naming the
-run that holds the stack. Steps inside a bootstrap run under the bootstrap's slot.
+bootstrap, and a lease in the account (stack/accountlease.py), so another operator's
+clone cannot either. A second command waits up to STACK_LOCK_WAIT_SECONDS, then fails
+naming the run that holds the stack. Steps inside a bootstrap run under the bootstrap's
+slot and lease.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from stack import accountlease
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings, load_settings
 
@@ -73,9 +76,12 @@ def stack_lock(settings: StackSettings) -> Iterator[None]:
             token = _held.set(True)
             holder = _holder_file(settings)
             holder.parent.mkdir(parents=True, exist_ok=True)
-            holder.write_text(json.dumps(_this_run()))
+            this_run = _this_run()
+            holder.write_text(json.dumps(this_run))
             try:
-                yield
+                # ... and the lease in the account, which another operator's clone shares.
+                with accountlease.held(settings, f"{this_run['flow']} ({this_run['run']})"):
+                    yield
             finally:
                 _held.reset(token)
                 holder.unlink(missing_ok=True)

@@ -114,3 +114,34 @@ def test_no_file_under_the_state_directory_holds_an_aws_credential(stack):
                and "terraform-plugin-cache" not in p.parts
                and any(k.encode() in p.read_bytes() for k in (EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY))]
     assert holding == []
+
+
+def test_another_operators_lease_makes_a_command_wait_then_fail_naming_it_and_an_expired_one_is_taken_over(stack):
+    import datetime as dt
+    import json
+
+    from stack import accountlease
+    from tests.conftest import TEST_STACK_ENV, clean_env
+
+    s = stack["settings"]
+    s3 = aws.client(s, "s3")
+    bucket, key = statebackend.state_bucket_name(s), accountlease.lease_key(s)
+    now = dt.datetime.now(dt.UTC)
+    alices = {"holder": "alice@her-laptop", "command": "bootstrap (busy-otter)", "pid": 4242,
+              "started": now.isoformat(timespec="seconds"),
+              "expires": (now + dt.timedelta(minutes=10)).isoformat(timespec="seconds")}
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(alices).encode(), IfNoneMatch="*")
+    impatient = clean_env(**TEST_STACK_ENV) | {"STACK_LOCK_WAIT_SECONDS": "4"}
+    try:
+        proc = run_step("flows.register", env=impatient, check=False)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "alice@her-laptop runs bootstrap (busy-otter)" in proc.stderr.splitlines()[-1]
+        # Alice's laptop died: her lease is no longer renewed and expires; the next command takes it over.
+        alices["expires"] = (now - dt.timedelta(seconds=1)).isoformat(timespec="seconds")
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(alices).encode())
+        proc = run_step("flows.register", env=impatient)
+        assert "taking over the stack's lease" in proc.stderr
+        with pytest.raises(s3.exceptions.NoSuchKey):  # and released it when done
+            s3.get_object(Bucket=bucket, Key=key)
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)

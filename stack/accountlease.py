@@ -1,0 +1,128 @@
+"""One command at a time per stack across operators: a lease in the account.
+
+The Prefect concurrency limit of stack/lock.py serialises the commands of one control
+plane (its Run buttons, its nightly teardown). Two operators, each with a clone of the
+repository, have two control planes; what they share is the account. So bootstrap,
+teardown, backup, restore and every step also hold a lease: an object in the stack's
+state bucket (``<prefix>/lease.json``) written with S3's conditional writes, naming its
+holder (user@machine, command, process, start time). Only one ``PUT`` with
+``If-None-Match: *`` can create it; the holder renews it every RENEW_SECONDS with
+``If-Match`` on its own version, and deletes it when done. A holder that dies stops
+renewing: after LEASE_SECONDS the lease has expired and the next command takes it over
+(a conditional delete, so two takers cannot both win).
+
+Terraform's own S3 lock file still guards each state during an apply; this lease makes a
+second operator's command wait, or fail naming the first, before anything starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from stack import aws, statebackend
+from stack.proc import StackError, get_logger
+from stack.settings import StackSettings
+
+LEASE_SECONDS = 120
+RENEW_SECONDS = 30
+POLL_SECONDS = 3
+
+
+def lease_key(settings: StackSettings) -> str:
+    return f"{settings.name_prefix}/lease.json"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def _body(command: str, started: dt.datetime) -> bytes:
+    return json.dumps({
+        "holder": f"{getpass.getuser()}@{socket.gethostname()}", "command": command, "pid": os.getpid(),
+        "started": started.isoformat(timespec="seconds"),
+        "expires": (_now() + dt.timedelta(seconds=LEASE_SECONDS)).isoformat(timespec="seconds"),
+    }).encode()
+
+
+def describe(lease: dict) -> str:
+    return (f"{lease.get('holder', 'someone')} runs {lease.get('command', 'a command')} (pid {lease.get('pid', '?')}) "
+            f"since {lease.get('started', '?')}")
+
+
+@contextlib.contextmanager
+def held(settings: StackSettings, command: str) -> Iterator[None]:
+    """Hold the stack's lease while the block runs. Waits up to STACK_LOCK_WAIT_SECONDS
+    for another holder, then fails naming it. A stack with no state bucket yet (or an
+    emulated cloud that is not running) has nothing in the account to guard: no lease."""
+    s3 = aws.client(settings, "s3")
+    key = lease_key(settings)
+    try:
+        bucket = statebackend.state_bucket_name(settings)
+        s3.head_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001  (no bucket yet, no emulator, no account: nothing to guard)
+        yield
+        return
+    started = _now()
+    deadline = time.monotonic() + settings.lock_wait_seconds
+    told = False
+    while True:
+        try:
+            etag = s3.put_object(Bucket=bucket, Key=key, Body=_body(command, started), IfNoneMatch="*",
+                                 ContentType="application/json")["ETag"]
+            break
+        except s3.exceptions.ClientError as exc:
+            if _code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+        try:
+            current = s3.get_object(Bucket=bucket, Key=key)
+        except s3.exceptions.NoSuchKey:
+            continue  # released in between
+        other = json.loads(current["Body"].read() or b"{}")
+        if dt.datetime.fromisoformat(other.get("expires", "1970-01-01T00:00:00+00:00")) < _now():
+            get_logger().warning("taking over the stack's lease: its holder stopped renewing it (%s)", describe(other))
+            with contextlib.suppress(s3.exceptions.ClientError):  # another taker was first: try again
+                s3.delete_object(Bucket=bucket, Key=key, IfMatch=current["ETag"])
+            continue
+        if time.monotonic() >= deadline:
+            raise StackError(f"stack {settings.name_prefix} is busy: {describe(other)} (the lease "
+                             f"s3://{bucket}/{key}, renewed until {other.get('expires')}); waited "
+                             f"{settings.lock_wait_seconds} s. Try again when it has finished")
+        if not told:
+            get_logger().info("waiting for the stack's lease: %s", describe(other))
+            told = True
+        time.sleep(POLL_SECONDS)
+
+    stop = threading.Event()
+    version = {"etag": etag}
+
+    def renew() -> None:
+        while not stop.wait(RENEW_SECONDS):
+            try:
+                version["etag"] = s3.put_object(Bucket=bucket, Key=key, Body=_body(command, started),
+                                                IfMatch=version["etag"], ContentType="application/json")["ETag"]
+            except Exception as exc:  # noqa: BLE001
+                get_logger().warning("could not renew the stack's lease (%s); another command may take it "
+                                     "once it expires", _code(exc) or exc)
+
+    renewer = threading.Thread(target=renew, name="stack-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        # Ours only; gone already when teardown --all deleted the state bucket.
+        with contextlib.suppress(Exception):
+            s3.delete_object(Bucket=bucket, Key=key, IfMatch=version["etag"])
