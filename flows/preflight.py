@@ -43,7 +43,7 @@ def preflight(settings: StackSettings | None = None, prebuild_host_images: bool 
     beside the emulator's start and provision."""
     settings = settings or load_settings()
     log = get_run_logger()
-    _require_tool("terraform", "install Terraform >= 1.6 and put it on PATH")
+    _require_tool("terraform", "install Terraform >= 1.10 and put it on PATH")
     _require_tool("ansible-playbook", "run bin/setup to install the pinned Python packages")
     endpoint = None
     if settings.target == "local":

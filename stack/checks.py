@@ -8,6 +8,7 @@ exits 2. Settings themselves are checked when they load (``stack/settings.py``).
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -72,9 +73,22 @@ def docker_engine(settings: StackSettings) -> None:
                          "or start dockerd, then run again") from None
 
 
+TERRAFORM_MINIMUM = (1, 10)  # the S3 backend's own lock file (use_lockfile)
+
+
 def terraform_binary(settings: StackSettings) -> None:
+    want = ".".join(map(str, TERRAFORM_MINIMUM))
     if not shutil.which("terraform"):
-        raise InputError("terraform is not on PATH; install Terraform 1.6 or newer and put it on PATH")
+        raise InputError(f"terraform is not on PATH; install Terraform {want} or newer and put it on PATH")
+    done = subprocess.run(["terraform", "version", "-json"], capture_output=True, text=True, timeout=60)
+    try:
+        version = json.loads(done.stdout)["terraform_version"]
+        found = tuple(int(x) for x in version.split("-")[0].split(".")[:2])
+    except (ValueError, KeyError):
+        return  # an unusual build: terraform init will say what it lacks
+    if found < TERRAFORM_MINIMUM:
+        raise InputError(f"terraform {version} is too old: the stack's state lock needs Terraform {want} or "
+                         "newer (use_lockfile of the S3 backend); install a newer one")
 
 
 def _port_taken(port: int) -> bool:

@@ -140,3 +140,18 @@ def test_bad_input_is_one_line_before_anything_is_created(case, outcomes):
         assert not state.exists()
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert not [n for n in names.split() if n.startswith(PREFIX)]
+
+
+def test_a_terraform_too_old_for_the_state_lock_is_refused_naming_the_version(tmp_path, monkeypatch):
+    from stack.checks import InputError, terraform_binary
+    from stack.settings import StackSettings
+
+    fake = tmp_path / "terraform"
+    fake.write_text('#!/bin/sh\necho \'{"terraform_version": "1.9.8", "platform": "linux_amd64"}\'\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with pytest.raises(InputError, match=r"terraform 1\.9\.8 is too old.*1\.10"):
+        terraform_binary(StackSettings(state_dir=tmp_path))
+    monkeypatch.setenv("PATH", f"/nonexistent")
+    with pytest.raises(InputError, match="not on PATH"):
+        terraform_binary(StackSettings(state_dir=tmp_path))
