@@ -152,6 +152,6 @@ def test_a_terraform_too_old_for_the_state_lock_is_refused_naming_the_version(tm
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     with pytest.raises(InputError, match=r"terraform 1\.9\.8 is too old.*1\.10"):
         terraform_binary(StackSettings(state_dir=tmp_path))
-    monkeypatch.setenv("PATH", f"/nonexistent")
+    monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(InputError, match="not on PATH"):
         terraform_binary(StackSettings(state_dir=tmp_path))
