@@ -1,5 +1,5 @@
 output "instances" {
-  description = "Every host: id, name, role and private IP."
+  description = "Every host: id, name, role, private IP and public IP."
   value = [for name, i in aws_instance.host : {
     id         = i.id
     name       = name

@@ -85,7 +85,7 @@ variable "flow_code_prefix" {
 }
 
 variable "bucket_arn" {
-  description = "ARN of the code bucket (an output of the data root module); the instance role may read and write its objects."
+  description = "ARN of the code bucket (an output of the data root module): the worker role may list and read its flow code prefix, the server role write its backups/."
   type        = string
 
   validation {
