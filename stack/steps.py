@@ -33,7 +33,8 @@ ALWAYS_RUN = ("preflight", "restore", "smoke")
 # whole). What a step gets through a computed value (an image built from files) is keyed
 # by that value instead: STEP_VALUES and the inputs.
 STEP_FILES: dict[str, tuple[str, ...]] = {
-    "provision": ("terraform", "flows/provision.py", "stack/terraform.py"),
+    # The root modules' .tf files only: their README and terraform tests change no plan.
+    "provision": ("terraform/*/*.tf", "flows/provision.py", "stack/terraform.py"),
     "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/bake.py", "stack/localcloud/images/host"),
     # constraints.txt: the hosts' Prefect virtualenv installs with it as its constraints file.
     "configure": ("ansible", "constraints.txt", "flows/configure.py", "stack/ansible.py"),
@@ -72,7 +73,11 @@ VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", 
 
 
 def _hash_path(h, path: Path) -> None:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    """Hash a file, every file of a folder, or the files a glob pattern names."""
+    if "*" in path.name or "*" in str(path.parent):
+        files = sorted(p for p in REPO_ROOT.glob(str(path.relative_to(REPO_ROOT))) if p.is_file())
+    else:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         if "__pycache__" in f.parts:
             continue

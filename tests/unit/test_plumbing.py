@@ -453,3 +453,25 @@ def test_a_tools_aws_sdk_gets_the_credentials_from_the_operators_process_and_no_
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == [EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY]
     assert not folder.exists(), "nothing is left behind"
+
+
+def test_provisions_key_follows_the_terraform_files_not_their_docs_or_tests(tmp_path, monkeypatch):
+    import shutil
+
+    from stack import steps
+    from stack.settings import StackSettings
+
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "terraform", copy / "terraform")
+    for rel in ("flows/provision.py", "stack/terraform.py"):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, copy / rel)
+    monkeypatch.setattr(steps, "REPO_ROOT", copy)
+    settings = StackSettings(target="local", state_dir=tmp_path / "state", name_prefix="keytest")
+    before = steps.step_key("provision", settings)
+    (copy / "terraform" / "data" / "README.md").write_text("an edited README\n")
+    (copy / "terraform" / "data" / "tests" / "new.tftest.hcl").write_text("# a new test\n")
+    assert steps.step_key("provision", settings) == before
+    with (copy / "terraform" / "data" / "variables.tf").open("a") as f:
+        f.write("# a comment\n")
+    assert steps.step_key("provision", settings) != before
