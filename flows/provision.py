@@ -192,6 +192,7 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     settings = settings or load_settings()
     log = get_run_logger()
     cloud_was_lost = cloudstate.forget_if_lost(settings)
+    statebackend.claim_state_dir(settings)
     # Terraform cannot create the bucket that holds its own state: made here, once.
     statebackend.ensure_state_bucket(settings)
     data_tf = Terraform(settings, DATA)

@@ -46,6 +46,20 @@ def state_dir(settings: StackSettings) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"state directory {path} is not writable ({probe}); "
                          "fix its permissions or set STACK_STATE_DIR to a folder you can write")
+    from stack.statebackend import IDENTITY_FILE, identity
+
+    claimed = path / IDENTITY_FILE
+    if claimed.exists():
+        try:
+            owner = json.loads(claimed.read_text())
+        except ValueError:
+            owner = {}
+        if owner and owner != identity(settings):
+            def say(i: dict) -> str:
+                return f"{i.get('target')} stack {i.get('name_prefix')} in {i.get('region')}"
+            raise InputError(f"state directory {path} holds the caches of the {say(owner)}, not of the "
+                             f"{say(identity(settings))}; set STACK_STATE_DIR to another folder for this stack "
+                             "(or delete that one: its stack's state and secrets are in its account)")
 
 
 AUTH_RE = re.compile(r"^[^:\s]+:\S{16,}$")
@@ -56,8 +70,8 @@ def auth_file(settings: StackSettings) -> None:
 
     path = platform.auth_file(settings)
     if path.exists() and not AUTH_RE.match(path.read_text(errors="replace").strip()):
-        raise InputError(f"{path} is damaged (it must hold user:password); delete it and run "
-                         "python -m flows.bootstrap --from configure to give the platform a new auth string")
+        raise InputError(f"{path} is damaged (it must hold user:password); delete it: it is a cache, and the "
+                         "next command reads the auth string back from Secrets Manager")
 
 
 def docker_engine(settings: StackSettings) -> None:

@@ -153,3 +153,21 @@ def delete_state_bucket(settings: StackSettings) -> bool:
             return False
         raise
     return True
+
+
+IDENTITY_FILE = "stack.json"
+
+
+def identity(settings: StackSettings) -> dict:
+    """Which stack a state directory's caches belong to."""
+    return {"target": settings.target, "region": settings.region, "name_prefix": settings.name_prefix}
+
+
+def claim_state_dir(settings: StackSettings) -> None:
+    """Record which stack this state directory caches (the first provision writes it), so
+    that a command for another target, region or prefix is refused before it mixes the
+    caches of two stacks (stack/checks.py)."""
+    path = settings.state_path / IDENTITY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(identity(settings), indent=2) + "\n")

@@ -32,6 +32,7 @@ class Case:
     toml: str | None = None                       # a stack.toml with this content
     bind: str | None = None                       # the env setting whose port another program holds
     auth: str | None = None                       # an existing platform-auth file with this content
+    claimed: str | None = None                    # an existing stack.json (which stack the state dir caches)
 
 
 TERRAFORM_DIR = str(Path(shutil.which("terraform") or "/usr/local/bin/terraform").parent)
@@ -72,6 +73,9 @@ CASES = [
     Case("emulator-port-taken", "STACK_EMULATOR_PORT", env={"STACK_EMULATOR_PORT": "4713"}, bind="STACK_EMULATOR_PORT"),
     Case("unwritable-state-dir", "set STACK_STATE_DIR", env={"STACK_STATE_DIR": "/dev/null/stack-state"}),
     Case("truncated-auth-file", "platform-auth is damaged", auth="admin:"),
+    Case("state-dir-of-another-stack", "holds the caches of the aws stack",
+         claimed='{"target": "aws", "region": "eu-west-1", "name_prefix": "badinput"}'),
+    Case("backup-cron-systemd-cannot-express", "STACK_BACKUP_CRON", env={"STACK_BACKUP_CRON": "0 2 1 * 1"}),
 ]
 
 
@@ -93,6 +97,9 @@ def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
     if case.auth is not None:
         state.mkdir()
         (state / "platform-auth").write_text(case.auth)
+    if case.claimed is not None:
+        state.mkdir(exist_ok=True)
+        (state / "stack.json").write_text(case.claimed)
     env |= case.env
     held = None
     if case.bind:
@@ -136,6 +143,9 @@ def test_bad_input_is_one_line_before_anything_is_created(case, outcomes):
     if case.auth is not None:  # what existed is untouched, and nothing was added
         assert sorted(p.name for p in state.iterdir()) == ["platform-auth"]
         assert (state / "platform-auth").read_text() == case.auth
+    elif case.claimed is not None:
+        assert sorted(p.name for p in state.iterdir()) == ["stack.json"]
+        assert (state / "stack.json").read_text() == case.claimed
     else:
         assert not state.exists()
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
