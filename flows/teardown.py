@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from flows.backup import backup
 from flows.provision import compute_inputs, terraform_init
-from stack import accountsecrets, backups, cloudstate, platform, statebackend
+from stack import accountsecrets, aws, backups, cloudstate, platform, statebackend
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
@@ -80,6 +80,7 @@ def teardown(settings: StackSettings | None = None, destroy_data: bool = False, 
         log.warning("%s", message)
         return Completed(name="Skipped", message=message)
 
+    aws.check_credentials(settings, "the teardown did not start")
     with stack_lock(settings):
         return _teardown(settings, destroy_data, stop_emulator, take_backup)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import boto3
 
+from stack.proc import StackError
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
 
 
@@ -42,3 +43,28 @@ def running_hosts(settings: StackSettings, role: str | None = None) -> list[dict
     """The project's running instances (see project_instances), only those of ``role``
     ("server" or "worker") when one is given."""
     return [i for i in project_instances(settings, states=("running",)) if role is None or i["role"] == role]
+
+
+# What STS says when the credentials cannot be used any more (or never could).
+EXPIRED = ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidClientTokenId",
+           "UnrecognizedClientException", "InvalidToken")
+
+
+def check_credentials(settings: StackSettings, what: str) -> None:
+    """Before ``what`` changes anything on aws: the credential chain resolves now, to
+    keys that work. One line saying what to do otherwise."""
+    if settings.target == "local":
+        return
+    import botocore.exceptions
+
+    fix = ("refresh them (aws sso login, or a new session for AWS_PROFILE) and run it again; "
+           "on the control plane, the next scheduled run picks them up")
+    try:
+        client(settings, "sts").get_caller_identity()
+    except botocore.exceptions.NoCredentialsError:
+        raise StackError(f"{what}: no AWS credentials found; {fix}") from None
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in EXPIRED:
+            raise StackError(f"{what}: the AWS credentials have expired ({code}); {fix}") from None
+        raise

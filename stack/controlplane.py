@@ -94,6 +94,27 @@ def settings_fingerprint(settings: StackSettings) -> str:
     return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
+# Keys a shell holds for a while (an STS or SSO session's): a runner that lives for days
+# must not copy them, or every scheduled run after they expire fails.
+STATIC_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def runner_env(settings: StackSettings, environ: dict[str, str]) -> dict[str, str]:
+    """The runner's environment: the operator's, without the AWS keys of this shell, so
+    each scheduled run reads the credential chain (profile, SSO cache, role) when it
+    starts; plus the stack's settings and the control plane's API."""
+    held = [k for k in STATIC_AWS_KEYS if k in environ]
+    if held and settings.target == "aws":
+        get_logger().warning(
+            "the control plane's scheduled runs (the nightly teardown) do not use %s of this shell, which "
+            "expire: each run reads your AWS profile chain when it starts; set AWS_PROFILE (SSO: aws sso login) "
+            "so that they find credentials", ", ".join(held))
+    env = {k: v for k, v in environ.items() if k not in STATIC_AWS_KEYS}
+    env |= {"PREFECT_HOME": str(_home(settings)), "PREFECT_API_URL": settings.control_plane_api_url}
+    env |= {f"STACK_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
+    return env
+
+
 def ensure_runner(settings: StackSettings) -> None:
     """Serve the step deployments (Run buttons, nightly teardown, backups), restarting the
     runner when the settings it was started with differ from the current ones."""
@@ -107,8 +128,7 @@ def ensure_runner(settings: StackSettings) -> None:
         get_logger().info("the settings changed since the control-plane runner started; restarting it")
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": settings.control_plane_api_url}
-    env |= {f"STACK_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
+    env = runner_env(settings, dict(os.environ))
     with open(home / "runner.log", "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=str(Path(__file__).parent.parent),
                                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -475,3 +475,37 @@ def test_provisions_key_follows_the_terraform_files_not_their_docs_or_tests(tmp_
     with (copy / "terraform" / "data" / "variables.tf").open("a") as f:
         f.write("# a comment\n")
     assert steps.step_key("provision", settings) != before
+
+
+def test_the_control_planes_runner_does_not_copy_the_shells_expiring_aws_keys(tmp_path):
+    from stack import controlplane
+    from stack.settings import StackSettings
+
+    settings = StackSettings(target="local", state_dir=tmp_path)
+    env = controlplane.runner_env(settings, {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s",
+                                             "AWS_SESSION_TOKEN": "t", "AWS_PROFILE": "team", "PATH": "/bin"})
+    assert not set(controlplane.STATIC_AWS_KEYS) & set(env)
+    assert env["AWS_PROFILE"] == "team" and env["PATH"] == "/bin"  # the chain is read when a run starts
+    assert env["STACK_TARGET"] == "local" and env["PREFECT_API_URL"] == settings.control_plane_api_url
+
+
+@pytest.mark.parametrize(("code", "expect"), [("ExpiredToken", r"have expired \(ExpiredToken\)"),
+                                              ("InvalidClientTokenId", r"have expired \(InvalidClientTokenId\)")])
+def test_a_scheduled_run_with_expired_credentials_fails_with_one_line_saying_what_to_do(monkeypatch, tmp_path,
+                                                                                       code, expect):
+    import botocore.exceptions
+
+    from stack import aws
+    from stack.settings import StackSettings
+
+    class Sts:
+        def get_caller_identity(self):
+            raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "expired"}}, "GetCallerIdentity")
+
+    monkeypatch.setattr(aws, "client", lambda settings, service: Sts())
+    settings = StackSettings(target="aws", ami_id="ami-0123456789abcdef0", operator_cidr="203.0.113.7/32",
+                             state_dir=tmp_path)
+    with pytest.raises(StackError, match=expect) as err:
+        aws.check_credentials(settings, "the teardown did not start")
+    assert "aws sso login" in str(err.value) and "\n" not in str(err.value)
+    aws.check_credentials(settings.model_copy(update={"target": "local"}), "nothing to check on local")
