@@ -28,6 +28,7 @@ DEPLOYMENT_NAMES = ("case2-local-storage", "case3-s3-process", "case4-s3-docker"
 class DeployReport(BaseModel):
     deployments: dict[str, str]   # "flow/deployment" -> id
     staged_dir: str
+    docker_image: str = ""        # case 4's image (its probe checks the deployment still has it)
 
 
 def stage(settings: StackSettings) -> Path:
@@ -71,7 +72,7 @@ def deploy(settings: StackSettings | None = None, platform_url: str | None = Non
         secrets=(platform.auth_string(settings),))
     deployments = asyncio.run(_read_deployments(settings, url))
     log.info("deployments: %s (the Docker case on %s)", ", ".join(deployments), image)
-    return DeployReport(deployments=deployments, staged_dir=str(staged))
+    return DeployReport(deployments=deployments, staged_dir=str(staged), docker_image=image)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from stack import cloudstate, statebackend
 from stack.proc import CommandError, StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
-from stack.terraform import COMPUTE, DATA, PlanResult, Terraform, host_image_version
+from stack.terraform import COMPUTE, COMPUTE_INPUTS, DATA, PlanResult, Terraform, host_image_version
 
 
 class Instance(BaseModel):
@@ -177,12 +177,14 @@ def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
 def compute_inputs(settings: StackSettings, data_outputs: dict) -> dict:
     """The compute module's variables that come from the data module's outputs."""
     volume = data_outputs["data_volume"]
-    return {
+    inputs = {
         "bucket_arn": data_outputs["bucket_arn"],
         "availability_zone": volume["availability_zone"],
         "data_volume_id": volume["id"],
         "host_image_version": host_image_version(settings),
     }
+    assert tuple(inputs) == COMPUTE_INPUTS  # the one list teardown reads them back by
+    return inputs
 
 
 @flow(name="provision")

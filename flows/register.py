@@ -24,6 +24,7 @@ class RegisterReport(BaseModel):
     blocks: list[str]
     work_pools: dict[str, list[str]]   # pool -> queues
     automations: list[str] = []
+    docker_image: str = ""             # the Docker pool's image (its probe checks the pool still has it)
 
 
 async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -> RegisterReport:
@@ -50,7 +51,7 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
             await client.delete_automation(old.id)
         await client.create_automation(automation)
     return RegisterReport(
-        automations=[automation.name],
+        automations=[automation.name], docker_image=image.reference,
         blocks=[f"aws-credentials/{platform.FLOW_CODE_CREDENTIALS}", f"s3-bucket/{platform.FLOW_CODE_BUCKET}"],
         work_pools=pools,
     )

@@ -16,6 +16,7 @@ destroys nothing and ends Skipped, so it never hits a stack someone is standing 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
 
 from prefect import flow, get_run_logger
@@ -25,13 +26,13 @@ from pydantic import BaseModel
 
 from flows.backup import backup
 from flows.provision import compute_inputs, terraform_init
-from stack import accountsecrets, aws, backups, cloudstate, platform, statebackend
+from stack import accountsecrets, aws, backups, cloudstate, platform, statebackend, tls
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
 from stack.lock import stack_lock
 from stack.settings import StackSettings, load_settings
-from stack.terraform import COMPUTE, DATA, Terraform
+from stack.terraform import COMPUTE, DATA, Terraform, ssh_key_file
 
 
 class TeardownReport(BaseModel):
@@ -130,6 +131,9 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
         if cloud_up:
             if deleted := accountsecrets.delete_all(settings):
                 report.data_removed.append(f"secrets {', '.join(deleted)}")
+            # Their caches too, or the next command would store the old values again.
+            for cache in (platform.auth_file(settings), ssh_key_file(settings).parent, tls.tls_dir(settings)):
+                shutil.rmtree(cache, ignore_errors=True) if cache.is_dir() else cache.unlink(missing_ok=True)
             if statebackend.delete_state_bucket(settings):
                 report.data_removed.append(f"state bucket {statebackend.state_bucket_name(settings)}")
         if settings.target == "local" and host_containers.remove_data_volume(settings, settings.data_volume_name):

@@ -17,6 +17,7 @@ in, so status and teardown still work; a value is never made up without storing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -91,14 +92,17 @@ def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable
 
 
 def delete_all(settings: StackSettings, names: tuple[str, ...] = ALL) -> list[str]:
-    """Delete the stack's secrets (``teardown --all``, after its question); the ids deleted."""
+    """Delete the stack's secrets (``teardown --all``, after its question); the ids deleted.
+    What exists is read from ListSecrets: a deleted secret may still answer a second
+    DeleteSecret for a while, which is not a deletion."""
     sm = aws.client(settings, "secretsmanager")
-    deleted = []
+    wanted = {secret_id(settings, name) for name in names}
+    found = [x["Name"] for page in sm.get_paginator("list_secrets").paginate(
+        Filters=[{"Key": "name", "Values": [f"{settings.name_prefix}/"]}]) for x in page["SecretList"]
+        if x["Name"] in wanted and not x.get("DeletedDate")]
+    for sid in found:
+        with contextlib.suppress(sm.exceptions.ResourceNotFoundException):
+            sm.delete_secret(SecretId=sid, ForceDeleteWithoutRecovery=True)
     for name in names:
-        try:
-            sm.delete_secret(SecretId=secret_id(settings, name), ForceDeleteWithoutRecovery=True)
-            deleted.append(secret_id(settings, name))
-        except sm.exceptions.ResourceNotFoundException:
-            pass
         _read.pop((settings.name_prefix, settings.target, settings.region, settings.emulator_endpoint, name), None)
-    return deleted
+    return sorted(found, key=lambda sid: [secret_id(settings, n) for n in names].index(sid))

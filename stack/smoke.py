@@ -34,10 +34,11 @@ from stack.settings import StackSettings
 
 TESTFLOW = "concurrent-flows"
 EXPECTED_RESULTS = ("finished FIRST", "finished SECOND")
+DOCKER_CASE = "case4-s3-docker"  # the one on the Docker pool, with the flow-runner image
 CASE_DEPLOYMENTS = {
     "case2-local-storage": f"{TESTFLOW}/case2-local-storage",
     "case3-s3-process": f"{TESTFLOW}/case3-s3-process",
-    "case4-s3-docker": f"{TESTFLOW}/case4-s3-docker",
+    DOCKER_CASE: f"{TESTFLOW}/{DOCKER_CASE}",
 }
 MISPLACED = f"{TESTFLOW}/misplaced-local-storage"
 RUN_TIMEOUT_SECONDS = 300

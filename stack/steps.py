@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stack import aws, cloudstate, platform, tls
+from stack import aws, cloudstate, platform, smoke, tls
 from stack.settings import REPO_ROOT, StackSettings
 
 STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
@@ -144,12 +144,20 @@ def platform_ready(settings: StackSettings) -> bool:
     return platform.ready(settings, platform.operator_api_url(settings))
 
 
-async def _platform_objects(settings: StackSettings) -> tuple[dict[str, int | None], set[str], set[str], set[str]]:
+async def _platform_objects(settings: StackSettings) -> tuple[dict[str, int | None], set[str], set[str], set[str],
+                                                               dict[str, str | None]]:
     from prefect.exceptions import ObjectNotFound
 
     async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
-        pools = {p.name: p.concurrency_limit for p in await client.read_work_pools()}
+        found = await client.read_work_pools()
+        pools = {p.name: p.concurrency_limit for p in found}
         deployments = {f"{d.name}" for d in await client.read_deployments()}
+        # The images the Docker pool and case 4 run (a key that matches an older success
+        # may meet a platform that a later run changed: its images must be the key's).
+        images = {"pool": next((p.base_job_template.get("variables", {}).get("properties", {}).get("image", {})
+                                .get("default") for p in found if p.name == platform.DOCKER_POOL), None),
+                  "case": next((d.job_variables.get("image") for d in await client.read_deployments()
+                                if d.name == smoke.DOCKER_CASE), None)}
         blocks = set()
         for slug, name in (("aws-credentials", platform.FLOW_CODE_CREDENTIALS), ("s3-bucket", platform.FLOW_CODE_BUCKET)):
             try:
@@ -158,28 +166,32 @@ async def _platform_objects(settings: StackSettings) -> tuple[dict[str, int | No
             except ObjectNotFound:
                 pass
         automations = {a.name for a in await client.read_automations()}
-        return pools, deployments, blocks, automations
+        return pools, deployments, blocks, automations, images
 
 
 def register_probe(settings: StackSettings, registered) -> bool:
     if not platform_ready(settings):
         return False
-    pools, _, blocks, automations = asyncio.run(_platform_objects(settings))
+    pools, _, blocks, automations, images = asyncio.run(_platform_objects(settings))
     # The worker hosts' pools admit what the settings say: after a scale-up and back, the
-    # key matches an older success but the limits are the scaled-up ones.
+    # key matches an older success but the limits are the scaled-up ones. Likewise the
+    # Docker pool's image after an image change and back.
     limit = settings.worker_concurrency * settings.worker_count
     return (set(registered.work_pools) <= set(pools) and set(registered.blocks) <= blocks
             and set(getattr(registered, "automations", [])) <= automations
-            and pools.get(platform.PROCESS_POOL) == limit and pools.get(platform.DOCKER_POOL) == limit)
+            and pools.get(platform.PROCESS_POOL) == limit and pools.get(platform.DOCKER_POOL) == limit
+            and images["pool"] == getattr(registered, "docker_image", None))
 
 
 def deploy_probe(settings: StackSettings, deployed) -> bool:
     """The deployments exist and so does the code they pull (a re-created bucket is empty)."""
     if not platform_ready(settings):
         return False
-    _, deployments, _, _ = asyncio.run(_platform_objects(settings))
+    _, deployments, _, _, images = asyncio.run(_platform_objects(settings))
     if not {name.split("/", 1)[1] for name in deployed.deployments} <= deployments:
         return False
+    if images["case"] != getattr(deployed, "docker_image", None):
+        return False  # another run deployed case 4 with another image since this result
     try:
         aws.client(settings, "s3").head_object(Bucket=settings.effective_bucket_name,
                                                 Key=f"{platform.CODE_FOLDER}/testflow.py")

@@ -35,6 +35,9 @@ from stack.settings import REPO_ROOT, StackSettings
 TERRAFORM_SOURCE = REPO_ROOT / "terraform"
 DATA, COMPUTE = "data", "compute"
 ROOT_MODULES = (DATA, COMPUTE)  # in apply order; destroy goes the other way
+# The compute module's variables that come from elsewhere (the data module's outputs, the
+# host image): flows/provision.compute_inputs makes them.
+COMPUTE_INPUTS = ("bucket_arn", "availability_zone", "data_volume_id", "host_image_version")
 OVERRIDE_FILE = "emulator_override.tf"
 PLAN_FILE = "stack.tfplan"
 INIT_STAMP = ".terraform/stack-init.sha256"
@@ -353,10 +356,9 @@ provider "aws" {{
         """The other-module inputs of the last prepare (from the working copy's variables
         file), so a destroy can run with what the last apply used."""
         path = self.workdir / "terraform.tfvars.json"
-        if not path.exists():
+        if not path.exists() or self.root != COMPUTE:
             return {}
-        own = set(Terraform(self.settings, self.root).variables())
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in own}
+        return {k: v for k, v in json.loads(path.read_text()).items() if k in COMPUTE_INPUTS}
 
     def show_plan(self, plan: PlanResult) -> dict:
         """The saved plan as JSON (``terraform show -json``): what each change would do and why."""

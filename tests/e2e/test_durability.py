@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from stack import aws, platform
+from stack import aws, platform, statebackend
 from tests.conftest import result_json, run_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
@@ -176,7 +176,11 @@ def test_emulator_restart_is_detected_and_reprovisions_exactly_one_stack(stack):
     running = aws.project_instances(s, states=("pending", "running", "stopping", "stopped"))
     assert sorted(i["role"] for i in running) == ["server", "worker"]
     buckets = [b["Name"] for b in aws.client(s, "s3").list_buckets()["Buckets"] if b["Name"].startswith("p2test")]
-    assert buckets == [s.effective_bucket_name]
+    # One code bucket and one state bucket (the states went with the emulator's memory).
+    assert sorted(buckets) == sorted([s.effective_bucket_name, statebackend.state_bucket_name(s)])
+    # The stack's secrets went too, and came back from their caches: the same auth string.
+    assert aws.client(s, "secretsmanager").get_secret_value(
+        SecretId=f"{s.name_prefix}/platform-auth")["SecretString"] == platform.auth_file(s).read_text()
     vols = aws.client(s, "ec2").describe_volumes(
         Filters=[{"Name": "tag:Name", "Values": [s.data_volume_name]}])["Volumes"]
     assert len(vols) == 1

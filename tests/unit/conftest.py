@@ -35,6 +35,17 @@ class FakeSecretsManager:
             raise self.exceptions.ResourceNotFoundException(SecretId)
         del self.secrets[SecretId]
 
+    def get_paginator(self, operation):
+        assert operation == "list_secrets"
+        fake = self
+
+        class Pages:
+            def paginate(self, Filters):  # noqa: N803
+                prefix = Filters[0]["Values"][0]
+                return [{"SecretList": [{"Name": n} for n in fake.secrets if n.startswith(prefix)]}]
+
+        return Pages()
+
 
 @pytest.fixture(autouse=True)
 def secrets_manager(monkeypatch) -> FakeSecretsManager:
