@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from stack import aws, credentials
 from stack.ansible import ANSIBLE_DIR, environment
 from stack.localcloud.flow_runner import archive_path, flow_runner_image, load_into_hosts
 from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
@@ -36,9 +37,11 @@ def assert_host_configured(name: str, docker: bool) -> None:
 
 
 def test_inventory_groups_hosts_by_role(stack):
-    env = {**os.environ, **environment(stack["settings"])}
-    proc = sh(str(Path(sys.executable).parent / "ansible-inventory"), "-i", "inventory.aws_ec2.yml", "--graph",
-              cwd=ANSIBLE_DIR, env=env)
+    # As configure runs it: the SDK's credentials come from this process (stack/credentials.py).
+    with credentials.served(stack["settings"]) as aws_env:
+        env = {**os.environ, **environment(stack["settings"]), **aws_env}
+        proc = sh(str(Path(sys.executable).parent / "ansible-inventory"), "-i", "inventory.aws_ec2.yml", "--graph",
+                  cwd=ANSIBLE_DIR, env=env)
     assert proc.returncode == 0, proc.stderr
     graph = proc.stdout
     server_group = graph.split("@role_server:")[1].split("@")[0]
@@ -48,7 +51,8 @@ def test_inventory_groups_hosts_by_role(stack):
 
 
 def test_hosts_are_containers_named_by_instance_with_systemd(stack):
-    hosts = stack["first_bootstrap"]["hosts"]["hosts"]
+    # The instances as EC2 has them now (an earlier test may have replaced the worker's).
+    hosts = {i["id"]: i["name"] for i in aws.running_hosts(stack["settings"])}
     assert sorted(hosts.values()) == [SERVER, WORKER]
     for instance_id, name in hosts.items():
         label = sh("docker", "inspect", "-f", '{{index .Config.Labels "stack.instance-id"}}', name).stdout.strip()
