@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from stack.proc import get_logger
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
 
 SOCKET_ENV = "STACK_CREDENTIALS_SOCKET"
@@ -50,6 +51,11 @@ def resolve(settings: StackSettings) -> dict:
 def served(settings: StackSettings) -> Iterator[dict[str, str]]:
     """Serve this target's credentials while the block runs; yields the environment that
     points a tool's AWS SDK at them (holding no key)."""
+    legacy = settings.state_path / "aws" / "credentials"
+    if legacy.exists():
+        # An older version wrote the resolved keys here for Ansible: no file holds them now.
+        legacy.unlink()
+        get_logger().warning("removed %s: an older version of the stack kept AWS keys there", legacy)
     folder = Path(tempfile.mkdtemp(prefix="stack-aws-"))  # 0700, this user only
     sock = folder / "credentials.sock"
 

@@ -509,3 +509,15 @@ def test_a_scheduled_run_with_expired_credentials_fails_with_one_line_saying_wha
         aws.check_credentials(settings, "the teardown did not start")
     assert "aws sso login" in str(err.value) and "\n" not in str(err.value)
     aws.check_credentials(settings.model_copy(update={"target": "local"}), "nothing to check on local")
+
+
+def test_the_keys_file_an_older_version_wrote_is_removed(tmp_path):
+    from stack import credentials
+    from stack.settings import StackSettings
+
+    settings = StackSettings(target="local", state_dir=tmp_path)
+    legacy = tmp_path / "aws" / "credentials"
+    legacy.parent.mkdir()
+    legacy.write_text("[stack]\naws_access_key_id = AKIAOLD\naws_secret_access_key = old\n")
+    with credentials.served(settings):
+        assert not legacy.exists()
