@@ -41,7 +41,7 @@ def secret_id(settings: StackSettings, name: str) -> str:
     return f"{settings.name_prefix}/{name}"
 
 
-def _write_cache(path: Path, value: str) -> None:
+def write_private(path: Path, value: str) -> None:
     """A 0600 file from its first byte (never world-readable, even for an instant)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists() and path.read_text() == value:
@@ -61,7 +61,7 @@ def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable
     where = (settings.name_prefix, settings.target, settings.region, settings.emulator_endpoint, name)
     if where in _read:
         if not cache.exists():
-            _write_cache(cache, _read[where])
+            write_private(cache, _read[where])
         return _read[where]
     sm = aws.client(settings, "secretsmanager")
     sid = secret_id(settings, name)
@@ -86,7 +86,7 @@ def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable
         except sm.exceptions.ResourceExistsException:
             # Another operator's command stored it first: theirs is the one.
             value = sm.get_secret_value(SecretId=sid)["SecretString"]
-    _write_cache(cache, value)
+    write_private(cache, value)
     _read[where] = value
     return value
 

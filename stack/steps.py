@@ -151,13 +151,13 @@ async def _platform_objects(settings: StackSettings) -> tuple[dict[str, int | No
     async with platform.prefect_client(settings, platform.operator_api_url(settings)) as client:
         found = await client.read_work_pools()
         pools = {p.name: p.concurrency_limit for p in found}
-        deployments = {f"{d.name}" for d in await client.read_deployments()}
+        listed = await client.read_deployments()
+        deployments = {f"{d.name}" for d in listed}
         # The images the Docker pool and case 4 run (a key that matches an older success
         # may meet a platform that a later run changed: its images must be the key's).
         images = {"pool": next((p.base_job_template.get("variables", {}).get("properties", {}).get("image", {})
                                 .get("default") for p in found if p.name == platform.DOCKER_POOL), None),
-                  "case": next((d.job_variables.get("image") for d in await client.read_deployments()
-                                if d.name == smoke.DOCKER_CASE), None)}
+                  "case": next((d.job_variables.get("image") for d in listed if d.name == smoke.DOCKER_CASE), None)}
         blocks = set()
         for slug, name in (("aws-credentials", platform.FLOW_CODE_CREDENTIALS), ("s3-bucket", platform.FLOW_CODE_BUCKET)):
             try:

@@ -44,14 +44,6 @@ def ca_file(settings: StackSettings) -> Path:
     return tls_dir(settings) / CA_CERT
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only, from its first byte (never 0644 first)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -179,7 +171,7 @@ def ensure_server_certificate(settings: StackSettings, names: list[str]) -> bool
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(d / SERVER_KEY, _key_pem(key))
+    accountsecrets.write_private(d / SERVER_KEY, _key_pem(key).decode())
     (d / SERVER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
 
