@@ -33,7 +33,7 @@ def backup(settings: StackSettings | None = None) -> BackupReport:
     log = get_run_logger()
     aws.check_credentials(settings, "the backup did not start")
     server = platform.server_host(settings)
-    taken = backups.take(settings, server, settings.effective_bucket_name, platform.server_public_ip(settings))
+    taken = backups.take(settings, server, settings.effective_bucket_name)
     report = BackupReport(**taken.as_dict(), local_copy=str(backups.local_dir(settings) / taken.name))
     create_markdown_artifact(
         key=f"{settings.name_prefix}-backup",

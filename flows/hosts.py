@@ -1,5 +1,7 @@
 """Step 3, hosts (local target only): one systemd container per instance, following the
-instance's state the way EC2 would (see stack/localcloud/hosts.py)."""
+instance's state the way EC2 would, booted by cloud-init from the instance's user_data
+and key pair, its sshd on a loopback port recorded in the instance's tags (see
+stack/localcloud/hosts.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from stack.settings import StackSettings, load_settings
 
 class HostsReport(BaseModel):
     hosts: dict[str, str]          # instance id -> host container name (running hosts)
+    ssh_ports: dict[str, int] = {}  # instance id -> loopback port of its sshd
     created: list[str]
     started: list[str] = []
     stopped: list[str] = []
@@ -36,10 +39,14 @@ def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs |
     # have stopped or started one since provision ran.
     instances = aws.project_instances(settings, states=("pending", "running", "stopping", "stopped"))
     data_volume = provisioned.data_volume.name if provisioned else settings.data_volume_name
-    r = host_containers.reconcile(settings, instances, data_volume=data_volume)
+    r = host_containers.reconcile(settings, instances, data_volume=data_volume,
+                                  launch_data=lambda i: host_containers.LaunchData(*aws.launch_data(settings, i)))
+    # Where each host's sshd answers, for Ansible's inventory and for backups (tags that
+    # stand in for the public IP an instance has on aws).
+    aws.record_ssh_endpoints(settings, r.ssh_ports)
     log.info("hosts: %d created, %d started, %d stopped, %d removed, %d unchanged",
              len(r.created), len(r.started), len(r.stopped), len(r.removed), len(r.unchanged))
-    return HostsReport(hosts=r.hosts, created=r.created, started=r.started, stopped=r.stopped,
+    return HostsReport(hosts=r.hosts, ssh_ports=r.ssh_ports, created=r.created, started=r.started, stopped=r.stopped,
                        removed=r.removed, unchanged=r.unchanged, data_volume=data_volume)
 
 

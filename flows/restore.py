@@ -32,8 +32,8 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
     """Restore a backup into the platform database (only into an empty one with ``only_if_empty``)."""
     settings = settings or load_settings()
     log = get_run_logger()
-    server, ip = platform.server_host(settings), platform.server_public_ip(settings)
-    if only_if_empty and not backups.database_is_empty(settings, server, ip):
+    server = platform.server_host(settings)
+    if only_if_empty and not backups.database_is_empty(settings, server):
         return RestoreReport(restored=False, reason="the platform database holds data")
     found = backups.available(settings, settings.effective_bucket_name)
     if backup_name:
@@ -51,8 +51,8 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
     if only_if_empty:
         log.warning("the platform database is empty (a new or lost data volume) and a backup exists: "
                     "restoring %s from %s", chosen.name, chosen.created_at.isoformat())
-    workers = [(i["name"], i["public_ip"]) for i in aws.running_hosts(settings, "worker")]
-    backups.restore(settings, server, chosen, ip, worker_hosts=workers)
+    workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
+    backups.restore(settings, server, chosen, worker_hosts=workers)
     platform.wait_ready(settings, platform.operator_api_url(settings))
     log.info("restored %s into the platform database", chosen.name)
     return RestoreReport(restored=True, backup=chosen.as_dict(), reason="requested" if not only_if_empty else "empty database")

@@ -12,6 +12,7 @@ from pathlib import Path
 from ansible_runner import Runner, RunnerConfig
 
 from stack import credentials, tls
+from stack.hostexec import known_hosts_file
 from stack.pins import pinned_versions
 from stack.proc import StackError, get_logger, redact
 from stack.settings import REPO_ROOT, StackSettings
@@ -37,10 +38,11 @@ class HostRecap:
 
 
 # A task that failed because the channel to its host lost the command's output, not
-# because of what the task does: the Docker API's exec sometimes returns an empty output
-# under load (community.docker issue 644), and Ansible then cannot find its temporary
-# directory on the host, or docker_api the ids of its user (the stack's connection
-# plugin retries that exec, ansible/connection_plugins/stack_docker_api.py).
+# because of what the task does: the Docker API's exec (the image bake's connection)
+# sometimes returns an empty output under load (community.docker issue 644), and Ansible
+# then cannot find its temporary directory on the host, or docker_api the ids of its
+# user (the stack's connection plugin retries that exec,
+# ansible/connection_plugins/stack_docker_api.py).
 CONNECTION_LOST = re.compile(r"failed to resolve remote temporary directory"
                              r"|Error while determining user and group ID of current user")
 
@@ -72,8 +74,7 @@ def environment(settings: StackSettings) -> dict[str, str]:
     """The whole environment of ansible-playbook: what the inventory and group_vars read
     (target, region, prefix, endpoint, key and auth file paths) and the operator's
     environment without any secret. AWS credentials come from stack/credentials.py."""
-    if settings.target != "local":
-        ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
+    ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
     # The operator's AWS settings pass (a CA bundle, endpoints), never a key: those come
     # from stack/credentials.py while the playbook runs.
     env = {k: v for k, v in os.environ.items() if not SENSITIVE_ENV.search(k)}
@@ -84,6 +85,7 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_NAME_PREFIX": settings.name_prefix,
         "STACK_SSH_USER": settings.ssh_user,
         "STACK_SSH_KEY_FILE": str(ssh_key_file(settings)),
+        "STACK_SSH_KNOWN_HOSTS": str(known_hosts_file(settings)),
         "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
         # The CA and server certificate (stack/tls.py); the roles copy from this folder.
         "STACK_TLS_DIR": str(tls.tls_dir(settings)),

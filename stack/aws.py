@@ -9,6 +9,13 @@ from stack.proc import StackError
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettings
 
 
+# Tags the hosts step (local target only) writes on an instance: where its host
+# container's sshd is published. Terraform ignores them (the local provider override's
+# ignore_tags); the Ansible inventory and stack/hostexec.py read them.
+SSH_HOST_TAG = "StackSshHost"
+SSH_PORT_TAG = "StackSshPort"
+
+
 def client(settings: StackSettings, service: str):
     if settings.target == "local":
         return boto3.client(
@@ -35,8 +42,37 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
                     "state": inst["State"]["Name"],
                     "private_ip": inst.get("PrivateIpAddress"),
                     "public_ip": inst.get("PublicIpAddress"),
+                    # Where SSH reaches it: the loopback port the hosts step recorded on
+                    # the emulated cloud, the public IP on port 22 on aws.
+                    "ssh_host": tags.get(SSH_HOST_TAG) or inst.get("PublicIpAddress"),
+                    "ssh_port": int(tags.get(SSH_PORT_TAG) or 22),
+                    "key_name": inst.get("KeyName"),
                 })
     return sorted(out, key=lambda i: i["name"])
+
+
+def record_ssh_endpoints(settings: StackSettings, ports: dict[str, int], address: str = "127.0.0.1") -> None:
+    """Tag each instance (id -> port) with the address and port its sshd is reached at."""
+    ec2 = client(settings, "ec2")
+    for instance_id, port in sorted(ports.items()):
+        ec2.create_tags(Resources=[instance_id], Tags=[{"Key": SSH_HOST_TAG, "Value": address},
+                                                       {"Key": SSH_PORT_TAG, "Value": str(port)}])
+
+
+def launch_data(settings: StackSettings, instance: dict) -> tuple[str, list[str]]:
+    """What EC2 gives ``instance`` (a project_instances dict) at boot: its user_data and
+    its key pair's public key."""
+    import base64
+
+    ec2 = client(settings, "ec2")
+    attr = ec2.describe_instance_attribute(InstanceId=instance["id"], Attribute="userData")
+    encoded = (attr.get("UserData") or {}).get("Value") or ""
+    user_data = base64.b64decode(encoded).decode() if encoded else ""
+    keys = []
+    if instance.get("key_name"):
+        pairs = ec2.describe_key_pairs(KeyNames=[instance["key_name"]], IncludePublicKey=True)["KeyPairs"]
+        keys = [p["PublicKey"].strip() for p in pairs if p.get("PublicKey")]
+    return user_data, keys
 
 
 def running_hosts(settings: StackSettings, role: str | None = None) -> list[dict]:

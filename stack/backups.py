@@ -5,8 +5,7 @@ starts every night with no operator machine involved; the operator's backup (bef
 teardown) starts the same service, waits for it, and keeps a copy under the state
 directory. Restore streams one back into ``pg_restore`` on the server host.
 
-One code path for both targets: commands reach the server over ``docker exec`` (local)
-or SSH (aws), see stack/hostexec.py.
+One code path for both targets: commands reach the server over SSH, see stack/hostexec.py.
 """
 
 from __future__ import annotations
@@ -58,20 +57,20 @@ BACKUP_SERVICE = "prefect-backup.service"    # the prefect_server role's backup 
 LAST_BACKUP_FILE = "/var/lib/prefect-backup/last.json"
 
 
-def take(settings: StackSettings, server: str, bucket: str, public_ip: str | None = None) -> Backup:
+def take(settings: StackSettings, server: str, bucket: str) -> Backup:
     """Run the server host's own backup (the unit its nightly timer starts) and wait for
     it: pg_dump streamed into the bucket with the host's credentials. Then a copy of the
     dump under the state directory (0600: it holds the platform's blocks)."""
     try:
-        run_on_host(settings, server, ["systemctl", "start", BACKUP_SERVICE], public_ip, timeout=3600)
+        run_on_host(settings, server, ["systemctl", "start", BACKUP_SERVICE], timeout=3600)
     except StackError as exc:
         journal = run_on_host(settings, server, ["journalctl", "-u", BACKUP_SERVICE, "-n", "5", "--no-pager",
-                                                 "-o", "cat"], public_ip).strip().splitlines()
+                                                 "-o", "cat"]).strip().splitlines()
         if "not found" in str(exc):
             raise StackError(f"the server host {server} has no backup service yet (configured by an older "
                              "version of the stack); run python -m flows.bootstrap --from configure") from None
         raise StackError(f"the backup on {server} failed: {journal[-1] if journal else exc}") from None
-    last = json.loads(run_on_host(settings, server, ["cat", LAST_BACKUP_FILE], public_ip))
+    last = json.loads(run_on_host(settings, server, ["cat", LAST_BACKUP_FILE]))
     if last.get("location") != f"s3://{bucket}/{BACKUP_PREFIX}{last.get('name')}":
         raise StackError(f"the backup on {server} wrote {last.get('location')}, not into bucket {bucket}; "
                          "run python -m flows.bootstrap --from configure")
@@ -114,20 +113,19 @@ def available(settings: StackSettings, bucket: str | None) -> list[Backup]:
     return sorted(found.values(), key=lambda b: b.created_at)
 
 
-def database_is_empty(settings: StackSettings, server: str, public_ip: str | None = None) -> bool:
+def database_is_empty(settings: StackSettings, server: str) -> bool:
     """True when the platform database holds nothing a user made: no deployment, flow
     run or named block (what a new or lost data volume looks like). Work pools do not
     count: a worker that starts before the restore creates its pool itself."""
     query = ("select (select count(*) from deployment) + (select count(*) from flow_run)"
              " + (select count(*) from block_document where not is_anonymous)")
-    out = run_on_host(settings, server, ["sudo", "-u", DB_OWNER, "psql", "-d", DB_NAME, "-tAc", query], public_ip)
+    out = run_on_host(settings, server, ["sudo", "-u", DB_OWNER, "psql", "-d", DB_NAME, "-tAc", query])
     return int(out.strip() or 0) == 0
 
 
-def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str | None = None,
-            worker_hosts: Sequence[tuple[str, str | None]] = ()) -> None:
+def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: Sequence[str] = ()) -> None:
     """Replace the platform database on ``server`` with ``backup``. The Prefect server and
-    the workers on ``worker_hosts`` ((name, public IP) pairs) are stopped meanwhile and
+    the workers on ``worker_hosts`` (names) are stopped meanwhile and
     started again afterwards.
 
     Why the workers too: a worker keeps the work pool (its job template) it last read.
@@ -144,13 +142,13 @@ def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str
         body = open(backup.location, "rb")  # noqa: SIM115 - closed below
     log.info("restoring %s (%d bytes) into the platform database on %s", backup.name, backup.size, server)
     try:
-        for host, ip in worker_hosts:
-            run_on_host(settings, host, ["systemctl", "stop", *WORKER_SERVICES], ip)
-        run_on_host(settings, server, ["systemctl", "stop", SERVER_SERVICE], public_ip)
-        run_on_host(settings, server, ["sudo", "-u", "postgres", "dropdb", "--if-exists", DB_NAME], public_ip)
-        run_on_host(settings, server, ["sudo", "-u", "postgres", "createdb", "-O", DB_OWNER, DB_NAME], public_ip)
+        for host in worker_hosts:
+            run_on_host(settings, host, ["systemctl", "stop", *WORKER_SERVICES])
+        run_on_host(settings, server, ["systemctl", "stop", SERVER_SERVICE])
+        run_on_host(settings, server, ["sudo", "-u", "postgres", "dropdb", "--if-exists", DB_NAME])
+        run_on_host(settings, server, ["sudo", "-u", "postgres", "createdb", "-O", DB_OWNER, DB_NAME])
         proc = open_on_host(settings, server, ["sudo", "-u", DB_OWNER, "pg_restore", "--no-owner", "--no-privileges",
-                                               "--no-comments", "--exit-on-error", "-d", DB_NAME], public_ip, write=True)
+                                               "--no-comments", "--exit-on-error", "-d", DB_NAME], write=True)
         assert proc.stdin
         try:
             while chunk := body.read(1 << 20):
@@ -165,10 +163,10 @@ def restore(settings: StackSettings, server: str, backup: Backup, public_ip: str
                              f"{err.decode(errors='replace').strip()[-500:]}")
     finally:
         body.close()
-        run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE], public_ip)
+        run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE])
         # The workers wait for the server themselves (systemd restarts them until it answers).
-        for host, ip in worker_hosts:
-            run_on_host(settings, host, ["systemctl", "start", *WORKER_SERVICES], ip)
+        for host in worker_hosts:
+            run_on_host(settings, host, ["systemctl", "start", *WORKER_SERVICES])
 
 
 def delete_all_local(settings: StackSettings) -> int:

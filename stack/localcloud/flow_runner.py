@@ -21,7 +21,6 @@ from pathlib import Path
 
 from stack.pins import pinned_versions
 from stack.localcloud.images import docker_client, ensure_image, image_tag
-from stack.hostexec import host_argv
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
@@ -71,6 +70,13 @@ def flow_runner_image(settings: StackSettings) -> FlowRunnerImage:
     return FlowRunnerImage(ref)
 
 
+def _in_host(host: str, command: list[str]) -> list[str]:
+    """argv running ``command`` in a host container. The image goes in by docker exec,
+    not SSH: the stand-in for the registry pull a worker does on aws, not part of the
+    path Ansible and backups take (that one is SSH on both targets)."""
+    return ["docker", "exec", "-i", host, *command]
+
+
 def load_into_hosts(settings: StackSettings, image: FlowRunnerImage, hosts: list[str],
                     skip_without_engine: bool = False) -> list[str]:
     """Stream the image into each host's Docker engine that lacks it; the hosts it went to.
@@ -82,14 +88,14 @@ def load_into_hosts(settings: StackSettings, image: FlowRunnerImage, hosts: list
     log = get_logger()
     loaded = []
     for host in hosts:
-        if skip_without_engine and subprocess.run(host_argv(settings, host, ["docker", "version"]),
+        if skip_without_engine and subprocess.run(_in_host(host, ["docker", "version"]),
                                                   capture_output=True).returncode != 0:
             continue
-        probe = subprocess.run(host_argv(settings, host, ["docker", "image", "inspect", image.reference]),
+        probe = subprocess.run(_in_host(host, ["docker", "image", "inspect", image.reference]),
                                capture_output=True)
         if probe.returncode == 0:
             continue
-        load_argv = host_argv(settings, host, ["docker", "load", "--quiet"])
+        load_argv = _in_host(host, ["docker", "load", "--quiet"])
         archive = archive_path(image.reference)
         if archive is not None and archive.exists():
             log.info("streaming image %s into %s (docker load, from %s)", image.reference, host, archive)
@@ -108,7 +114,7 @@ def load_into_hosts(settings: StackSettings, image: FlowRunnerImage, hosts: list
                 archive.unlink(missing_ok=True)
             err = save_err or load.stderr.decode(errors="replace").strip()
             raise StackError(f"could not load image {image.reference} into {host}: {err}; "
-                             f"try: {shlex.join(host_argv(settings, host, ['docker', 'info']))}")
+                             f"try: {shlex.join(_in_host(host, ['docker', 'info']))}")
         loaded.append(host)
     return loaded
 

@@ -8,6 +8,13 @@ only, and mounts the named Docker volume that stands in for the platform's EBS d
 volume (named by its Name tag, which the emulator does not forget, unlike ids) at
 :data:`DATA_MOUNT`.
 
+A new host boots like an EC2 instance: before its first start it gets a NoCloud seed
+(:func:`nocloud_seed`) made from what EC2 gives an instance, its id, name, user_data and
+key pair's public key, so cloud-init creates the ``admin`` user with that key and runs
+the user_data, as on aws. Its sshd is published on a loopback port of its own (fixed at
+creation, so a restart keeps it); the hosts step records it in the instance's tags, and
+Ansible, backups and restores reach every host over SSH on both targets.
+
 :func:`reconcile` treats containers the way EC2 treats instances: a stopped instance's
 container is stopped, a running one's is started again (never recreated: its disk is
 kept), a terminated instance's is removed with its root volumes, and only a replaced
@@ -17,6 +24,9 @@ here; only ``teardown --all`` does that. Containers restart with the Docker engi
 
 from __future__ import annotations
 
+import io
+import socket
+import tarfile
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +42,9 @@ from stack.settings import StackSettings
 LABEL_INSTANCE = "stack.instance-id"
 LABEL_DATA_VOLUME = "stack.data-volume"
 PLATFORM_INNER_PORT = 4200
+SSH_INNER_PORT = 22
+# Where cloud-init's NoCloud data source reads an instance's data (meta-data, user-data).
+NOCLOUD_SEED_DIR = "var/lib/cloud/seed/nocloud"
 # Back with the Docker engine (a reboot), but a container someone stopped stays stopped.
 RESTART_POLICY = "unless-stopped"
 # Where the server sees its data volume (the prefect_server role keeps PostgreSQL there).
@@ -62,6 +75,14 @@ class Reconciled:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     hosts: dict[str, str] = field(default_factory=dict)  # instance id -> container name (running ones)
+    ssh_ports: dict[str, int] = field(default_factory=dict)  # instance id -> loopback port of its sshd
+
+
+@dataclass
+class LaunchData:
+    """What EC2 gives an instance at boot: its user_data and its key pair's public keys."""
+    user_data: str = ""
+    public_keys: list[str] = field(default_factory=list)
 
 
 def docker_volume(name: str) -> str:
@@ -92,15 +113,48 @@ def ensure_data_volume(client: docker.DockerClient, settings: StackSettings, nam
         return client.volumes.create(name, labels={LABEL_PROJECT: settings.name_prefix, LABEL_DATA_VOLUME: "true"})
 
 
-def _create(settings: StackSettings, image: str, instance: dict, data_volume: str | None) -> None:
+def nocloud_seed(instance: dict, launch: LaunchData) -> bytes:
+    """A tar of the NoCloud seed of ``instance``: cloud-init reads the instance id (a new
+    id is a new instance: new host keys, the user_data runs), the hostname, the public
+    keys of the default user and the user_data from it."""
+    import yaml
+
+    meta = {"instance-id": instance["id"], "local-hostname": instance["name"], "public-keys": launch.public_keys}
+    files = {"meta-data": yaml.safe_dump(meta).encode(), "user-data": launch.user_data.encode()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{NOCLOUD_SEED_DIR}/{name}")
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ssh_port(container) -> int | None:
+    """The loopback port a host container's sshd is published on (None: a host made
+    before hosts had one)."""
+    bindings = (container.attrs["HostConfig"].get("PortBindings") or {}).get(f"{SSH_INNER_PORT}/tcp") or []
+    return int(bindings[0]["HostPort"]) if bindings and bindings[0].get("HostPort") else None
+
+
+def _create(settings: StackSettings, image: str, instance: dict, data_volume: str | None,
+            launch: LaunchData) -> None:
     name = instance["name"]
-    argv = ["docker", "run", "-d", "--name", name, "--hostname", name,
+    argv = ["docker", "create", "--name", name, "--hostname", name,
             "--network", settings.docker_network,
             # Comes back with the Docker engine, like an instance after a host reboot;
             # a container someone stopped stays stopped, like a stopped instance.
             "--restart", RESTART_POLICY,
             "--label", f"{LABEL_PROJECT}={settings.name_prefix}", "--label", f"{LABEL_ROLE}=host",
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
+            # sshd on a loopback port named here, not left to Docker: a restart keeps it.
+            "-p", f"127.0.0.1:{free_loopback_port()}:{SSH_INNER_PORT}",
             "-v", f"{docker_volume(name)}:/var/lib/docker", *SYSTEMD_RUN_FLAGS]
     if instance["role"] == "server":
         argv += ["--cpu-shares", str(SERVER_HOST_CPU_SHARES),
@@ -108,6 +162,15 @@ def _create(settings: StackSettings, image: str, instance: dict, data_volume: st
         if data_volume:
             argv += ["-v", f"{data_volume}:{DATA_MOUNT}"]
     run([*argv, image, "/sbin/init"], quiet=True)
+    container = docker_client().containers.get(name)
+    try:
+        # The seed goes onto the host's own disk (like a config drive that stays attached):
+        # a reboot finds it again, and nothing outside the container is needed.
+        container.put_archive("/", nocloud_seed(instance, launch))
+        container.start()
+    except Exception:
+        container.remove(force=True)  # no half-made host: the next reconcile creates it again
+        raise
 
 
 def wait_booted(name: str, timeout: float = 60) -> None:
@@ -123,9 +186,11 @@ def wait_booted(name: str, timeout: float = 60) -> None:
     raise StackError(f"host container {name} did not finish booting in {timeout:.0f} s (systemd says {state!r})")
 
 
-def reconcile(settings: StackSettings, instances: list[dict], data_volume: str | None = None) -> Reconciled:
+def reconcile(settings: StackSettings, instances: list[dict], data_volume: str | None = None,
+              launch_data=lambda instance: LaunchData()) -> Reconciled:
     """Make host containers follow the instances (dicts with id, name, role, state), the
-    server's with the named data volume ``data_volume`` mounted."""
+    server's with the named data volume ``data_volume`` mounted. ``launch_data(instance)``
+    gives what EC2 gives a new instance at boot (user_data, public keys)."""
     client = docker_client()
     log = get_logger()
     # Baked only when a host container is to be created (a bake takes minutes, once).
@@ -159,7 +224,8 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             if not wants_running:
                 continue  # a stopped instance that never had a container: nothing to stop
             log.info("creating host container %s for %s (%s)", name, inst["id"], inst["role"])
-            _create(settings, ensure_baked_host_image(settings), inst, data_volume if inst["role"] == "server" else None)
+            _create(settings, ensure_baked_host_image(settings), inst, data_volume if inst["role"] == "server" else None,
+                    launch_data(inst))
             report.created.append(name)
         elif wants_running and c.status != "running":
             log.info("starting host container %s again: its instance %s is running (its disk is kept)",
@@ -180,6 +246,9 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             report.unchanged.append(name)
         if wants_running:
             report.hosts[inst["id"]] = name
+            port = ssh_port(client.containers.get(name))
+            if port:
+                report.ssh_ports[inst["id"]] = port
     for name in report.created + report.started:
         wait_booted(name)
     return report

@@ -1,10 +1,15 @@
-# The SSM agent, installed at first boot (Debian and Ubuntu AMIs do not ship it), so
-# hosts can be reached with Session Manager instead of SSH.
+# The instances' user_data, which cloud-init runs at first boot (on the emulated cloud
+# too, from the NoCloud seed of stack/localcloud/hosts.py): it installs the SSM agent
+# (Debian and Ubuntu AMIs do not ship it), so hosts can be reached with Session Manager
+# instead of SSH. The emulated cloud's hosts skip the download (install_ssm_agent).
 locals {
   ssm_agent_user_data = <<-EOT
     #!/bin/bash
     set -eu
-    if ! systemctl is-active --quiet amazon-ssm-agent snap.amazon-ssm-agent.amazon-ssm-agent; then
+    install_ssm_agent=${var.install_ssm_agent}
+    if [ "$install_ssm_agent" != true ]; then
+      echo "user_data: the SSM agent is not installed here (install_ssm_agent = false)"
+    elif ! systemctl is-active --quiet amazon-ssm-agent snap.amazon-ssm-agent.amazon-ssm-agent; then
       if command -v snap >/dev/null; then
         snap install amazon-ssm-agent --classic
       else

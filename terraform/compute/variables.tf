@@ -167,3 +167,9 @@ variable "enable_ssm_association" {
   type        = bool
   default     = false
 }
+
+variable "install_ssm_agent" {
+  description = "Install the SSM agent from the region's S3 bucket at first boot (the instances' user_data). The emulated cloud's hosts turn it off: they reach no AWS download."
+  type        = bool
+  default     = true
+}
