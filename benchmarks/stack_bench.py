@@ -6,6 +6,9 @@ It builds its own stack (prefix p2bench, state .stack-bench, ports 4866/4800/480
 nothing, so it never touches yours, and measures:
   1. provision, first run and second run with nothing changed (wall time, terraform processes);
   2. hosts + configure, first and second run;
+  2b. (unless --skip-stock) hosts + configure of new hosts that boot the stock image
+     (STACK_HOST_IMAGE=stock, what a stock AMI is: configure installs everything over
+     SSH) beside the baked one;
   3. per testflow case, over --runs runs: created-to-running and created-to-completed
      (median and worst).
 """
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per testflow case (default 5)")
     parser.add_argument("--skip-latency", action="store_true", help="only provision and configure figures")
     parser.add_argument("--keep", action="store_true", help="leave the benchmark stack up")
+    parser.add_argument("--skip-stock", action="store_true", help="no figures of stock hosts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -96,6 +100,15 @@ def main() -> None:
                 lines.append(f"  {case:<22} {statistics.median(c2p):8.2f}   {statistics.median(c2r):14.2f} / {max(c2r):5.2f}   "
                              f"{statistics.median(total):21.2f} / {max(total):5.2f}   "
                              f"{sum(r.ok for r in results)}/{len(results)}")
+        if not args.skip_stock:
+            # New hosts of the stock image: provision replaces the instances (as a new AMI
+            # would), then hosts and configure as above.
+            stock = settings.model_copy(update={"host_image": "stock"})
+            provision(stock)
+            (_, h3), (c3, k3) = timed(hosts, stock), timed(configure, stock)
+            lines += ["", "new hosts by image  hosts s  configure s  total s  changed",
+                      f"  baked            {h1:7.1f}  {k1:11.1f}  {h1 + k1:7.1f}  {c1.changed}",
+                      f"  stock            {h3:7.1f}  {k3:11.1f}  {h3 + k3:7.1f}  {c3.changed}"]
         if not args.keep:
             teardown(settings, destroy_data=True, stop_emulator=True)
     if not args.keep:

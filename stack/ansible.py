@@ -74,7 +74,6 @@ def environment(settings: StackSettings) -> dict[str, str]:
     """The whole environment of ansible-playbook: what the inventory and group_vars read
     (target, region, prefix, endpoint, key and auth file paths) and the operator's
     environment without any secret. AWS credentials come from stack/credentials.py."""
-    ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
     # The operator's AWS settings pass (a CA bundle, endpoints), never a key: those come
     # from stack/credentials.py while the playbook runs.
     env = {k: v for k, v in os.environ.items() if not SENSITIVE_ENV.search(k)}
@@ -164,6 +163,8 @@ def run_playbook(
     # ansible-runner seeds the playbook's environment with the whole of ours and writes
     # it to artifacts/<id>/command: give it one that holds no secret instead.
     added_by_runner = {k: v for k, v in config.env.items() if os.environ.get(k) != v}  # its callback, PYTHONPATH
+    if inventory is None:  # the stack's hosts, over SSH (the bake's build container is not)
+        ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
     with credentials.served(settings) as aws_env:
         config.env = {**environment(settings), **aws_env, **added_by_runner, **(env or {})}
         r = Runner(config=config, event_handler=on_event)

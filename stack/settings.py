@@ -85,7 +85,13 @@ class StackSettings(BaseSettings):
         None, description="S3 bucket of the Terraform states (made by the stack before the first terraform init). "
                           "Default: <prefix>-tfstate-<account id>-<region>.",
     )
-    ssh_user: str = Field("admin", description="Login user of the AMI (aws target, SSH).")
+    ssh_user: str = Field("admin", description="Login user of the AMI (cloud-init's default user), for SSH.")
+    host_image: Literal["baked", "stock"] = Field(
+        "baked",
+        description="local: what new hosts boot, `baked` (the roles' install tasks done ahead of time, like a baked "
+                    "AMI) or `stock` (plain Debian, like a stock AMI: configure installs everything over SSH). "
+                    "A change replaces the instances.",
+    )
     emulator_port: int = Field(4566, ge=1024, le=65535, description="Loopback port of moto.")
     control_plane_port: int = Field(
         4200, ge=1024, le=65535, description="Loopback port of the local control-plane Prefect server."
@@ -252,6 +258,11 @@ class StackSettings(BaseSettings):
         if self.availability_zone and not self.availability_zone.startswith(self.region):
             raise ValueError(
                 f"availability_zone: {self.availability_zone} is not in region {self.region}; use one like {self.region}a"
+            )
+        if self.target == "local" and self.ssh_user != "admin":
+            raise ValueError(
+                f"ssh_user: the emulated hosts' login user is admin (cloud-init's default user in their image), "
+                f"not {self.ssh_user}; unset STACK_SSH_USER, or set it for the aws target only"
             )
         ports = {"emulator_port": self.emulator_port, "control_plane_port": self.control_plane_port,
                  "platform_port": self.platform_port}

@@ -102,13 +102,15 @@ def detect_plugin_mirror(settings: StackSettings) -> Path | None:
 
 
 def host_image_version(settings: StackSettings) -> str:
-    """What the hosts boot besides the AMI: the host image on local (a new one replaces
-    the instances, as a new AMI would); nothing on aws, where the AMI says it all."""
+    """What the hosts boot besides the AMI: the host image on local (a new one, or a
+    switch between the baked and the stock one, replaces the instances, as a new AMI
+    would); nothing on aws, where the AMI says it all."""
     if settings.target != "local":
         return ""
     from stack.localcloud import images
 
-    return images.image_tag("host")
+    stock = images.image_tag("host")
+    return stock if settings.host_image == "baked" else f"{stock} stock"
 
 
 SSH_KEY_SECRET = accountsecrets.SSH_PRIVATE_KEY

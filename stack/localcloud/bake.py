@@ -116,7 +116,9 @@ def prebuild_local_images(settings: StackSettings) -> None:
     runner = threading.Thread(target=_build_ahead, args=("flow-runner image", _flow_runner_after_emulator, settings),
                               daemon=True, name="prebuild-flow-runner")
     runner.start()
-    _build_ahead("baked host image", ensure_baked_host_image, settings)
+    from stack.localcloud.hosts import host_image
+
+    _build_ahead("host image", host_image, settings)
     runner.join()
 
 

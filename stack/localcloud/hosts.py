@@ -35,7 +35,7 @@ import docker.errors
 
 from stack.localcloud.emulator import LABEL_PROJECT, LABEL_ROLE, ensure_network
 from stack.localcloud.bake import baked_image_tag, ensure_baked_host_image
-from stack.localcloud.images import docker_client, image_tag
+from stack.localcloud.images import docker_client, ensure_image, image_tag
 from stack.proc import StackError, get_logger, run
 from stack.settings import StackSettings
 
@@ -186,6 +186,14 @@ def wait_booted(name: str, timeout: float = 60) -> None:
     raise StackError(f"host container {name} did not finish booting in {timeout:.0f} s (systemd says {state!r})")
 
 
+def host_image(settings: StackSettings) -> str:
+    """The image new hosts boot (STACK_HOST_IMAGE): the baked one, or the stock one, which
+    is what a stock AMI is (configure then installs everything over SSH)."""
+    if settings.host_image == "stock":
+        return ensure_image(docker_client(), "host")
+    return ensure_baked_host_image(settings)
+
+
 def reconcile(settings: StackSettings, instances: list[dict], data_volume: str | None = None,
               launch_data=lambda instance: LaunchData()) -> Reconciled:
     """Make host containers follow the instances (dicts with id, name, role, state), the
@@ -194,7 +202,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
     client = docker_client()
     log = get_logger()
     # Baked only when a host container is to be created (a bake takes minutes, once).
-    latest_bake = baked_image_tag(image_tag("host"))
+    latest_bake = baked_image_tag(image_tag("host")) if settings.host_image == "baked" else None
     ensure_network(client, settings)
     if data_volume:
         ensure_data_volume(client, settings, data_volume)
@@ -224,7 +232,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             if not wants_running:
                 continue  # a stopped instance that never had a container: nothing to stop
             log.info("creating host container %s for %s (%s)", name, inst["id"], inst["role"])
-            _create(settings, ensure_baked_host_image(settings), inst, data_volume if inst["role"] == "server" else None,
+            _create(settings, host_image(settings), inst, data_volume if inst["role"] == "server" else None,
                     launch_data(inst))
             report.created.append(name)
         elif wants_running and c.status != "running":
@@ -237,7 +245,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             c.stop()
             report.stopped.append(name)
         else:
-            if wants_running and latest_bake not in c.image.tags:
+            if wants_running and latest_bake and latest_bake not in c.image.tags:
                 # A new bake only speeds up new hosts: this one keeps what it booted and
                 # configure installs the difference. (A new stock host image, like a new
                 # AMI, replaces the instances in provision.)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import signal
@@ -13,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from stack import aws, credentials
+from stack import aws, credentials, hostexec
 from stack.ansible import ANSIBLE_DIR, environment
 from stack.localcloud.flow_runner import archive_path, flow_runner_image, load_into_hosts
 from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
 from stack.localcloud.images import _ensure_base_image, docker_client, ensure_base_image, image_exists
 from stack.proc import StackError
+from stack.terraform import ssh_public_key
 from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +69,62 @@ def test_hosts_are_containers_named_by_instance_with_systemd(stack):
     shares = {name: sh("docker", "inspect", "-f", "{{.HostConfig.CpuShares}}", name).stdout.strip()
               for name in (SERVER, WORKER)}
     assert shares == {SERVER: str(SERVER_HOST_CPU_SHARES), WORKER: "0"}  # 0: Docker's default, 1024
+
+
+def test_hosts_boot_like_ec2_instances_through_cloud_init(stack):
+    """Each host got what EC2 gives an instance (its id, user_data and key pair's public
+    key) from its NoCloud seed: cloud-init made the AMI's default user with the stack's
+    key and sudo, ran the user_data, and made host keys of the host's own."""
+    s = stack["settings"]
+    ec2 = aws.client(s, "ec2")
+    public_key = " ".join(ssh_public_key(s).split()[:2])
+    host_keys = set()
+    for instance in aws.running_hosts(s):
+        name = instance["name"]
+        assert sh("docker", "exec", name, "cloud-init", "status").stdout.split() == ["status:", "done"]
+        assert sh("docker", "exec", name, "cat", "/var/lib/cloud/data/instance-id").stdout.strip() == instance["id"]
+        assert "sudo" in sh("docker", "exec", name, "id", "-nG", "admin").stdout.split()
+        authorized = sh("docker", "exec", name, "cat", "/home/admin/.ssh/authorized_keys").stdout
+        assert public_key in authorized
+        # The user_data EC2 holds for the instance is the one cloud-init ran, and it ran.
+        user_data = ec2.describe_instance_attribute(InstanceId=instance["id"], Attribute="userData")
+        assert base64.b64decode(user_data["UserData"]["Value"]).decode() == sh(
+            "docker", "exec", name, "cat", "/var/lib/cloud/instance/user-data.txt").stdout
+        output = sh("docker", "exec", name, "cat", "/var/log/cloud-init-output.log").stdout
+        assert "the SSM agent is not installed here" in output
+        host_keys.add(sh("docker", "exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1])
+    assert len(host_keys) == 2  # not one key baked into the image for every host
+
+
+def test_ansible_and_the_stack_reach_every_host_over_ssh_on_loopback(stack):
+    """The inventory gives each host the loopback port the hosts step tagged; ssh with the
+    stack's key (and no other) logs in as admin, sudo makes it root, and the host key is
+    filed under the instance id in the stack's own known_hosts."""
+    s = stack["settings"]
+    with credentials.served(s) as aws_env:
+        env = {**os.environ, **environment(s), **aws_env}
+        proc = sh(str(Path(sys.executable).parent / "ansible-inventory"), "-i", "inventory.aws_ec2.yml", "--list",
+                  cwd=ANSIBLE_DIR, env=env)
+    assert proc.returncode == 0, proc.stderr
+    hostvars = json.loads(proc.stdout)["_meta"]["hostvars"]
+    for instance in aws.running_hosts(s):
+        name = instance["name"]
+        published = sh("docker", "port", name, "22/tcp").stdout.split()
+        assert published == [f"127.0.0.1:{instance['ssh_port']}"]  # loopback only
+        assert hostvars[name]["ansible_host"] == "127.0.0.1"
+        assert hostvars[name]["ansible_port"] == instance["ssh_port"]
+        assert hostexec.run_on_host(s, name, ["id", "-un"]).strip() == "root"
+        known = sh("ssh-keygen", "-F", instance["id"], "-f", str(hostexec.known_hosts_file(s)))
+        assert known.returncode == 0 and instance["id"] in known.stdout
+    # Another key is refused: the login is the stack's key, not something of this machine.
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "other"
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other))
+        server = next(i for i in aws.running_hosts(s) if i["name"] == SERVER)
+        options = hostexec.ssh_options(s, server["id"])
+        options[options.index("-i") + 1] = str(other)
+        refused = sh("ssh", *options, "-p", str(server["ssh_port"]), f"admin@{server['ssh_host']}", "true")
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr
 
 
 def test_configured_hosts_have_prefect_and_the_worker_runs_a_loaded_image(stack):

@@ -20,6 +20,8 @@ BAD_INPUTS = [
     ("STACK_BACKUP_RETENTION_DAYS", "0"),
     ("STACK_BACKUP_CRON", "0 2 1 * 1"),
     ("STACK_TARGET", "gcp"),
+    ("STACK_HOST_IMAGE", "golden"),
+    ("STACK_SSH_USER", "ubuntu"),  # the emulated hosts' user is admin
 ]
 
 
