@@ -59,6 +59,9 @@ def preflight(settings: StackSettings | None = None, prebuild_host_images: bool 
         raise StackError(f"AWS credentials do not work in {settings.region}: {exc}. "
                          "Configure them (aws configure / AWS_PROFILE) and run again") from None
     log.info("target %s, region %s, account %s", settings.target, settings.region, account)
+    log.info("hosts go into %s", aws.check_placement(settings))
+    if settings.target == "aws":
+        log.info("%s", aws.check_operator_address(settings, aws.operator_address()))
     return PreflightReport(target=settings.target, region=settings.region, account=account,
                            emulator_endpoint=endpoint)
 

@@ -104,3 +104,65 @@ def check_credentials(settings: StackSettings, what: str) -> None:
         if code in EXPIRED:
             raise StackError(f"{what}: the AWS credentials have expired ({code}); {fix}") from None
         raise
+
+
+class SettingRefused(StackError):
+    """A setting that the account contradicts, found before anything is made."""
+    exit_code = 2
+
+
+def check_placement(settings: StackSettings) -> str:
+    """Where the hosts go, checked before anything is made: the subnet of STACK_SUBNET_ID
+    (it exists, in the data volume's availability zone), else the region's default VPC.
+    Returns a line saying which."""
+    ec2 = client(settings, "ec2")
+    zone = settings.effective_availability_zone
+    if settings.subnet_id:
+        try:
+            subnet = ec2.describe_subnets(SubnetIds=[settings.subnet_id])["Subnets"][0]
+        except Exception:  # InvalidSubnetID.NotFound, or no right to look
+            raise SettingRefused(f"setting STACK_SUBNET_ID: no subnet {settings.subnet_id} in region {settings.region} "
+                             "(or no right to describe it); name a subnet of this region") from None
+        if subnet["AvailabilityZone"] != zone:
+            raise SettingRefused(f"setting STACK_SUBNET_ID: subnet {settings.subnet_id} is in {subnet['AvailabilityZone']}, "
+                             f"the data volume's availability zone is {zone}; set "
+                             f"STACK_AVAILABILITY_ZONE={subnet['AvailabilityZone']} (or choose a subnet in {zone})")
+        return f"subnet {settings.subnet_id} of {subnet['VpcId']} in {zone}"
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise SettingRefused(f"region {settings.region} has no default VPC for the hosts; set STACK_SUBNET_ID to a "
+                         f"subnet in {zone} with a route to the internet")
+    return f"the default VPC {vpcs[0]['VpcId']} in {zone}"
+
+
+# Where the operator's public address is asked (aws target): the service AWS's own
+# console uses. Answered in plain text.
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+def operator_address() -> str | None:
+    """This machine's public IPv4 address as the internet sees it; None when unknown."""
+    import ipaddress
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(CHECKIP_URL, timeout=5) as answer:  # noqa: S310 (a constant https URL)
+            return str(ipaddress.IPv4Address(answer.read().decode().strip()))
+    except Exception:  # offline, blocked, or a proxy's page: the check is then skipped
+        return None
+
+
+def check_operator_address(settings: StackSettings, address: str | None) -> str:
+    """On aws, the operator's public address must be inside STACK_OPERATOR_CIDR, or SSH
+    and the platform's API refuse this machine after minutes of provisioning."""
+    import ipaddress
+
+    if settings.target != "aws":
+        return "local target: the hosts are on this machine"
+    if address is None:
+        return f"could not learn this machine's public address ({CHECKIP_URL}); not checked against STACK_OPERATOR_CIDR"
+    if ipaddress.ip_address(address) not in ipaddress.ip_network(settings.effective_operator_cidr, strict=False):
+        raise SettingRefused(f"setting STACK_OPERATOR_CIDR: this machine's public address {address} is not in "
+                         f"{settings.effective_operator_cidr}, so SSH and the platform's API would refuse it; set "
+                         f"STACK_OPERATOR_CIDR={address}/32")
+    return f"this machine ({address}) is inside STACK_OPERATOR_CIDR {settings.effective_operator_cidr}"

@@ -85,6 +85,10 @@ class StackSettings(BaseSettings):
         None, description="S3 bucket of the Terraform states (made by the stack before the first terraform init). "
                           "Default: <prefix>-tfstate-<account id>-<region>.",
     )
+    subnet_id: str | None = Field(
+        None, pattern=r"^subnet-[0-9a-f]+$",
+        description="Subnet of every host, for an account or region without a default VPC; in the availability zone.",
+    )
     ssh_user: str = Field("admin", description="Login user of the AMI (cloud-init's default user), for SSH.")
     host_image: Literal["baked", "stock"] = Field(
         "baked",

@@ -212,6 +212,7 @@ class Terraform:
             "operator_cidr": s.effective_operator_cidr,
             "allow_public_api": s.allow_public_api,
             "ssh_public_key": ssh_public_key(s),
+            "subnet_id": s.subnet_id,
             "flow_code_prefix": CODE_FOLDER,  # what the worker role may read
             **self.inputs,
         }

@@ -5,8 +5,15 @@ locals {
   )
 }
 
+# The subnet given for an account without a default VPC: the security group goes into its VPC.
+data "aws_subnet" "chosen" {
+  count = var.subnet_id == null ? 0 : 1
+  id    = var.subnet_id
+}
+
 resource "aws_security_group" "platform" {
   name        = "${var.name_prefix}-platform"
+  vpc_id      = one(data.aws_subnet.chosen[*].vpc_id)
   description = "Prefect platform hosts: TLS API and SSH from the operator, TLS API inside the group"
 
   ingress {
@@ -76,7 +83,10 @@ resource "aws_instance" "host" {
   key_name               = aws_key_pair.operator.key_name
   iam_instance_profile   = aws_iam_instance_profile.host[each.value.role].name
   vpc_security_group_ids = [aws_security_group.platform.id]
-  user_data              = local.ssm_agent_user_data
+  subnet_id              = var.subnet_id
+  # A default VPC's subnets give instances public IPs; a subnet given may not.
+  associate_public_ip_address = var.subnet_id == null ? null : true
+  user_data                   = local.ssm_agent_user_data
 
   metadata_options {
     http_endpoint               = var.metadata_options.http_endpoint

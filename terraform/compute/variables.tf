@@ -115,7 +115,7 @@ variable "data_volume_id" {
 }
 
 variable "data_device_name" {
-  description = "Device name the data volume is attached as (on Nitro instances it shows up as an NVMe device; the role finds it by volume id)."
+  description = "Device name the data volume is attached as (on Nitro instances it shows up as an NVMe device, which the role finds by volume id; on Xen ones as /dev/xvdf)."
   type        = string
   default     = "/dev/sdf"
 }
@@ -172,4 +172,15 @@ variable "install_ssm_agent" {
   description = "Install the SSM agent from the region's S3 bucket at first boot (the instances' user_data). The emulated cloud's hosts turn it off: they reach no AWS download."
   type        = bool
   default     = true
+}
+
+variable "subnet_id" {
+  description = "Subnet of every host, for an account or region without a default VPC (it must be in availability_zone and route to the internet; the hosts get public IPs). Null: the default VPC's subnet of availability_zone."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.subnet_id == null || can(regex("^subnet-[0-9a-f]+$", var.subnet_id))
+    error_message = "subnet_id must look like subnet-0123456789abcdef0."
+  }
 }

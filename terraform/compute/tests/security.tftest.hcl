@@ -188,3 +188,30 @@ run "data_volume_attached_to_the_server_in_its_zone" {
     error_message = "every host must be in the data volume's availability zone"
   }
 }
+
+run "a_subnet_given_holds_every_host_with_a_public_ip_and_the_group_in_its_vpc" {
+  command = plan
+
+  variables {
+    subnet_id = "subnet-0123456789abcdef0"
+  }
+
+  override_data {
+    target = data.aws_subnet.chosen[0]
+    values = {
+      vpc_id            = "vpc-0123456789abcdef0"
+      availability_zone = "us-east-1a"
+    }
+  }
+
+  assert {
+    condition = alltrue([for h in aws_instance.host :
+      h.subnet_id == "subnet-0123456789abcdef0" && h.associate_public_ip_address
+    ])
+    error_message = "every host must be in the subnet given, with a public IP"
+  }
+  assert {
+    condition     = aws_security_group.platform.vpc_id == "vpc-0123456789abcdef0"
+    error_message = "the security group must be in the subnet's VPC"
+  }
+}
