@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stack import aws
-from tests.conftest import result_json, run_step
+from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +131,23 @@ def test_status_lists_instances_with_their_hosts(stack):
     for name, inst in by_name.items():
         assert set(inst) >= {"id", "name", "role", "state", "private_ip", "host"}
         assert inst["state"] == "running" and inst["host"] == name
+
+
+def test_a_subnet_outside_the_data_volumes_zone_is_refused_before_anything_changes(stack):
+    """STACK_SUBNET_ID (an account without a default VPC) is checked against EC2 by
+    preflight: a subnet in another zone than the data volume stops the bootstrap with the
+    zone to set, exit 2, and the instances are those of before."""
+    s = stack["settings"]
+    ec2 = aws.client(s, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.1.0/24",
+                               AvailabilityZone=f"{s.region}b")["Subnet"]["SubnetId"]
+    try:
+        before = sorted(i["id"] for i in aws.running_hosts(s))
+        proc = run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, STACK_SUBNET_ID=subnet), check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"STACK_AVAILABILITY_ZONE={s.region}b" in proc.stderr
+        assert sorted(i["id"] for i in aws.running_hosts(s)) == before
+    finally:
+        ec2.delete_subnet(SubnetId=subnet)
+        ec2.delete_vpc(VpcId=vpc)
