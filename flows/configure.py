@@ -1,4 +1,4 @@
-"""Step 4, configure: the Ansible playbooks over the dynamic inventory, a per-host recap
+"""The configure step: the Ansible playbooks over the dynamic inventory, a per-host recap
 table as an artifact, and a clear failure naming the host, task and message."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Step 6, deploy: the testflow's deployments (one per runbook case) on the platform.
+"""The deploy step: the testflow's deployments (one per runbook case) on the platform.
 
 Stages ``deployments/prefect.yaml`` and ``flows/testflow.py`` in a folder of their own
 (only those files are pushed to S3: the runbook's "the whole directory gets uploaded"

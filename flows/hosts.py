@@ -1,4 +1,4 @@
-"""Step 3, hosts (local target only): one systemd container per instance, following the
+"""The hosts step (local target only): one systemd container per instance, following the
 instance's state the way EC2 would, booted by cloud-init from the instance's user_data
 and key pair, its sshd on a loopback port recorded in the instance's tags (see
 stack/localcloud/hosts.py)."""

@@ -1,4 +1,4 @@
-"""Step 1, preflight: settings valid, tools present, the cloud answers (emulated on local)."""
+"""The preflight step: settings valid, tools present, the cloud answers (emulated on local)."""
 
 from __future__ import annotations
 

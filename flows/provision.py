@@ -1,4 +1,4 @@
-"""Step 2, provision: for each Terraform root module, data first (bucket, data volume)
+"""The provision step: for each Terraform root module, data first (bucket, data volume)
 then compute (instances, security group, key pair, role, volume attachment): terraform
 init (only when needed), plan -out with the plan as a markdown artifact, apply of that
 plan only when it has changes, outputs as a typed object.

@@ -1,4 +1,4 @@
-"""Step 5, register: blocks (AWS credentials, S3 bucket), work pools (process, docker,
+"""The register step: blocks (AWS credentials, S3 bucket), work pools (process, docker,
 and the operator's process pool) with their queues, and the automation that marks flow
 runs without heartbeats Crashed, on the platform server. Registering twice leaves the
 same objects (the automation is replaced by one of the same name)."""

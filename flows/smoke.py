@@ -1,4 +1,4 @@
-"""Step 7, smoke: run the testflow in every runbook case, wait for each, check each
+"""The smoke step: run the testflow in every runbook case, wait for each, check each
 result (`finished FIRST`, `finished SECOND`), and publish a table with per-case times."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Step 8, teardown: two lifetimes.
+"""Teardown: two lifetimes.
 
     python -m flows.teardown              # the compute: instances, security group, key pair,
                                           # instance role, attachment, host containers.

@@ -57,11 +57,6 @@ def server_host(settings: StackSettings) -> str:
     return settings.host_name(0)
 
 
-def inner_api_url(settings: StackSettings) -> str:
-    """The API as the worker hosts and flow runs see it (the runbook's URL)."""
-    return f"https://{server_host(settings)}:{SERVER_PORT}/api"
-
-
 def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str:
     """The API as the operator sees it."""
     if settings.target == "local":

@@ -64,6 +64,14 @@ def ensure_baked_host_image(settings: StackSettings) -> str:
     return tag
 
 
+def host_image(settings: StackSettings) -> str:
+    """The image new hosts boot (STACK_HOST_IMAGE): the baked one, or the stock one, which
+    is what a stock AMI is (configure then installs everything over SSH)."""
+    if settings.host_image == "stock":
+        return ensure_image(docker_client(), "host")
+    return ensure_baked_host_image(settings)
+
+
 def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
     log = get_logger()
     started = time.monotonic()
@@ -116,8 +124,6 @@ def prebuild_local_images(settings: StackSettings) -> None:
     runner = threading.Thread(target=_build_ahead, args=("flow-runner image", _flow_runner_after_emulator, settings),
                               daemon=True, name="prebuild-flow-runner")
     runner.start()
-    from stack.localcloud.hosts import host_image
-
     _build_ahead("host image", host_image, settings)
     runner.join()
 
@@ -138,7 +144,7 @@ def start_prebuild(settings: StackSettings) -> bool:
     start building the hosts' images in the background, so they are ready by the time
     provision has created the instances (minutes saved on a new machine). Returns
     whether it started. Idempotent: it never starts twice for one stack in a process."""
-    from stack.localcloud.hosts import project_hosts
+    from stack.localcloud.emulator import project_hosts
 
     if settings.target != "local" or settings.name_prefix in _prebuilding:
         return False

@@ -153,3 +153,9 @@ def down(settings: StackSettings) -> None:
             net.remove()
     except docker.errors.NotFound:
         pass
+
+
+def project_hosts(client: docker.DockerClient, settings: StackSettings) -> dict[str, docker.models.containers.Container]:
+    """The project's host containers (stack/localcloud/hosts.py makes them), by name."""
+    found = client.containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={settings.name_prefix}", f"{LABEL_ROLE}=host"]})
+    return {c.name: c for c in found}

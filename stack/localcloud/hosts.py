@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
-from stack.localcloud.emulator import LABEL_PROJECT, LABEL_ROLE, ensure_network
-from stack.localcloud.bake import baked_image_tag, ensure_baked_host_image
-from stack.localcloud.images import docker_client, ensure_image, image_tag
+from stack.localcloud.emulator import LABEL_PROJECT, LABEL_ROLE, ensure_network, project_hosts
+from stack.localcloud.bake import baked_image_tag, host_image
+from stack.localcloud.images import docker_client, image_tag
 from stack.proc import StackError, get_logger, run
 from stack.settings import StackSettings
 
@@ -87,11 +87,6 @@ class LaunchData:
 
 def docker_volume(name: str) -> str:
     return f"{name}-docker"
-
-
-def project_hosts(client: docker.DockerClient, settings: StackSettings) -> dict[str, docker.models.containers.Container]:
-    found = client.containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={settings.name_prefix}", f"{LABEL_ROLE}=host"]})
-    return {c.name: c for c in found}
 
 
 def _remove(client: docker.DockerClient, container, with_volume: bool) -> None:
@@ -184,14 +179,6 @@ def wait_booted(name: str, timeout: float = 60) -> None:
             return
         time.sleep(0.5)
     raise StackError(f"host container {name} did not finish booting in {timeout:.0f} s (systemd says {state!r})")
-
-
-def host_image(settings: StackSettings) -> str:
-    """The image new hosts boot (STACK_HOST_IMAGE): the baked one, or the stock one, which
-    is what a stock AMI is (configure then installs everything over SSH)."""
-    if settings.host_image == "stock":
-        return ensure_image(docker_client(), "host")
-    return ensure_baked_host_image(settings)
 
 
 def reconcile(settings: StackSettings, instances: list[dict], data_volume: str | None = None,

@@ -97,6 +97,7 @@ TERRAFORM_ACTIONS = {
     "aws_s3_bucket_policy": ["s3:PutBucketPolicy", "s3:GetBucketPolicy", "s3:DeleteBucketPolicy"],
     "aws_s3_bucket_lifecycle_configuration": ["s3:PutLifecycleConfiguration", "s3:GetLifecycleConfiguration"],
     "aws_ssm_association": ["ssm:CreateAssociation", "ssm:DescribeAssociation", "ssm:DeleteAssociation"],
+    "aws_subnet": ["ec2:DescribeSubnets"],  # STACK_SUBNET_ID's VPC
     # Computed by Terraform or the provider without an AWS call.
     "aws_iam_policy_document": [],
     "aws_partition": [],
