@@ -1,7 +1,8 @@
 """What the stack looks like now. ``python -m flows.status --json`` prints a JSON object
 with ``target``, ``emulator_endpoint``, ``bucket``, ``instances``, ``data_volume`` (id,
 name, size), ``last_backup`` (time, size, location), ``control_plane_api_url`` and
-``next_teardown``; without ``--json`` a short table."""
+``next_teardown``, ``versions`` (the Prefect of the platform's server and of each
+host); without ``--json`` a short table."""
 
 from __future__ import annotations
 
@@ -41,10 +42,15 @@ def collect(settings: StackSettings) -> dict:
             return report
     report["data_volume"] = data_volume(settings)
     report["instances"] = aws.project_instances(settings)
+    report["versions"] = None
     if any(i["role"] == "server" for i in report["instances"]):
         report["platform_api_url"] = platform.operator_api_url(settings)
         # Clients verify the platform's TLS certificate with the stack's CA.
         report["platform_ca_file"] = str(tls.ca_file(settings))
+        running = [i["name"] for i in report["instances"] if i["state"] == "running"]
+        if tls.ca_file(settings).exists() and platform.auth_file(settings).exists():
+            report["versions"] = {"server": platform.server_version(settings, report["platform_api_url"]),
+                                  "hosts": platform.host_versions(settings, running)}
     if settings.target == "local":
         containers = host_containers.project_hosts(docker_client(), settings)
         by_instance = {c.labels.get(LABEL_INSTANCE): c for c in containers.values()}
@@ -116,6 +122,10 @@ def print_table(report: dict) -> None:
     if report.get("last_backup"):
         b = report["last_backup"]
         print(f"last backup {b['time']} {b['size']} bytes at {b['location']}")
+    if report.get("versions"):
+        v = report["versions"]
+        hosts = ", ".join(f"{h} {ver or '?'}" for h, ver in v["hosts"].items())
+        print(f"Prefect: server {v['server'] or '? (no answer)'}; hosts {hosts}")
     print(f"control plane {report['control_plane_api_url']}; next teardown {report['next_teardown'] or 'none'}, "
           f"next backup {report['next_backup'] or 'none'}")
     if report.get("steps"):

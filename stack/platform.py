@@ -136,6 +136,43 @@ def get(url: str, auth: str | None = None, timeout: float = 5, context: ssl.SSLC
         return 0
 
 
+def server_version(settings: StackSettings, url: str) -> str | None:
+    """The Prefect version the platform's server runs (its ``/admin/version``); None when
+    it does not answer."""
+    import json
+
+    req = urllib.request.Request(f"{url}/admin/version")
+    req.add_header("Authorization", "Basic " + b64encode(auth_string(settings).encode()).decode())
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls.ssl_context(settings)), _NoRedirect)
+    try:
+        with opener.open(req, timeout=5) as resp:
+            return str(json.loads(resp.read()))
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return None
+
+
+# The Prefect version of a host's virtualenv, read without importing Prefect (2 s here).
+HOST_PREFECT_VERSION = ["/opt/prefect/venv/bin/python", "-c",
+                        "from importlib.metadata import version; print(version('prefect'))"]
+
+
+def host_versions(settings: StackSettings, hosts: list[str]) -> dict[str, str | None]:
+    """Each host's Prefect (its virtualenv's, which its services run), over SSH, side by
+    side; None for a host that does not answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stack.hostexec import run_on_host
+
+    def one(host: str) -> str | None:
+        try:
+            return run_on_host(settings, host, HOST_PREFECT_VERSION, timeout=30).strip() or None
+        except Exception:  # noqa: BLE001 - unreachable, not configured yet: unknown
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        return dict(zip(hosts, pool.map(one, hosts)))
+
+
 def ready(settings: StackSettings, url: str) -> bool:
     """The platform API answers /ready over verified TLS with the auth string."""
     return get(f"{url}/ready", auth_string(settings), context=tls.ssl_context(settings)) == 200

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stack import aws
-from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
+from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +121,7 @@ def test_unknown_step_is_one_line_naming_the_valid_ones():
         "register, deploy, smoke; see --help"]
 
 
-def test_status_lists_instances_with_their_hosts(stack):
+def test_status_lists_instances_with_their_hosts_and_the_prefect_each_runs(stack):
     status = json.loads(run_step("flows.status", "--json").stdout)
     assert status["target"] == "local"
     assert status["emulator_endpoint"] == "http://127.0.0.1:4666"
@@ -131,6 +131,10 @@ def test_status_lists_instances_with_their_hosts(stack):
     for name, inst in by_name.items():
         assert set(inst) >= {"id", "name", "role", "state", "private_ip", "host"}
         assert inst["state"] == "running" and inst["host"] == name
+    # The versions running, as the server and each host's virtualenv say (not the pin).
+    pinned = next(line.split("==")[1] for line in (REPO / "constraints.txt").read_text().splitlines()
+                  if line.startswith("prefect=="))
+    assert status["versions"] == {"server": pinned, "hosts": {"p2test-ec2-0": pinned, "p2test-ec2-1": pinned}}
 
 
 def test_a_subnet_outside_the_data_volumes_zone_is_refused_before_anything_changes(stack):
