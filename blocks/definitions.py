@@ -17,7 +17,7 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_docker.worker import DockerWorker
 from prefect.workers.process import ProcessWorker
 
-from stack import platform
+from stack import capacity, platform
 from stack.settings import StackSettings
 
 
@@ -112,7 +112,7 @@ def work_pools(settings: StackSettings, image: str, extra_pip_packages: str | No
     """name -> (type, base job template, concurrency limit) of every work pool. The
     worker hosts' pools admit as many runs as their workers run at once (each worker
     also has that per-worker limit); the operator's pool has no limit."""
-    hosts_limit = settings.worker_concurrency * settings.worker_count
+    hosts_limit = capacity.worker_concurrency(settings) * settings.worker_count
     return {
         platform.PROCESS_POOL: ("process", process_pool_template(), hosts_limit),
         platform.DOCKER_POOL: ("docker", docker_pool_template(settings, image, extra_pip_packages), hosts_limit),

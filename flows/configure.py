@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
-from stack import aws, platform, steps, tls
+from stack import aws, capacity, platform, steps, tls
 from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
 from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
@@ -47,7 +47,7 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         "prefect_server_data_volume_id": data_volume_id if settings.target == "aws" and data_volume_id else "",
         **install_vars(),
         "prefect_server_ui_api_url": ui_api_url,
-        "prefect_worker_limit": settings.worker_concurrency,
+        "prefect_worker_limit": capacity.worker_concurrency(settings),
         **backup_vars(settings),
     }
 

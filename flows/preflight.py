@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from stack import aws
+from stack import aws, capacity
 from stack.localcloud import emulator
 from stack.localcloud.bake import start_prebuild
 from stack.localcloud.images import docker_client
@@ -60,6 +60,11 @@ def preflight(settings: StackSettings | None = None, prebuild_host_images: bool 
                          "Configure them (aws configure / AWS_PROFILE) and run again") from None
     log.info("target %s, region %s, account %s", settings.target, settings.region, account)
     log.info("hosts go into %s", aws.check_placement(settings))
+    # The instance type exists there (its memory sets the default worker concurrency).
+    log.info("%s: %d MiB, %d flow runs per pool and worker host", settings.instance_type,
+             capacity.instance_memory_mib(settings), capacity.worker_concurrency(settings))
+    if warning := capacity.overcommit_warning(settings):
+        log.warning("%s", warning)
     if settings.target == "aws":
         log.info("%s", aws.check_operator_address(settings, aws.operator_address()))
     return PreflightReport(target=settings.target, region=settings.region, account=account,

@@ -61,9 +61,10 @@ class StackSettings(BaseSettings):
     )
     instance_type: str = Field("t3.small", description="EC2 instance type of every host.")
     worker_count: int = Field(1, ge=1, le=10, description="Number of worker hosts (1-10).")
-    worker_concurrency: int = Field(
-        8, ge=1, le=100,
-        description="Flow runs each worker (process and Docker) runs at once; the pools' limit is this times the worker hosts.",
+    worker_concurrency: int | None = Field(
+        None, ge=1, le=100,
+        description="Flow runs each worker (process and Docker) runs at once; the pools' limit is this times the "
+                    "worker hosts. Default: what the instance type's memory holds, at most 8 (stack/capacity.py).",
     )
     operator_cidr: str | None = Field(
         None,

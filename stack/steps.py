@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stack import aws, cloudstate, platform, smoke, tls
+from stack import aws, capacity, cloudstate, platform, smoke, tls
 from stack.settings import REPO_ROOT, StackSettings
 
 STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
@@ -176,7 +176,7 @@ def register_probe(settings: StackSettings, registered) -> bool:
     # The worker hosts' pools admit what the settings say: after a scale-up and back, the
     # key matches an older success but the limits are the scaled-up ones. Likewise the
     # Docker pool's image after an image change and back.
-    limit = settings.worker_concurrency * settings.worker_count
+    limit = capacity.worker_concurrency(settings) * settings.worker_count
     return (set(registered.work_pools) <= set(pools) and set(registered.blocks) <= blocks
             and set(getattr(registered, "automations", [])) <= automations
             and pools.get(platform.PROCESS_POOL) == limit and pools.get(platform.DOCKER_POOL) == limit

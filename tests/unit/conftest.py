@@ -67,3 +67,13 @@ def account_id(monkeypatch):
 
     monkeypatch.setattr(statebackend, "account_id", lambda s: statebackend._accounts.get(
         (s.target, s.region, s.emulator_endpoint), "123456789012"))
+
+
+@pytest.fixture(autouse=True)
+def instance_memory(monkeypatch):
+    """The memory of the instance type (EC2's DescribeInstanceTypes is not asked here):
+    a t3.small's, as the emulator and AWS say."""
+    from stack import capacity
+
+    monkeypatch.setattr(capacity, "_memory_mib", lambda s: {"t3.small": 2048, "t3.medium": 4096}.get(s.instance_type, 8192))
+    monkeypatch.setattr(capacity, "_memory", {})
