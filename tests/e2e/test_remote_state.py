@@ -11,7 +11,7 @@ import pytest
 
 from stack import aws, statebackend
 from stack.terraform import LEGACY_STATE, ROOT_MODULES, Terraform
-from tests.conftest import result_json, run_step
+from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +145,30 @@ def test_another_operators_lease_makes_a_command_wait_then_fail_naming_it_and_an
             s3.get_object(Bucket=bucket, Key=key)
     finally:
         s3.delete_object(Bucket=bucket, Key=key)
+
+
+def test_a_teammates_clone_with_its_own_state_directory_finds_the_stack_and_makes_nothing_new(stack, tmp_path):
+    """Another operator (here: an empty state directory, and a control plane of its own on
+    another port) bootstraps the same stack: the states, the SSH key, the auth string and
+    the CA come from the account, so every instance, the data volume and the bucket are
+    the same ones, and the platform passes its smoke with the team's auth string."""
+    from stack import controlplane, platform, tls
+    from stack.settings import StackSettings
+
+    s = stack["settings"]
+    instances = sorted(i["id"] for i in aws.running_hosts(s))
+    volumes = sorted(v["VolumeId"] for v in aws.client(s, "ec2").describe_volumes()["Volumes"])
+    auth, ca = platform.auth_string(s), tls.ca_fingerprint(s)
+    teammate_dir = tmp_path / "teammate-state"
+    teammate = StackSettings(name_prefix=s.name_prefix, state_dir=teammate_dir, emulator_port=s.emulator_port,
+                             control_plane_port=4400, platform_port=s.platform_port)
+    try:
+        report = result_json(run_step("flows.bootstrap", env=clean_env(
+            **TEST_STACK_ENV, STACK_STATE_DIR=str(teammate_dir), STACK_CONTROL_PLANE_PORT="4400"), timeout=1800))
+        assert all(c["ok"] for c in report["smoke"]["cases"]), report["smoke"]
+        assert sorted(i["id"] for i in aws.running_hosts(s)) == instances
+        assert sorted(v["VolumeId"] for v in aws.client(s, "ec2").describe_volumes()["Volumes"]) == volumes
+        assert platform.auth_file(teammate).read_text().strip() == auth
+        assert tls.ca_fingerprint(teammate) == ca
+    finally:
+        controlplane.stop(teammate)
