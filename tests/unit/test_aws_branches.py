@@ -1,0 +1,70 @@
+"""The branches only STACK_TARGET=aws takes, run here so that none is left to the first real
+account (tests/aws_coverage.py lists what no test runs). AWS calls go to moto's in-process
+implementation of the API (a real implementation, no server); what needs a real account
+(IAM enforcement, TLS on the wire, the instance role) is listed in docs/aws.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from moto import mock_aws
+
+from stack import checks, cloudstate, statebackend, steps, terraform
+from stack.localcloud import emulator
+from stack.localcloud.flow_runner import OFFICIAL_IMAGE, flow_runner_image, load_into_hosts
+from stack.proc import StackError
+from stack.settings import StackSettings
+
+
+@pytest.fixture
+def aws_settings(tmp_path, monkeypatch) -> StackSettings:
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    return StackSettings(target="aws", region="eu-west-1", operator_cidr="203.0.113.0/24",
+                         ami_id="ami-0123456789abcdef0", state_dir=tmp_path, name_prefix="p2aws")
+
+
+def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_streamed(aws_settings):
+    assert flow_runner_image(aws_settings).reference == OFFICIAL_IMAGE
+    assert load_into_hosts(aws_settings, flow_runner_image(aws_settings), ["p2aws-ec2-1"]) == []
+
+
+def test_on_aws_the_ami_says_what_hosts_boot_and_no_emulator_override_is_left(aws_settings):
+    assert terraform.host_image_version(aws_settings) == ""
+    tf = terraform.Terraform(aws_settings, terraform.COMPUTE)
+    tf.workdir.mkdir(parents=True)
+    (tf.workdir / terraform.OVERRIDE_FILE).write_text("# from a local run\n")
+    tf.prepare()
+    assert not (tf.workdir / terraform.OVERRIDE_FILE).exists()
+    variables = json.loads((tf.workdir / "terraform.tfvars.json").read_text())
+    assert variables["ami_id"] == "ami-0123456789abcdef0" and variables["operator_cidr"] == "203.0.113.0/24"
+
+
+def test_on_aws_there_is_no_emulator_to_start_lose_or_check(aws_settings):
+    with pytest.raises(StackError, match="only for STACK_TARGET=local"):
+        emulator.up(aws_settings)
+    cloudstate.record(aws_settings)
+    assert not cloudstate.emulator_lost_state(aws_settings)
+    assert not (aws_settings.state_path / "terraform" / "emulator-session").exists()
+    assert steps.hosts_probe(aws_settings, None) is True
+    assert checks.docker_engine(aws_settings) is None  # no Docker engine needed on aws
+
+
+def test_on_aws_the_state_bucket_is_tls_only(aws_settings):
+    with mock_aws():
+        name = statebackend.ensure_state_bucket(aws_settings)
+        import boto3
+
+        policy = json.loads(boto3.client("s3", region_name="eu-west-1").get_bucket_policy(Bucket=name)["Policy"])
+    deny = policy["Statement"][0]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert set(deny["Resource"]) == {f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"}
+
+
+def test_on_aws_configure_knows_a_host_by_its_instance_id():
+    from flows.configure import host_identities
+
+    settings = StackSettings(target="aws", operator_cidr="203.0.113.0/24", ami_id="ami-0123456789abcdef0")
+    running = [{"name": "prefect2-ec2-0", "id": "i-0a"}, {"name": "prefect2-ec2-1", "id": "i-0b"}]
+    assert host_identities(settings, running) == {"prefect2-ec2-0": "i-0a", "prefect2-ec2-1": "i-0b"}
