@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from stack import checks, cloudstate, statebackend, steps, terraform
 from stack.localcloud import emulator
-from stack.localcloud.flow_runner import OFFICIAL_IMAGE, flow_runner_image, load_into_hosts
+from stack.localcloud.flow_runner import OFFICIAL_IMAGE, flow_runner_identity, flow_runner_image, load_into_hosts
 from stack.proc import StackError
 from stack.settings import StackSettings
 
@@ -26,6 +26,7 @@ def aws_settings(tmp_path, monkeypatch) -> StackSettings:
 
 
 def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_streamed(aws_settings):
+    assert flow_runner_identity(aws_settings) == {"reference": OFFICIAL_IMAGE}
     assert flow_runner_image(aws_settings).reference == OFFICIAL_IMAGE
     assert load_into_hosts(aws_settings, flow_runner_image(aws_settings), ["p2aws-ec2-1"]) == []
 
@@ -49,6 +50,22 @@ def test_on_aws_there_is_no_emulator_to_start_lose_or_check(aws_settings):
     assert not (aws_settings.state_path / "terraform" / "emulator-session").exists()
     assert steps.hosts_probe(aws_settings, None) is True
     assert checks.docker_engine(aws_settings) is None  # no Docker engine needed on aws
+    assert checks.ports(aws_settings) is None  # only the control plane's port is on this machine
+
+
+def test_on_aws_status_names_each_host_by_its_instance(aws_settings):
+    import boto3
+
+    from flows.status import collect
+
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "Name", "Value": "p2aws-ec2-1"}, {"Key": "Role", "Value": "worker"}, {"Key": "Project", "Value": "p2aws"}]}])
+        report = collect(aws_settings)
+    assert [(i["name"], i["host"], i["role"]) for i in report["instances"]] == [("p2aws-ec2-1", "p2aws-ec2-1", "worker")]
+    assert report["emulator_endpoint"] is None and report["versions"] is None  # no server host yet
 
 
 def test_on_aws_the_state_bucket_is_tls_only(aws_settings):
