@@ -47,7 +47,7 @@ def collect(settings: StackSettings) -> dict:
         report["platform_api_url"] = platform.operator_api_url(settings)
         # Clients verify the platform's TLS certificate with the stack's CA.
         report["platform_ca_file"] = str(tls.ca_file(settings))
-        running = [i["name"] for i in report["instances"] if i["state"] == "running"]
+        running = [i for i in report["instances"] if i["state"] == "running"]
         if tls.ca_file(settings).exists() and platform.auth_file(settings).exists():
             report["versions"] = {"server": platform.server_version(settings, report["platform_api_url"]),
                                   "hosts": platform.host_versions(settings, running)}

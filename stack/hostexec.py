@@ -34,12 +34,13 @@ def ssh_options(settings: StackSettings, instance_id: str) -> list[str]:
             "-o", f"HostKeyAlias={instance_id}", "-o", "ConnectTimeout=10"]
 
 
-def host_argv(settings: StackSettings, host: str, command: Sequence[str]) -> list[str]:
+def host_argv(settings: StackSettings, host: str, command: Sequence[str], instance: dict | None = None) -> list[str]:
     """argv that runs ``command`` as root on ``host`` (its Name tag) with stdin and stdout
-    passed through."""
+    passed through. ``instance`` (aws.running_hosts' dict of that host) spares the lookup."""
     from stack import aws
 
-    instance = next((i for i in aws.running_hosts(settings) if i["name"] == host), None)
+    if instance is None:
+        instance = next((i for i in aws.running_hosts(settings) if i["name"] == host), None)
     if instance is None or not instance.get("ssh_host"):
         raise StackError(f"host {host} is not running or has no address to reach it at; "
                          "python -m flows.status shows the hosts")
@@ -48,9 +49,9 @@ def host_argv(settings: StackSettings, host: str, command: Sequence[str]) -> lis
 
 
 def run_on_host(settings: StackSettings, host: str, command: Sequence[str],
-                stdin: bytes | None = None, timeout: float = 600) -> str:
+                stdin: bytes | None = None, timeout: float = 600, instance: dict | None = None) -> str:
     """Run ``command`` on ``host``; its stdout, or a StackError naming host and command."""
-    argv = host_argv(settings, host, command)
+    argv = host_argv(settings, host, command, instance)
     done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace").strip().splitlines()

@@ -156,21 +156,26 @@ HOST_PREFECT_VERSION = ["/opt/prefect/venv/bin/python", "-c",
                         "from importlib.metadata import version; print(version('prefect'))"]
 
 
-def host_versions(settings: StackSettings, hosts: list[str]) -> dict[str, str | None]:
+def host_versions(settings: StackSettings, hosts: list[dict]) -> dict[str, str | None]:
     """Each host's Prefect (its virtualenv's, which its services run), over SSH, side by
-    side; None for a host that does not answer."""
+    side; None for a host that does not answer. ``hosts``: aws.running_hosts' dicts,
+    looked up before the threads start (boto3 makes no client safely from two threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from stack.hostexec import run_on_host
+    from stack.hostexec import known_hosts_file, run_on_host, ssh_options
 
-    def one(host: str) -> str | None:
+    if hosts:
+        ssh_options(settings, hosts[0]["id"])  # the SSH key's cache, once
+        known_hosts_file(settings).parent.mkdir(parents=True, exist_ok=True)
+
+    def one(host: dict) -> str | None:
         try:
-            return run_on_host(settings, host, HOST_PREFECT_VERSION, timeout=30).strip() or None
+            return run_on_host(settings, host["name"], HOST_PREFECT_VERSION, timeout=30, instance=host).strip() or None
         except Exception:  # noqa: BLE001 - unreachable, not configured yet: unknown
             return None
 
     with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        return dict(zip(hosts, pool.map(one, hosts)))
+        return dict(zip([h["name"] for h in hosts], pool.map(one, hosts)))
 
 
 def ready(settings: StackSettings, url: str) -> bool:

@@ -163,8 +163,8 @@ def test_a_teammates_clone_with_its_own_state_directory_finds_the_stack_and_make
     teammate = StackSettings(name_prefix=s.name_prefix, state_dir=teammate_dir, emulator_port=s.emulator_port,
                              control_plane_port=4400, platform_port=s.platform_port)
     try:
-        report = result_json(run_step("flows.bootstrap", env=clean_env(
-            **TEST_STACK_ENV, STACK_STATE_DIR=str(teammate_dir), STACK_CONTROL_PLANE_PORT="4400"), timeout=1800))
+        report = result_json(run_step("flows.bootstrap", env=clean_env(**{
+            **TEST_STACK_ENV, "STACK_STATE_DIR": str(teammate_dir), "STACK_CONTROL_PLANE_PORT": "4400"}), timeout=1800))
         assert all(c["ok"] for c in report["smoke"]["cases"]), report["smoke"]
         assert sorted(i["id"] for i in aws.running_hosts(s)) == instances
         assert sorted(v["VolumeId"] for v in aws.client(s, "ec2").describe_volumes()["Volumes"]) == volumes
