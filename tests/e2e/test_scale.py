@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from stack import aws, platform, smoke
+from stack import aws, capacity, platform, smoke
 from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
@@ -100,7 +100,9 @@ def test_two_worker_hosts_share_the_runs_and_scaling_back_crashes_what_was_in_fl
         asyncio.run(smoke.wait_final(s, url, i))  # nothing of the burst is left Running
 
     limits, workers = asyncio.run(pools_and_workers(s, url))
-    assert limits == {platform.PROCESS_POOL: 8, platform.DOCKER_POOL: 8}  # the default, one host
+    default = capacity.worker_concurrency(s)  # what a t3.small's memory holds: 4
+    assert default == 4
+    assert limits == {platform.PROCESS_POOL: default, platform.DOCKER_POOL: default}  # the default, one host
     # The server marks a worker offline after three missed heartbeats (30 s each).
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
