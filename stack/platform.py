@@ -120,20 +120,25 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None   # a redirect is an answer of its own here, never followed
 
 
-def get(url: str, auth: str | None = None, timeout: float = 5, context: ssl.SSLContext | None = None) -> int:
-    """HTTP status of a GET (0 when nothing answers or TLS verification fails).
-    ``context`` verifies an https URL (``tls.ssl_context``)."""
+def _fetch(url: str, auth: str | None, timeout: float, context: ssl.SSLContext | None) -> tuple[int, bytes]:
+    """HTTP status and body of a GET ((0, b"") when nothing answers or TLS verification
+    fails). ``context`` verifies an https URL (``tls.ssl_context``)."""
     req = urllib.request.Request(url)
     if auth:
         req.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect)
     try:
         with opener.open(req, timeout=timeout) as resp:
-            return resp.status
+            return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, b""
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return 0
+        return 0, b""
+
+
+def get(url: str, auth: str | None = None, timeout: float = 5, context: ssl.SSLContext | None = None) -> int:
+    """HTTP status of a GET (0 when nothing answers or TLS verification fails)."""
+    return _fetch(url, auth, timeout, context)[0]
 
 
 def server_version(settings: StackSettings, url: str) -> str | None:
@@ -141,13 +146,10 @@ def server_version(settings: StackSettings, url: str) -> str | None:
     it does not answer."""
     import json
 
-    req = urllib.request.Request(f"{url}/admin/version")
-    req.add_header("Authorization", "Basic " + b64encode(auth_string(settings).encode()).decode())
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls.ssl_context(settings)), _NoRedirect)
+    status, body = _fetch(f"{url}/admin/version", auth_string(settings), 5, tls.ssl_context(settings))
     try:
-        with opener.open(req, timeout=5) as resp:
-            return str(json.loads(resp.read()))
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return str(json.loads(body)) if status == 200 else None
+    except ValueError:
         return None
 
 
@@ -162,11 +164,10 @@ def host_versions(settings: StackSettings, hosts: list[dict]) -> dict[str, str |
     looked up before the threads start (boto3 makes no client safely from two threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from stack.hostexec import known_hosts_file, run_on_host, ssh_options
+    from stack.hostexec import run_on_host
+    from stack.terraform import ssh_public_key
 
-    if hosts:
-        ssh_options(settings, hosts[0]["id"])  # the SSH key's cache, once
-        known_hosts_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    ssh_public_key(settings)  # the SSH key's cache file, once, before the threads
 
     def one(host: dict) -> str | None:
         try:
