@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
-from stack import aws, capacity, platform, steps, tls
+from stack import aws, backups, capacity, platform, steps, tls, upgrade
 from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
 from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
@@ -35,6 +35,8 @@ class ConfigureReport(BaseModel):
     attempts: int
     flow_runner_image: str             # the reference loaded into the worker hosts: register and deploy use it
     platform_api_url: str
+    prefect_version: str = ""          # what the platform runs now (STACK_PREFECT_VERSION)
+    upgrade: str | None = None         # "3.8.8 -> 3.9.1, backup <location>" when this run upgraded it
 
 
 def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None) -> dict:
@@ -45,7 +47,7 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         # aws: the role mounts this EBS volume; local: the host container already has
         # the named volume at the same path, so the role has nothing to mount.
         "prefect_server_data_volume_id": data_volume_id if settings.target == "aws" and data_volume_id else "",
-        **install_vars(),
+        **install_vars(settings),
         "prefect_server_ui_api_url": ui_api_url,
         "prefect_worker_limit": capacity.worker_concurrency(settings),
         **backup_vars(settings),
@@ -151,6 +153,8 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                  "settings and files", ", ".join(scope))
     elif scope == []:
         log.info("every host was configured with the same settings and files: no playbook to run")
+    change = upgrade.check_version_change(settings)  # a downgrade stops here, before any change
+    upgraded = _backup_before_upgrade(settings, change) if change.is_upgrade else None
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
     # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
     # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
@@ -203,10 +207,33 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     converged = {h: ident for h, ident in identities.items() if h in recap or (scope is not None and h not in scope)}
     if playbook == PLAYBOOK:  # another playbook converges only part of a host
         _record_path(settings).write_text(json.dumps({"key": key, "hosts": converged}, indent=2, sort_keys=True))
+    upgrade.record_version(settings)
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
-    return ConfigureReport(recap=recap, changed=changed, attempts=attempts,
-                           flow_runner_image=image.reference, platform_api_url=ui_api_url)
+    if upgraded:
+        log.info("upgraded the platform: Prefect %s", upgraded)
+    return ConfigureReport(recap=recap, changed=changed, attempts=attempts, flow_runner_image=image.reference,
+                           platform_api_url=ui_api_url, prefect_version=settings.prefect_version, upgrade=upgraded)
+
+
+def _backup_before_upgrade(settings: StackSettings, change: upgrade.VersionChange) -> str:
+    """The backup an upgrade starts from: taken now, named for the two versions, while the
+    platform runs the old one; when it does not run (the compute was torn down, the
+    database waits on its volume), the latest backup, which the teardown took."""
+    log = get_run_logger()
+    bucket = settings.effective_bucket_name
+    if platform.server_version(settings, platform.operator_api_url(settings)) == change.running:
+        log.info("%s: backing up the platform first", change.describe())
+        taken = backups.take(settings, platform.server_host(settings), bucket, label=change.backup_label)
+        return f"{change.running} -> {change.wanted}, backup {taken.location}"
+    latest = backups.available(settings, bucket)
+    if not latest:
+        raise StackError(f"upgrading Prefect {change.running} -> {change.wanted}: the platform does not answer and "
+                         "no backup exists to return to; start it on its version first (unset "
+                         "STACK_PREFECT_VERSION, run python -m flows.bootstrap), then upgrade")
+    log.info("%s: the platform is not running; its latest backup %s is the one to return to",
+             change.describe(), latest[-1].name)
+    return f"{change.running} -> {change.wanted}, backup {latest[-1].location}"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from stack import aws, capacity
+from stack import aws, capacity, upgrade
 from stack.localcloud import emulator
 from stack.localcloud.bake import start_prebuild
 from stack.localcloud.images import docker_client
@@ -67,6 +67,8 @@ def preflight(settings: StackSettings | None = None, prebuild_host_images: bool 
         log.warning("%s", warning)
     if settings.target == "aws":
         log.info("%s", aws.check_operator_address(settings, aws.operator_address()))
+    # A lower STACK_PREFECT_VERSION than the platform runs is refused here (exit 2).
+    log.info("%s", upgrade.check_version_change(settings).describe())
     return PreflightReport(target=settings.target, region=settings.region, account=account,
                            emulator_endpoint=endpoint)
 

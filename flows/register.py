@@ -65,7 +65,7 @@ def register(settings: StackSettings | None = None, platform_url: str | None = N
     Docker pool on ``flow_runner_image``: configure's outputs; run alone, the current ones)."""
     settings = settings or load_settings()
     url = platform_url or platform.operator_api_url(settings)
-    image = FlowRunnerImage.of(flow_runner_image) if flow_runner_image else current_flow_runner_image(settings)
+    image = FlowRunnerImage.of(flow_runner_image, settings) if flow_runner_image else current_flow_runner_image(settings)
     platform.wait_ready(settings, url)
     report = asyncio.run(_register(settings, url, image))
     log = get_run_logger()

@@ -4,6 +4,11 @@ comes back from the latest backup by itself.
 
     python -m flows.restore                     # the latest backup
     python -m flows.restore --backup NAME       # one of python -m flows.restore --list
+
+A rollback after an upgrade is a restore of the backup the upgrade took, on the version
+it was taken on: ``STACK_PREFECT_VERSION=<old> python -m flows.restore --backup
+<...-pre-upgrade-<old>-to-<new>.dump>``. The database goes back with the server stopped,
+then the platform is brought up on the old Prefect (bootstrap from configure on).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import json
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from stack import aws, backups, platform
+from packaging.version import Version
+
+from stack import aws, backups, platform, upgrade
+from stack.aws import SettingRefused
 from stack.proc import StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -51,11 +59,38 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
     if only_if_empty:
         log.warning("the platform database is empty (a new or lost data volume) and a backup exists: "
                     "restoring %s from %s", chosen.name, chosen.created_at.isoformat())
+    rollback = None if only_if_empty else _rollback_to(settings, chosen)
     workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
-    backups.restore(settings, server, chosen, worker_hosts=workers)
+    backups.restore(settings, server, chosen, worker_hosts=workers, start_server=rollback is None)
+    if rollback:
+        # The server stays stopped on the older database: configure installs the older
+        # Prefect and starts it; register, deploy and the smoke follow.
+        from flows.bootstrap import bootstrap
+
+        upgrade.record_version(settings)
+        log.info("restored %s; bringing the platform up on Prefect %s", chosen.name, rollback)
+        bootstrap(settings, from_step="configure")
     platform.wait_ready(settings, platform.operator_api_url(settings))
     log.info("restored %s into the platform database", chosen.name)
-    return RestoreReport(restored=True, backup=chosen.as_dict(), reason="requested" if not only_if_empty else "empty database")
+    reason = f"rollback to Prefect {rollback}" if rollback else "requested" if not only_if_empty else "empty database"
+    return RestoreReport(restored=True, backup=chosen.as_dict(), reason=reason)
+
+
+def _rollback_to(settings: StackSettings, chosen: backups.Backup) -> str | None:
+    """The older Prefect this restore rolls the platform back to, or None for a restore on
+    the running version. Onto an older version only a backup taken before the upgrade
+    from it goes (its database is of that version); anything else is refused first."""
+    running = upgrade.running_version(settings)
+    wanted = settings.prefect_version
+    if running is None or Version(wanted) >= Version(running):
+        return None
+    taken_on = backups.upgrade_versions(chosen.name)
+    if taken_on is None or taken_on[0] != wanted:
+        raise SettingRefused(
+            f"prefect_version: {wanted} is older than the platform's {running}; a rollback restores a backup "
+            f"taken before the upgrade from {wanted} (named ...-pre-upgrade-{wanted}-to-...), not {chosen.name}. "
+            f"Unset STACK_PREFECT_VERSION to restore it on {running}")
+    return wanted
 
 
 if __name__ == "__main__":

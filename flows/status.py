@@ -49,8 +49,9 @@ def collect(settings: StackSettings) -> dict:
         report["platform_ca_file"] = str(tls.ca_file(settings))
         running = [i for i in report["instances"] if i["state"] == "running"]
         if tls.ca_file(settings).exists() and platform.auth_file(settings).exists():
+            hosts, unanswered = platform.host_versions(settings, running)
             report["versions"] = {"server": platform.server_version(settings, report["platform_api_url"]),
-                                  "hosts": platform.host_versions(settings, running)}
+                                  "hosts": hosts, "unanswered": unanswered}
     if settings.target == "local":
         containers = host_containers.project_hosts(docker_client(), settings)
         by_instance = {c.labels.get(LABEL_INSTANCE): c for c in containers.values()}
@@ -126,6 +127,8 @@ def print_table(report: dict) -> None:
         v = report["versions"]
         hosts = ", ".join(f"{h} {ver or '?'}" for h, ver in v["hosts"].items())
         print(f"Prefect: server {v['server'] or '? (no answer)'}; hosts {hosts}")
+        for host, why in v["unanswered"].items():
+            print(f"  {host}: no version: {why}")
     print(f"control plane {report['control_plane_api_url']}; next teardown {report['next_teardown'] or 'none'}, "
           f"next backup {report['next_backup'] or 'none'}")
     if report.get("steps"):

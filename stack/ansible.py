@@ -13,15 +13,13 @@ from ansible_runner import Runner, RunnerConfig
 
 from stack import credentials, tls
 from stack.hostexec import known_hosts_file
-from stack.pins import pinned_versions
+from stack.pins import PLATFORM_CAPS, PLATFORM_PACKAGES, pinned_versions, platform_constraints
 from stack.proc import StackError, get_logger, redact
 from stack.settings import REPO_ROOT, StackSettings
 from stack.terraform import ssh_key_file, ssh_public_key
 
 ANSIBLE_DIR = REPO_ROOT / "ansible"
 INVENTORY = ANSIBLE_DIR / "inventory.aws_ec2.yml"
-# Packages of the hosts' Prefect virtualenv, at the versions of constraints.txt.
-HOST_PREFECT_PACKAGES = ("prefect", "prefect-aws", "prefect-docker", "s3fs", "docker")
 
 
 class AnsibleError(StackError):
@@ -98,12 +96,14 @@ def environment(settings: StackSettings) -> dict[str, str]:
     return env
 
 
-def install_vars() -> dict:
+def install_vars(settings: StackSettings) -> dict:
     """Variables of the roles' install tasks (``tasks/install.yml``): what the hosts'
-    Prefect virtualenv holds. Configure passes them, and the image bake hashes them."""
+    Prefect virtualenv holds, on the platform's Prefect (STACK_PREFECT_VERSION). Configure
+    passes them, and the image bake hashes them."""
+    constraints = platform_constraints(settings.prefect_version)
     return {
-        "base_system_prefect_packages": pinned_versions(HOST_PREFECT_PACKAGES) + ["fastapi<0.151", "sqlalchemy<2.1"],
-        "base_system_constraints_file": str(REPO_ROOT / "constraints.txt"),
+        "base_system_prefect_packages": pinned_versions(PLATFORM_PACKAGES, constraints) + list(PLATFORM_CAPS),
+        "base_system_constraints_file": str(constraints),
         "base_system_uv_package": pinned_versions(("uv",))[0],
     }
 

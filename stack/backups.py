@@ -35,7 +35,7 @@ _STAMP = "%Y%m%dT%H%M%SZ"
 
 @dataclass(frozen=True)
 class Backup:
-    name: str                 # <prefix>-platform-<UTC stamp>.dump (files/prefect-backup.py names it)
+    name: str                 # <prefix>-platform-<UTC stamp>[-<label>].dump (files/prefect-backup.py names it)
     created_at: dt.datetime
     size: int                 # bytes
     location: str             # s3://bucket/backups/... or a local path
@@ -49,18 +49,25 @@ def local_dir(settings: StackSettings) -> Path:
 
 
 def _time_of(name: str) -> dt.datetime | None:
-    m = re.search(r"-platform-(\d{8}T\d{6}Z)\.dump$", name)
+    m = re.search(r"-platform-(\d{8}T\d{6}Z)(?:-[A-Za-z0-9.-]+)?\.dump$", name)
     return dt.datetime.strptime(m.group(1), _STAMP).replace(tzinfo=dt.UTC) if m else None
+
+
+def upgrade_versions(name: str) -> tuple[str, str] | None:
+    """(old, new) of a backup taken before an upgrade (``...-pre-upgrade-<old>-to-<new>.dump``)."""
+    m = re.search(r"-pre-upgrade-(\d+\.\d+\.\d+)-to-(\d+\.\d+\.\d+)\.dump$", name)
+    return (m.group(1), m.group(2)) if m else None
 
 
 BACKUP_SERVICE = "prefect-backup.service"    # the prefect_server role's backup (tasks/backup.yml)
 LAST_BACKUP_FILE = "/var/lib/prefect-backup/last.json"
 
 
-def take(settings: StackSettings, server: str, bucket: str) -> Backup:
+def take(settings: StackSettings, server: str, bucket: str, label: str | None = None) -> Backup:
     """Run the server host's own backup (the unit its nightly timer starts) and wait for
     it: pg_dump streamed into the bucket with the host's credentials. Then a copy of the
-    dump under the state directory (0600: it holds the platform's blocks)."""
+    dump under the state directory (0600: it holds the platform's blocks). ``label``
+    (e.g. ``pre-upgrade-3.8.8-to-3.9.1``) goes into the backup's name, after its time."""
     try:
         run_on_host(settings, server, ["systemctl", "start", BACKUP_SERVICE], timeout=3600)
     except StackError as exc:
@@ -75,13 +82,20 @@ def take(settings: StackSettings, server: str, bucket: str) -> Backup:
         raise StackError(f"the backup on {server} wrote {last.get('location')}, not into bucket {bucket}; "
                          "run python -m flows.bootstrap --from configure")
     name = last["name"]
+    s3 = aws.client(settings, "s3")
+    if label:
+        labelled = name.removesuffix(".dump") + f"-{label}.dump"
+        s3.copy_object(Bucket=bucket, Key=BACKUP_PREFIX + labelled,
+                       CopySource={"Bucket": bucket, "Key": BACKUP_PREFIX + name})
+        s3.delete_object(Bucket=bucket, Key=BACKUP_PREFIX + name)
+        name, last["location"] = labelled, f"s3://{bucket}/{BACKUP_PREFIX}{labelled}"
     local = local_dir(settings) / name
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = local.with_suffix(".partial")
     try:
         with open(partial, "wb") as copy:
             partial.chmod(0o600)
-            aws.client(settings, "s3").download_fileobj(bucket, BACKUP_PREFIX + name, copy)
+            s3.download_fileobj(bucket, BACKUP_PREFIX + name, copy)
         partial.rename(local)
     finally:
         partial.unlink(missing_ok=True)
@@ -123,10 +137,12 @@ def database_is_empty(settings: StackSettings, server: str) -> bool:
     return int(out.strip() or 0) == 0
 
 
-def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: Sequence[str] = ()) -> None:
+def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: Sequence[str] = (),
+            start_server: bool = True) -> None:
     """Replace the platform database on ``server`` with ``backup``. The Prefect server and
-    the workers on ``worker_hosts`` (names) are stopped meanwhile and
-    started again afterwards.
+    the workers on ``worker_hosts`` (names) are stopped meanwhile and started again
+    afterwards; with ``start_server`` false (a rollback, whose older Prefect configure
+    installs next) the server stays stopped unless the restore failed.
 
     Why the workers too: a worker keeps the work pool (its job template) it last read.
     One that started on an empty database created its pool with Prefect's default
@@ -141,6 +157,7 @@ def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: 
     else:
         body = open(backup.location, "rb")  # noqa: SIM115 - closed below
     log.info("restoring %s (%d bytes) into the platform database on %s", backup.name, backup.size, server)
+    restored = False
     try:
         for host in worker_hosts:
             run_on_host(settings, host, ["systemctl", "stop", *WORKER_SERVICES])
@@ -161,9 +178,11 @@ def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: 
         if proc.wait() != 0:
             raise StackError(f"pg_restore of {backup.name} on {server} failed (exit {proc.returncode}): "
                              f"{err.decode(errors='replace').strip()[-500:]}")
+        restored = True
     finally:
         body.close()
-        run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE])
+        if start_server or not restored:
+            run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE])
         # The workers wait for the server themselves (systemd restarts them until it answers).
         for host in worker_hosts:
             run_on_host(settings, host, ["systemctl", "start", *WORKER_SERVICES])

@@ -1,7 +1,15 @@
 """The versions pinned in constraints.txt: the one source of what the operator venv, the
-hosts' Prefect venv and the stack's images install."""
+hosts' Prefect venv and the stack's images install.
+
+The platform (the hosts' Prefect virtualenv and the flow-runner image) may run another
+Prefect than the operator's (STACK_PREFECT_VERSION, for an upgrade): its pins then come
+from that version's lock, ``locks/prefect-<version>.txt``, which ``bin/lock-prefect``
+writes; the pinned version's lock is constraints.txt itself.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -10,30 +18,93 @@ from stack.proc import StackError
 from stack.settings import REPO_ROOT
 
 CONSTRAINTS = REPO_ROOT / "constraints.txt"
+LOCKS_DIR = REPO_ROOT / "locks"
 
 
-def _pins() -> dict[str, str]:
-    """Canonical package name -> its exact pin (``==``), from constraints.txt."""
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _pins(constraints: Path) -> dict[str, str]:
+    """Canonical package name -> its exact pin (``==``), from a constraints file."""
     pins = {}
-    for number, line in enumerate(CONSTRAINTS.read_text().splitlines(), start=1):
+    name = _shown(constraints)
+    for number, line in enumerate(constraints.read_text().splitlines(), start=1):
         line = line.split("#", 1)[0].strip()  # uv's "# via ..." notes
         if not line or line.startswith("-"):  # blank, or an option such as --index-url
             continue
         try:
             req = Requirement(line)
         except InvalidRequirement as exc:
-            raise StackError(f"constraints.txt line {number} is not a requirement ({exc}); regenerate it") from None
+            raise StackError(f"{name} line {number} is not a requirement ({exc}); regenerate it") from None
         exact = [s.version for s in req.specifier if s.operator == "=="]
         if exact:
             pins[canonicalize_name(req.name)] = exact[0]
     return pins
 
 
-def pinned_versions(names) -> list[str]:
-    """``name==version`` for each name, read from constraints.txt."""
-    pins = _pins()
+def pinned_versions(names, constraints: Path | None = None) -> list[str]:
+    """``name==version`` for each name, read from ``constraints`` (default constraints.txt;
+    or a platform lock: ``platform_constraints``)."""
+    constraints = constraints or CONSTRAINTS
+    pins = _pins(constraints)
     missing = [n for n in names if canonicalize_name(n) not in pins]
     if missing:
-        raise StackError(f"constraints.txt pins no version of {', '.join(missing)}; regenerate it")
+        raise StackError(f"{_shown(constraints)} pins no version of {', '.join(missing)}; regenerate it")
     return [f"{n}=={pins[canonicalize_name(n)]}" for n in names]
 
+
+def pinned_prefect() -> str:
+    """The Prefect version constraints.txt pins (the operator's, and the platform's default)."""
+    return pinned_versions(("prefect",))[0].split("==")[1]
+
+
+def lock_file(version: str) -> Path:
+    """Where the lock of a platform on Prefect ``version`` lives (bin/lock-prefect writes it)."""
+    return LOCKS_DIR / f"prefect-{version}.txt"
+
+
+def platform_constraints(version: str) -> Path:
+    """The constraints file of a platform on Prefect ``version``: constraints.txt for the
+    pinned version, else that version's lock (the settings refuse a version without one)."""
+    return CONSTRAINTS if version == pinned_prefect() else lock_file(version)
+
+
+
+# What the platform's Prefect virtualenvs hold: the hosts' (the server and the workers)
+# and, of these, the flow-runner image's. The caps keep the server off releases that
+# break it quietly (fastapi 0.151 answers 422, SQLAlchemy 2.1 schedules no runs).
+PLATFORM_PACKAGES = ("prefect", "prefect-aws", "prefect-docker", "s3fs", "docker")
+PLATFORM_CAPS = ("fastapi<0.151", "sqlalchemy<2.1")
+# The hosts and the flow-runner image run Debian 12's python3.
+PLATFORM_PYTHON = "3.11"
+
+
+def write_lock(version: str) -> Path:
+    """Resolve the platform's packages on Prefect ``version`` (with the caps) into its
+    lock file, with the operator venv's uv; the file to commit."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    if version == pinned_prefect():
+        raise StackError(f"Prefect {version} is the pinned version: constraints.txt is its lock")
+    uv = Path(sys.executable).parent / "uv"
+    requirements = [f"prefect=={version}", *PLATFORM_PACKAGES[1:], *PLATFORM_CAPS]
+    out = lock_file(version)
+    out.parent.mkdir(exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".in") as source:
+        source.write("\n".join(requirements) + "\n")
+        source.flush()
+        done = subprocess.run([str(uv), "pip", "compile", "--quiet", "--python-version", PLATFORM_PYTHON,
+                               "--python-platform", "linux", "--no-header", "-o", str(out), source.name],
+                              capture_output=True, text=True, env={**os.environ, "UV_SYSTEM_CERTS": "1"})
+    if done.returncode != 0:
+        out.unlink(missing_ok=True)
+        err = done.stderr.strip().splitlines()
+        raise StackError(f"Prefect {version} does not resolve with {', '.join(PLATFORM_CAPS)}: "
+                         f"{err[-1] if err else 'no message'}")
+    out.write_text(f"# The platform's pins on Prefect {version} (STACK_PREFECT_VERSION={version}):\n"
+                   f"# written by bin/lock-prefect {version}; do not edit.\n" + out.read_text())
+    return out

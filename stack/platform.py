@@ -158,10 +158,11 @@ HOST_PREFECT_VERSION = ["/opt/prefect/venv/bin/python", "-c",
                         "from importlib.metadata import version; print(version('prefect'))"]
 
 
-def host_versions(settings: StackSettings, hosts: list[dict]) -> dict[str, str | None]:
+def host_versions(settings: StackSettings, hosts: list[dict]) -> tuple[dict[str, str | None], dict[str, str]]:
     """Each host's Prefect (its virtualenv's, which its services run), over SSH, side by
-    side; None for a host that does not answer. ``hosts``: aws.running_hosts' dicts,
-    looked up before the threads start (boto3 makes no client safely from two threads)."""
+    side: ({host: version or None}, {host: why it has none}). A host gets a second try
+    (a loaded two-core machine can miss one SSH connect). ``hosts``: aws.running_hosts'
+    dicts, looked up before the threads start (boto3 makes no client safely from two threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from stack.hostexec import run_on_host
@@ -169,14 +170,22 @@ def host_versions(settings: StackSettings, hosts: list[dict]) -> dict[str, str |
 
     ssh_public_key(settings)  # the SSH key's cache file, once, before the threads
 
-    def one(host: dict) -> str | None:
-        try:
-            return run_on_host(settings, host["name"], HOST_PREFECT_VERSION, timeout=30, instance=host).strip() or None
-        except Exception:  # noqa: BLE001 - unreachable, not configured yet: unknown
-            return None
+    def one(host: dict) -> tuple[str | None, str | None]:
+        why = None
+        for attempt in range(2):
+            if attempt:
+                time.sleep(2)
+            try:
+                out = run_on_host(settings, host["name"], HOST_PREFECT_VERSION, timeout=30, instance=host).strip()
+                return (out, None) if out else (None, "its virtualenv printed no version")
+            except Exception as exc:  # noqa: BLE001 - unreachable, not configured yet: unknown, and why
+                why = str(exc) or type(exc).__name__
+        return None, why
 
     with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        return dict(zip([h["name"] for h in hosts], pool.map(one, hosts)))
+        answers = dict(zip([h["name"] for h in hosts], pool.map(one, hosts)))
+    return ({name: version for name, (version, _) in answers.items()},
+            {name: why for name, (_, why) in answers.items() if why})
 
 
 def ready(settings: StackSettings, url: str) -> bool:

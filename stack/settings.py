@@ -109,7 +109,15 @@ class StackSettings(BaseSettings):
     )
     flow_runner_image: str | None = Field(
         None,
-        description="Image of the Docker work pool. Default on local: built here; on aws: prefecthq/prefect:3.8.8-python3.12.",
+        description="Image of the Docker work pool. Default on local: built here; on aws: Prefect's official "
+                    "image of STACK_PREFECT_VERSION (prefecthq/prefect:<version>-python3.12).",
+    )
+    prefect_version: str | None = Field(
+        None, validate_default=True,
+        description="Prefect version of the platform: the server, the workers and the flow-runner image. Default: "
+                    "the one constraints.txt pins. Another needs its lock, locks/prefect-<version>.txt "
+                    "(bin/lock-prefect <version> writes it). A higher version than the platform runs upgrades it "
+                    "in place after a backup; a lower one is refused.",
     )
     nightly_teardown_cron: str = Field(
         "0 3 * * *",
@@ -237,6 +245,23 @@ class StackSettings(BaseSettings):
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{v!r} is not a time zone; use an IANA name like UTC or Europe/Madrid") from None
+        return v
+
+    @field_validator("prefect_version")
+    @classmethod
+    def _prefect_version(cls, v: str | None) -> str:
+        from stack import pins
+
+        if v is None or not v.strip():
+            return pins.pinned_prefect()
+        v = v.strip()
+        if not re.fullmatch(r"\d+\.\d+\.\d+", v):
+            raise ValueError(f"{v!r} is not a Prefect release; use one like {pins.pinned_prefect()}")
+        if v != pins.pinned_prefect() and not pins.lock_file(v).exists():
+            raise ValueError(
+                f"no lock for Prefect {v} ({pins.lock_file(v).relative_to(REPO_ROOT)}); run bin/lock-prefect {v}, "
+                f"commit the file, and run again (or unset STACK_PREFECT_VERSION for {pins.pinned_prefect()})"
+            )
         return v
 
     @field_validator("availability_zone")

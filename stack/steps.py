@@ -69,7 +69,8 @@ STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
 CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "nightly_teardown_timezone", "teardown_grace_minutes",
                           "backup_cron", "lock_wait_seconds", "control_plane_port"}
 # Fields of step results that differ from run to run without meaning a different product.
-VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts"}
+VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts",
+                   "upgrade"}
 
 
 def _hash_path(h, path: Path) -> None:

@@ -82,5 +82,7 @@ def stack(test_settings):
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked ``teardown_last`` destroy the shared stack: run them after all others."""
-    items.sort(key=lambda item: item.get_closest_marker("teardown_last") is not None)
+    """Tests marked ``teardown_last`` change or destroy the shared stack: run them after all
+    others, and the teardown's own (which destroy it) last of all."""
+    items.sort(key=lambda item: (item.get_closest_marker("teardown_last") is not None,
+                                 item.module.__name__.endswith(".test_teardown")))

@@ -23,6 +23,7 @@ import docker.errors
 
 from stack.ansible import ANSIBLE_DIR, install_vars, run_playbook
 from stack.localcloud.images import build_lock, docker_client, ensure_image, image_exists, note_current
+from stack.pins import platform_constraints
 from stack.proc import StackError, get_logger
 from stack.settings import REPO_ROOT, StackSettings
 
@@ -30,24 +31,24 @@ BAKED_REPO = "stack-host-baked"
 BAKE_PLAYBOOK = "bake.yml"
 
 
-def bake_inputs() -> list[Path]:
+def bake_inputs(settings: StackSettings) -> list[Path]:
     """Every file the bake reads: its playbook, the roles' install tasks and defaults
-    (with the installed_packages role they include), the pins, and the Ansible
-    configuration."""
-    files = [ANSIBLE_DIR / BAKE_PLAYBOOK, ANSIBLE_DIR / "ansible.cfg", REPO_ROOT / "constraints.txt",
+    (with the installed_packages role they include), the platform's pins (constraints.txt,
+    or the lock of STACK_PREFECT_VERSION), and the Ansible configuration."""
+    files = [ANSIBLE_DIR / BAKE_PLAYBOOK, ANSIBLE_DIR / "ansible.cfg", platform_constraints(settings.prefect_version),
              ANSIBLE_DIR / "roles" / "installed_packages" / "tasks" / "main.yml"]
     for role in sorted((ANSIBLE_DIR / "roles").iterdir()):
         files += [f for f in (role / "tasks" / "install.yml", role / "defaults" / "main.yml") if f.exists()]
     return files
 
 
-def baked_image_tag(stock_tag: str) -> str:
+def baked_image_tag(settings: StackSettings, stock_tag: str) -> str:
     h = hashlib.sha256(stock_tag.encode())
-    for f in bake_inputs():
+    for f in bake_inputs(settings):
         h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
     # The variables, less the constraints file's absolute path (its content is hashed
     # above): the same bake serves every checkout of the project, wherever it lives.
-    variables = {k: v for k, v in install_vars().items() if k != "base_system_constraints_file"}
+    variables = {k: v for k, v in install_vars(settings).items() if k != "base_system_constraints_file"}
     h.update(json.dumps(variables, sort_keys=True).encode())
     return f"{BAKED_REPO}:{h.hexdigest()[:12]}"
 
@@ -56,7 +57,7 @@ def ensure_baked_host_image(settings: StackSettings) -> str:
     """The tag of the baked host image, baking it first when it does not exist yet."""
     client = docker_client()
     stock = ensure_image(client, "host")
-    tag = baked_image_tag(stock)
+    tag = baked_image_tag(settings, stock)
     with build_lock(tag):
         if not image_exists(client, tag):
             _bake(settings, client, stock, tag)
@@ -91,7 +92,7 @@ def _bake(settings: StackSettings, client, stock: str, tag: str) -> None:
             inventory.write_text(json.dumps({"all": {"hosts": {name: {
                 "ansible_connection": "stack_docker_api", "ansible_host": name, "ansible_user": "root",
             }}}}))
-            result = run_playbook(settings, BAKE_PLAYBOOK, extravars=install_vars(), inventory=inventory,
+            result = run_playbook(settings, BAKE_PLAYBOOK, extravars=install_vars(settings), inventory=inventory,
                                   env={"ANSIBLE_INVENTORY_ENABLED": "yaml"})
         if result.status != "successful" or name not in result.recap:
             host, task, msg = result.first_failure or (name, BAKE_PLAYBOOK, result.status)

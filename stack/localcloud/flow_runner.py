@@ -6,8 +6,9 @@ has installed that engine. The stream comes from an archive that ``docker save``
 once, ahead of time (``save_archive``, while provision runs), or, when there is none,
 straight from ``docker save``: the save costs 5 to 8 CPU-seconds, which configure then
 spends beside its playbook on a machine whose cores the playbook keeps busy. On aws
-it is a registry reference (default: Prefect's official image of the pinned version,
-which installs prefect-aws and s3fs at start through EXTRA_PIP_PACKAGES).
+it is a registry reference (default: Prefect's official image of the platform's version,
+STACK_PREFECT_VERSION, which installs prefect-aws and s3fs at start through
+EXTRA_PIP_PACKAGES). Either way it holds the platform's Prefect, not the operator's.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.pins import pinned_versions
+from stack.pins import pinned_versions, platform_constraints
 from stack.localcloud.images import docker_client, ensure_image, image_tag
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
 FLOW_RUNNER_PACKAGES = ("prefect", "prefect-aws", "s3fs")
-OFFICIAL_IMAGE = "prefecthq/prefect:3.8.8-python3.12"
 ARCHIVED_REPO = "stack-flow-runner"  # the builder's repository (images.image_tag)
 
 
@@ -35,15 +35,28 @@ class FlowRunnerImage:
     extra_pip_packages: str | None = None       # for the official image on aws
 
     @classmethod
-    def of(cls, reference: str) -> "FlowRunnerImage":
+    def of(cls, reference: str, settings: StackSettings) -> "FlowRunnerImage":
         """The image behind ``reference`` (configure's output): the official image installs
         the pinned prefect-aws and s3fs at start; any other holds them already."""
-        extra = " ".join(pinned_versions(("prefect-aws", "s3fs"))) if reference == OFFICIAL_IMAGE else None
+        constraints = platform_constraints(settings.prefect_version)
+        extra = (" ".join(pinned_versions(("prefect-aws", "s3fs"), constraints))
+                 if reference == official_image(settings) else None)
         return cls(reference, extra_pip_packages=extra)
 
 
-def _build_args() -> dict[str, str]:
-    return {"PACKAGES": " ".join(pinned_versions(FLOW_RUNNER_PACKAGES))}
+def official_image(settings: StackSettings) -> str:
+    """Prefect's official image of the platform's version."""
+    return f"prefecthq/prefect:{settings.prefect_version}-python3.12"
+
+
+def _build_args(settings: StackSettings) -> dict[str, str]:
+    constraints = platform_constraints(settings.prefect_version)
+    return {"PACKAGES": " ".join(pinned_versions(FLOW_RUNNER_PACKAGES, constraints))}
+
+
+def _build_files(settings: StackSettings) -> dict[str, Path]:
+    """The image's constraints file: the platform's pins (constraints.txt, or a lock)."""
+    return {"constraints.txt": platform_constraints(settings.prefect_version)}
 
 
 def flow_runner_identity(settings: StackSettings) -> dict[str, str]:
@@ -52,17 +65,17 @@ def flow_runner_identity(settings: StackSettings) -> dict[str, str]:
     base image). A step key hashes this value, so any change to what the image is made
     of (even under a fixed STACK_FLOW_RUNNER_IMAGE name) reaches every step that uses it."""
     if settings.target != "local":
-        return {"reference": settings.flow_runner_image or OFFICIAL_IMAGE}
-    content = image_tag("flow-runner", build_args=_build_args())
+        return {"reference": settings.flow_runner_image or official_image(settings)}
+    content = image_tag("flow-runner", build_args=_build_args(settings), files=_build_files(settings))
     return {"reference": settings.flow_runner_image or content, "content": content}
 
 
 def flow_runner_image(settings: StackSettings) -> FlowRunnerImage:
     """The flow-runner image, built first on local when it does not exist yet."""
     if settings.target != "local":
-        return FlowRunnerImage.of(settings.flow_runner_image or OFFICIAL_IMAGE)
+        return FlowRunnerImage.of(settings.flow_runner_image or official_image(settings), settings)
     client = docker_client()
-    tag = ensure_image(client, "flow-runner", _build_args())
+    tag = ensure_image(client, "flow-runner", _build_args(settings), _build_files(settings))
     ref = tag
     if settings.flow_runner_image and settings.flow_runner_image != tag:
         client.images.get(tag).tag(settings.flow_runner_image)

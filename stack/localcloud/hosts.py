@@ -189,7 +189,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
     client = docker_client()
     log = get_logger()
     # Baked only when a host container is to be created (a bake takes minutes, once).
-    latest_bake = baked_image_tag(image_tag("host")) if settings.host_image == "baked" else None
+    latest_bake = baked_image_tag(settings, image_tag("host")) if settings.host_image == "baked" else None
     ensure_network(client, settings)
     if data_volume:
         ensure_data_volume(client, settings, data_volume)

@@ -174,30 +174,35 @@ CONTEXT_EXTRAS = {
 }
 
 
-def _context_extras(name: str) -> dict[str, Path]:
+def _context_extras(name: str, files: dict[str, Path] | None = None) -> dict[str, Path]:
+    """The extras image ``name``'s Dockerfile uses; ``files`` replaces some of their
+    sources (the flow-runner's constraints.txt is the lock of STACK_PREFECT_VERSION)."""
     dockerfile = (IMAGES_DIR / name / "Dockerfile").read_text()
-    return {f: source() for f, source in CONTEXT_EXTRAS.items() if f in dockerfile}
+    sources = {f: source() for f, source in CONTEXT_EXTRAS.items() if f in dockerfile}
+    return sources | {f: path for f, path in (files or {}).items() if f in sources}
 
 
-def image_tag(name: str, base: str | None = None, build_args: dict[str, str] | None = None) -> str:
-    """The content-hash tag of image ``name`` built on ``base`` with ``build_args``: it
-    hashes only what goes into that image."""
+def image_tag(name: str, base: str | None = None, build_args: dict[str, str] | None = None,
+              files: dict[str, Path] | None = None) -> str:
+    """The content-hash tag of image ``name`` built on ``base`` with ``build_args`` and
+    ``files`` (see _context_extras): it hashes only what goes into that image."""
     h = hashlib.sha256((base or base_image_tag()).encode())
     _hash_tree(h, IMAGES_DIR / name)
-    for extra, path in sorted(_context_extras(name).items()):
+    for extra, path in sorted(_context_extras(name, files).items()):
         h.update(extra.encode() + path.read_bytes())
     for k, v in sorted((build_args or {}).items()):
         h.update(f"{k}={v}".encode())
     return f"stack-{name}:{h.hexdigest()[:12]}"
 
 
-def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, str] | None = None) -> str:
+def ensure_image(client: docker.DockerClient, name: str, build_args: dict[str, str] | None = None,
+                 files: dict[str, Path] | None = None) -> str:
     """Build ``stack/localcloud/images/<name>`` on the base image unless already built."""
     base = ensure_base_image(client)
-    tag = image_tag(name, base, build_args)
+    tag = image_tag(name, base, build_args, files)
     with build_lock(tag):
         if not image_exists(client, tag):
-            _build(client, name, tag, base, build_args)
+            _build(client, name, tag, base, build_args, files)
     note_current(tag)
     return tag
 
@@ -243,12 +248,13 @@ def remove_older_images(client: docker.DockerClient, tag: str) -> list[str]:
     return removed
 
 
-def _build(client: docker.DockerClient, name: str, tag: str, base: str, build_args: dict[str, str] | None) -> None:
+def _build(client: docker.DockerClient, name: str, tag: str, base: str, build_args: dict[str, str] | None,
+           files: dict[str, Path] | None = None) -> None:
     log = get_logger()
     log.info("building image %s", tag)
     with tempfile.TemporaryDirectory(prefix=f"stack-ctx-{name}-") as ctx:
         shutil.copytree(IMAGES_DIR / name, ctx, dirs_exist_ok=True)
-        for extra, path in _context_extras(name).items():
+        for extra, path in _context_extras(name, files).items():
             shutil.copy(path, Path(ctx, extra))
         args = {"BASE": base, **(build_args or {})}
         try:

@@ -36,8 +36,21 @@ def platform_records(settings) -> dict[str, set]:
                 "deployments": {str(d.id) for d in await client.read_deployments()},
                 "blocks": {str(b.id) for b in await client.read_block_documents() if not b.is_anonymous},
                 "work_pools": {str(p.id) for p in await client.read_work_pools()},
-                "completed_runs": {str(r.id) for r in await client.read_flow_runs(flow_run_filter=completed, limit=200)},
+                "completed_runs": await all_run_ids(client, completed),
             }
+
+    async def all_run_ids(client, flow_run_filter) -> set[str]:
+        # Page through all of them: one page of 200 held 198 runs before a fault and the
+        # smoke's new runs after it, so older runs fell off the page and looked lost.
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        ids: set[str] = set()
+        offset = 0
+        while page := await client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.ID_DESC,
+                                                  limit=200, offset=offset):
+            ids |= {str(r.id) for r in page}
+            offset += len(page)
+        return ids
 
     return asyncio.run(read())
 

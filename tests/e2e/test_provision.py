@@ -134,7 +134,10 @@ def test_status_lists_instances_with_their_hosts_and_the_prefect_each_runs(stack
     # The versions running, as the server and each host's virtualenv say (not the pin).
     pinned = next(line.split("==")[1] for line in (REPO / "constraints.txt").read_text().splitlines()
                   if line.startswith("prefect=="))
-    assert status["versions"] == {"server": pinned, "hosts": {"p2test-ec2-0": pinned, "p2test-ec2-1": pinned}}
+    versions = status["versions"]
+    assert versions["server"] == pinned
+    assert versions["hosts"] == {"p2test-ec2-0": pinned, "p2test-ec2-1": pinned}, versions["unanswered"]
+    assert versions["unanswered"] == {}
 
 
 def test_a_subnet_outside_the_data_volumes_zone_is_refused_before_anything_changes(stack):

@@ -54,6 +54,7 @@ TRANSFER = {
 IAM_NAMES = {
     "s3:HeadBucket": ["s3:ListBucket"],
     "s3:HeadObject": ["s3:GetObject"],
+    "s3:CopyObject": ["s3:GetObject", "s3:PutObject"],  # IAM checks a copy as a read and a write
     "s3:ListObjects": ["s3:ListBucket"],
     "s3:ListObjectsV2": ["s3:ListBucket"],
     "s3:ListObjectVersions": ["s3:ListBucketVersions"],

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from stack.ansible import HOST_PREFECT_PACKAGES
-from stack.pins import pinned_versions
+from stack.pins import PLATFORM_PACKAGES, pinned_versions
 from stack.proc import CommandError, StackError, redact, run
+from stack.settings import load_settings
 from stack.terraform import PlanResult, _plan_result, is_transient
 from tests.conftest import REPO
 
@@ -40,7 +40,7 @@ def test_runner_redacts_secrets_and_names_the_failed_command():
 
 
 def test_host_packages_are_pinned_from_constraints():
-    pins = pinned_versions(HOST_PREFECT_PACKAGES)
+    pins = pinned_versions(PLATFORM_PACKAGES)
     assert "prefect==3.8.8" in pins
     assert all("==" in p for p in pins)
     # The images are built with the installed uv binary: bin/setup installed the pin.
@@ -145,16 +145,17 @@ def test_a_bootstrap_removes_earlier_images_no_container_uses(monkeypatch):
 
 def test_the_baked_image_tag_is_the_same_for_every_checkout(monkeypatch):
     """The bake hashes what goes into it, not where the project lives: a clone elsewhere
-    (CI, a worktree) reuses the same 1.8 GB image instead of baking its own."""
+    (CI, a worktree) reuses the same image instead of baking its own."""
     from stack.localcloud import bake
 
-    here = bake.baked_image_tag("stack-host:x")
-    real = bake.install_vars()
+    settings = load_settings()
+    here = bake.baked_image_tag(settings, "stack-host:x")
+    real = bake.install_vars(settings)
     moved = {**real, "base_system_constraints_file": "/elsewhere/prefect-aws-stack/constraints.txt"}
-    monkeypatch.setattr(bake, "install_vars", lambda: moved)
-    assert bake.baked_image_tag("stack-host:x") == here
-    monkeypatch.setattr(bake, "install_vars", lambda: {**moved, "base_system_uv_package": "uv==0.0.1"})
-    assert bake.baked_image_tag("stack-host:x") != here
+    monkeypatch.setattr(bake, "install_vars", lambda s: moved)
+    assert bake.baked_image_tag(settings, "stack-host:x") == here
+    monkeypatch.setattr(bake, "install_vars", lambda s: {**moved, "base_system_uv_package": "uv==0.0.1"})
+    assert bake.baked_image_tag(settings, "stack-host:x") != here
 
 
 def test_a_scale_out_configures_only_the_new_hosts_a_scale_in_none_and_anything_else_all():

@@ -22,6 +22,8 @@ BAD_INPUTS = [
     ("STACK_TARGET", "gcp"),
     ("STACK_HOST_IMAGE", "golden"),
     ("STACK_SSH_USER", "ubuntu"),  # the emulated hosts' user is admin
+    ("STACK_PREFECT_VERSION", "3.9"),
+    ("STACK_PREFECT_VERSION", "3.7.99"),  # no lock for it: bin/lock-prefect writes one
 ]
 
 

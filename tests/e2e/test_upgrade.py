@@ -1,0 +1,156 @@
+"""An upgrade is a bootstrap with a new STACK_PREFECT_VERSION: the shared stack, on the
+pinned Prefect, is moved to 3.9.1 (its lock is committed in locks/) in place. A backup
+named for the two versions comes first; the hosts' virtualenvs get the new Prefect, the
+server restarts and migrates its database (Prefect's own migrations), the workers
+restart, a new flow-runner image goes to the worker hosts and the Docker pool; every
+deployment, block, pool and completed run is kept, the runs submitted as the upgrade
+starts all complete, and every smoke case passes on the new version. While it runs, the
+API is probed every half second: the longest time it did not answer is printed (a
+figure, not a limit). A bootstrap on the older version afterwards is refused before
+anything changes, naming the rollback; the rollback (the pre-upgrade backup restored on
+the older Prefect) brings the platform back on it with every record.
+
+It changes the shared stack's Prefect and back, so it runs after every other test but
+the teardown's, on the hosts the stock-hosts test left (their STACK_HOST_IMAGE, so the
+same instances are upgraded in place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from stack import aws, pins, platform, smoke
+from stack.localcloud.images import docker_client
+from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
+from tests.e2e.test_durability import assert_nothing_lost, platform_records
+
+pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
+NEW = "3.9.1"
+OLD = pins.pinned_prefect()
+SERVER, WORKER = "p2test-ec2-0", "p2test-ec2-1"
+
+
+class ApiProbe(threading.Thread):
+    """Asks the platform's /ready every half second; the longest time without an answer."""
+
+    def __init__(self, settings, url: str):
+        super().__init__(daemon=True)
+        self.settings, self.url = settings, url
+        self.longest_gap = 0.0
+        self.answers = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        down_since = None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if platform.ready(self.settings, self.url):
+                self.answers += 1
+                if down_since is not None:
+                    self.longest_gap = max(self.longest_gap, now - down_since)
+                down_since = None
+            elif down_since is None:
+                down_since = now
+            self._stop.wait(0.5)
+        if down_since is not None:
+            self.longest_gap = max(self.longest_gap, time.monotonic() - down_since)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self.join(timeout=30)
+        return self.longest_gap
+
+
+async def submit(settings, url: str, per_case: int) -> list:
+    return [await smoke.run_deployment_once(settings, url, smoke.CASE_DEPLOYMENTS[case])
+            for case in ("case3-s3-process", "case4-s3-docker") for _ in range(per_case)]
+
+
+async def final_states(settings, url: str, ids) -> dict[str, str]:
+    for i in ids:
+        await smoke.wait_final(settings, url, i, timeout=600)
+    async with platform.prefect_client(settings, url) as client:
+        return {str(i): (await client.read_flow_run(i)).state.type.value for i in ids}
+
+
+async def docker_pool_image(settings, url: str) -> str:
+    async with platform.prefect_client(settings, url) as client:
+        pool = await client.read_work_pool(platform.DOCKER_POOL)
+    return pool.base_job_template["variables"]["properties"]["image"]["default"]
+
+
+def versions(env) -> dict:
+    return result_json(run_step("flows.status", "--json", env=env))["versions"]
+
+
+def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_refused(stack):
+    s = stack["settings"]
+    url = platform.api_url(s)
+    # The hosts as the stock-hosts test left them (or baked ones): the same instances throughout.
+    same_hosts = dict(TEST_STACK_ENV)
+    if docker_client().containers.get(SERVER).image.tags[0].startswith("stack-host:"):
+        same_hosts["STACK_HOST_IMAGE"] = "stock"
+    old_env = clean_env(**same_hosts)
+    new_env = clean_env(**{**same_hosts, "STACK_PREFECT_VERSION": NEW})
+    assert versions(old_env)["hosts"] == {SERVER: OLD, WORKER: OLD}
+    before_ids = {i["name"]: i["id"] for i in aws.running_hosts(s)}
+    before_image = asyncio.run(docker_pool_image(s, url))
+    before = platform_records(s)
+
+    in_flight = asyncio.run(submit(s, url, per_case=4))
+    probe = ApiProbe(s, url)
+    probe.start()
+    started = time.monotonic()
+    proc = run_step("flows.bootstrap", env=new_env, timeout=2400)
+    wall = time.monotonic() - started
+    gap = probe.stop()
+    report = result_json(proc)
+    print(f"\nupgrade {OLD} -> {NEW}: bootstrap {wall:.0f} s, longest time the API did not answer {gap:.1f} s "
+          f"({probe.answers} answers)")
+
+    # The backup came first, named for both versions, and is in the bucket.
+    upgraded = report["configure"]["upgrade"]
+    assert upgraded.startswith(f"{OLD} -> {NEW}, backup s3://{s.effective_bucket_name}/backups/")
+    assert upgraded.endswith(f"-pre-upgrade-{OLD}-to-{NEW}.dump")
+    key = upgraded.split(f"s3://{s.effective_bucket_name}/", 1)[1]
+    assert aws.client(s, "s3").head_object(Bucket=s.effective_bucket_name, Key=key)["ContentLength"] > 0
+    assert "backing up the platform first" in proc.stderr
+    # In place: the same instances, now on the new Prefect (the server's own answer and
+    # each host's virtualenv), with the Docker pool on a new flow-runner image.
+    assert {i["name"]: i["id"] for i in aws.running_hosts(s)} == before_ids
+    assert versions(new_env) == {"server": NEW, "hosts": {SERVER: NEW, WORKER: NEW}, "unanswered": {}}
+    after_image = asyncio.run(docker_pool_image(s, url))
+    assert after_image == report["configure"]["flow_runner_image"] != before_image
+    # Nothing lost; what was submitted as the upgrade started completed; every case passes.
+    assert_nothing_lost(before, s)
+    states = asyncio.run(final_states(s, url, in_flight))
+    assert set(states.values()) == {"COMPLETED"}, states
+    cases = {c["case"]: c for c in report["smoke"]["cases"]}
+    for name in ("case1-direct", "case2-local-storage", "case3-s3-process", "case4-s3-docker"):
+        assert cases[name]["ok"] is True, cases[name]
+    assert gap < 300, "the API did not come back"
+
+    # Back to the older version by bootstrap: refused in one line before anything
+    # changes, naming the rollback.
+    refused = run_step("flows.bootstrap", env=old_env, check=False)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    last = [line for line in refused.stderr.splitlines() if line.strip()][-1]
+    assert f"prefect_version: the platform runs Prefect {NEW}" in last, last
+    pre_upgrade = key.removeprefix("backups/")
+    assert f"STACK_PREFECT_VERSION={OLD} python -m flows.restore --backup {pre_upgrade}" in last, last
+    assert versions(new_env)["hosts"] == {SERVER: NEW, WORKER: NEW}
+
+    # The rollback it names: the pre-upgrade backup restored, the platform on the old Prefect.
+    rolled = result_json(run_step("flows.restore", "--backup", pre_upgrade, env=old_env, timeout=2400))
+    assert rolled["restored"] is True and rolled["reason"] == f"rollback to Prefect {OLD}"
+    assert versions(old_env) == {"server": OLD, "hosts": {SERVER: OLD, WORKER: OLD}, "unanswered": {}}
+    assert_nothing_lost(before, s)
+
+    # The same version again changes nothing: configure is skipped, the smoke passes.
+    again = result_json(run_step("flows.bootstrap", "--verify", env=old_env))
+    assert {o["step"]: o["outcome"] for o in again["steps"]}["configure"] == "skipped"
+    assert all(c["ok"] for c in again["smoke"]["cases"]), again["smoke"]["cases"]

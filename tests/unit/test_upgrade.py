@@ -1,0 +1,103 @@
+"""STACK_PREFECT_VERSION: the platform's Prefect, its lock, and what a change of it means
+(an upgrade after a backup named for the two versions; a downgrade refused before
+anything changes). The S3 record is checked against moto in-process; the upgrade of a
+running platform end to end is tests/e2e/test_upgrade.py."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from stack import backups, pins, upgrade
+from stack.aws import SettingRefused
+from stack.settings import SettingsError, load_settings
+
+
+def test_the_default_is_the_pin_and_another_version_needs_its_committed_lock():
+    assert load_settings().prefect_version == pins.pinned_prefect()
+    assert pins.platform_constraints(pins.pinned_prefect()) == pins.CONSTRAINTS
+    s = load_settings(prefect_version="3.9.1")
+    lock = pins.platform_constraints(s.prefect_version)
+    assert lock == pins.LOCKS_DIR / "prefect-3.9.1.txt" and lock.exists()
+    assert pins.pinned_versions(["prefect"], lock) == ["prefect==3.9.1"]
+    with pytest.raises(SettingsError, match=r"STACK_PREFECT_VERSION.*bin/lock-prefect 3\.7\.99"):
+        load_settings(prefect_version="3.7.99")
+
+
+def test_a_lock_keeps_the_caps_that_keep_the_server_working():
+    lock = pins.LOCKS_DIR / "prefect-3.9.1.txt"
+    versions = dict(line.split("==") for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#"))
+    fastapi = tuple(int(x) for x in versions["fastapi"].split(".")[:2])
+    sqlalchemy = tuple(int(x) for x in versions["sqlalchemy"].split(".")[:2])
+    assert fastapi < (0, 151) and sqlalchemy < (2, 1)
+    assert {"prefect-aws", "prefect-docker", "s3fs", "docker"} <= set(versions)
+
+
+def test_the_hosts_and_the_flow_runner_install_the_platforms_version():
+    from stack.ansible import install_vars
+    from stack.localcloud import flow_runner
+
+    s = load_settings(prefect_version="3.9.1")
+    v = install_vars(s)
+    assert "prefect==3.9.1" in v["base_system_prefect_packages"]
+    assert v["base_system_constraints_file"].endswith("locks/prefect-3.9.1.txt")
+    assert "prefect==3.9.1" in flow_runner._build_args(s)["PACKAGES"]
+    # A different version is a different flow-runner image, so every step using it runs.
+    assert (flow_runner.flow_runner_identity(s)["content"]
+            != flow_runner.flow_runner_identity(load_settings())["content"])
+
+
+@pytest.fixture
+def bucket(monkeypatch, tmp_path):
+    with mock_aws():
+        monkeypatch.setattr(upgrade.aws, "running_hosts", lambda settings, role=None: [])
+        s = load_settings(state_dir=tmp_path)
+        s3 = boto3.client("s3", region_name=s.region)
+        s3.create_bucket(Bucket=s.effective_bucket_name)
+        monkeypatch.setattr(upgrade.aws, "client", lambda settings, service: boto3.client(service, region_name=s.region))
+        yield s
+
+
+def test_a_new_platform_records_its_version_and_a_lower_one_is_refused(bucket):
+    assert upgrade.recorded_version(bucket) is None
+    change = upgrade.check_version_change(bucket)
+    assert change.running is None and not change.is_upgrade and "new platform" in change.describe()
+    upgrade.record_version(bucket.model_copy(update={"prefect_version": "3.9.1"}))
+    assert upgrade.recorded_version(bucket) == "3.9.1"
+    with pytest.raises(SettingRefused, match=r"prefect_version: the platform runs Prefect 3\.9\.1.*only go forward") as refused:
+        upgrade.check_version_change(bucket)
+    assert refused.value.exit_code == 2
+
+
+def test_a_higher_version_is_an_upgrade_named_for_both(bucket):
+    upgrade.record_version(bucket.model_copy(update={"prefect_version": "3.8.7"}))
+    change = upgrade.check_version_change(bucket)
+    assert change.is_upgrade and change.backup_label == f"pre-upgrade-3.8.7-to-{pins.pinned_prefect()}"
+    upgrade.record_version(bucket)
+    assert not upgrade.check_version_change(bucket).is_upgrade
+
+
+def test_a_labelled_backup_keeps_its_time_and_sorts_with_the_others():
+    plain = backups._time_of("p2-platform-20261130T020000Z.dump")
+    labelled = backups._time_of("p2-platform-20261130T030000Z-pre-upgrade-3.8.8-to-3.9.1.dump")
+    assert plain is not None and labelled is not None and labelled > plain
+    assert backups._time_of("p2-platform-20261130T030000Z-../x.dump") is None
+
+
+def test_only_a_backup_taken_before_the_upgrade_from_the_older_version_rolls_back(monkeypatch, tmp_path):
+    import datetime as dt
+
+    from flows.restore import _rollback_to
+
+    monkeypatch.setattr(upgrade, "running_version", lambda settings: "3.9.1")
+    when = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+    pre = backups.Backup("p2-platform-20261130T030000Z-pre-upgrade-3.8.8-to-3.9.1.dump", when, 1, "s3://b/k")
+    nightly = backups.Backup("p2-platform-20261130T020000Z.dump", when, 1, "s3://b/k")
+    assert backups.upgrade_versions(pre.name) == ("3.8.8", "3.9.1") and backups.upgrade_versions(nightly.name) is None
+    on_old = load_settings(state_dir=tmp_path)  # the pin, 3.8.8
+    assert _rollback_to(on_old, pre) == "3.8.8"
+    with pytest.raises(SettingRefused, match="a rollback restores a backup taken before the upgrade from 3.8.8"):
+        _rollback_to(on_old, nightly)
+    # On the running version, any backup is a plain restore (the server migrates it forward).
+    assert _rollback_to(load_settings(state_dir=tmp_path, prefect_version="3.9.1"), pre) is None
