@@ -36,7 +36,7 @@ class ConfigureReport(BaseModel):
     flow_runner_image: str             # the reference loaded into the worker hosts: register and deploy use it
     platform_api_url: str
     prefect_version: str = ""          # what the platform runs now (STACK_PREFECT_VERSION)
-    upgrade: str | None = None         # "3.8.8 -> 3.9.1, backup <location>" when this run upgraded it
+    upgrade: dict | None = None        # when this run upgraded it: from, to, backup, drained_runs, drain_seconds
 
 
 def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None) -> dict:
@@ -154,7 +154,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     elif scope == []:
         log.info("every host was configured with the same settings and files: no playbook to run")
     change = upgrade.check_version_change(settings)  # a downgrade stops here, before any change
-    upgraded = _backup_before_upgrade(settings, change) if change.is_upgrade else None
+    upgraded = _prepare_upgrade(settings, change, ui_api_url) if change.is_upgrade else None
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
     # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
     # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
@@ -208,24 +208,33 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     if playbook == PLAYBOOK:  # another playbook converges only part of a host
         _record_path(settings).write_text(json.dumps({"key": key, "hosts": converged}, indent=2, sort_keys=True))
     upgrade.record_version(settings)
+    if upgrade.resume_pools_paused_by_upgrade(settings, ui_api_url):
+        log.info("resumed the work pools %s (paused for the upgrade)", ", ".join(upgrade.HOST_POOLS))
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
     if upgraded:
-        log.info("upgraded the platform: Prefect %s", upgraded)
+        log.info("upgraded the platform from Prefect %s to %s (backup %s)", upgraded["from"], upgraded["to"],
+                 upgraded["backup"])
     return ConfigureReport(recap=recap, changed=changed, attempts=attempts, flow_runner_image=image.reference,
                            platform_api_url=ui_api_url, prefect_version=settings.prefect_version, upgrade=upgraded)
 
 
-def _backup_before_upgrade(settings: StackSettings, change: upgrade.VersionChange) -> str:
-    """The backup an upgrade starts from: taken now, named for the two versions, while the
-    platform runs the old one; when it does not run (the compute was torn down, the
-    database waits on its volume), the latest backup, which the teardown took."""
+def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url: str) -> dict:
+    """Before the new Prefect goes in: the worker hosts' pools drained (paused, their runs
+    in flight ended), then the backup an upgrade starts from, taken while the platform
+    runs the old version and named for both. When the platform does not run (the compute
+    was torn down, the database waits on its volume), the latest backup, which the
+    teardown took, is the one to return to."""
     log = get_run_logger()
     bucket = settings.effective_bucket_name
-    if platform.server_version(settings, platform.operator_api_url(settings)) == change.running:
-        log.info("%s: backing up the platform first", change.describe())
+    report = {"from": change.running, "to": change.wanted, "drained_runs": 0, "drain_seconds": 0.0}
+    if platform.server_version(settings, url) == change.running:
+        log.info("%s: draining the worker hosts' pools, then backing up the platform first", change.describe())
+        runs, seconds = upgrade.drain_pools(settings, url)
+        report |= {"drained_runs": runs, "drain_seconds": round(seconds, 1)}
+        log.info("%d runs were in flight in %s; they ended in %.0f s", runs, ", ".join(upgrade.HOST_POOLS), seconds)
         taken = backups.take(settings, platform.server_host(settings), bucket, label=change.backup_label)
-        return f"{change.running} -> {change.wanted}, backup {taken.location}"
+        return report | {"backup": taken.location}
     latest = backups.available(settings, bucket)
     if not latest:
         raise StackError(f"upgrading Prefect {change.running} -> {change.wanted}: the platform does not answer and "
@@ -233,11 +242,4 @@ def _backup_before_upgrade(settings: StackSettings, change: upgrade.VersionChang
                          "STACK_PREFECT_VERSION, run python -m flows.bootstrap), then upgrade")
     log.info("%s: the platform is not running; its latest backup %s is the one to return to",
              change.describe(), latest[-1].name)
-    return f"{change.running} -> {change.wanted}, backup {latest[-1].location}"
-
-
-if __name__ == "__main__":
-    from stack.cli import main, parse_step_args
-
-    parse_step_args("flows.configure", __doc__)
-    main(lambda s: configure(s))
+    return report | {"backup": latest[-1].location}

@@ -68,6 +68,7 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
         from flows.bootstrap import bootstrap
 
         upgrade.record_version(settings)
+        upgrade.mark_pools_paused(settings)  # the backup holds them paused: configure resumes them
         log.info("restored %s; bringing the platform up on Prefect %s", chosen.name, rollback)
         bootstrap(settings, from_step="configure")
     platform.wait_ready(settings, platform.operator_api_url(settings))

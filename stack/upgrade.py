@@ -17,6 +17,7 @@ from packaging.version import Version
 
 from stack import aws, platform
 from stack.aws import SettingRefused
+from stack.proc import get_logger
 from stack.settings import StackSettings
 
 VERSION_KEY = "platform/prefect-version"
@@ -88,3 +89,82 @@ def check_version_change(settings: StackSettings) -> VersionChange:
             f"{change.running} (or newer); {back}"
         )
     return change
+
+
+# --- draining the worker hosts' pools around an upgrade ----------------------------------
+# A worker restarted on a new Prefect stops the process-pool runs it started (they are its
+# children), so an upgrade first pauses the worker hosts' pools (a paused pool hands out
+# no run; scheduled runs wait as Late and start after), and waits for the runs in flight
+# to end. The pools are paused in the database, which the pre-upgrade backup then holds,
+# so a marker in the code bucket says "paused by an upgrade": configure resumes the pools
+# at its end while the marker exists, also after a failed upgrade or a rollback.
+PAUSE_MARKER_KEY = "platform/pools-paused-by-upgrade"
+HOST_POOLS = (platform.PROCESS_POOL, platform.DOCKER_POOL)
+DRAIN_TIMEOUT_SECONDS = 600
+
+
+def mark_pools_paused(settings: StackSettings) -> None:
+    aws.client(settings, "s3").put_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY, Body=b"1")
+
+
+def _pools_marked_paused(settings: StackSettings) -> bool:
+    try:
+        aws.client(settings, "s3").head_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY)
+        return True
+    except Exception:  # noqa: BLE001 - 404: not paused by an upgrade
+        return False
+
+
+async def _set_paused(settings: StackSettings, url: str, paused: bool) -> None:
+    from prefect.client.schemas.actions import WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    async with platform.prefect_client(settings, url) as client:
+        for pool in HOST_POOLS:
+            try:
+                await client.update_work_pool(pool, WorkPoolUpdate(is_paused=paused))
+            except ObjectNotFound:  # not registered yet: nothing to pause or resume
+                pass
+
+
+async def _runs_in_flight(settings: StackSettings, url: str) -> int:
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+                                                WorkPoolFilter, WorkPoolFilterName)
+    from prefect.client.schemas.objects import StateType
+
+    in_flight = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+        any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
+    async with platform.prefect_client(settings, url) as client:
+        return len(await client.read_flow_runs(flow_run_filter=in_flight, limit=200,
+                                               work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=list(HOST_POOLS)))))
+
+
+def drain_pools(settings: StackSettings, url: str, timeout: float = DRAIN_TIMEOUT_SECONDS) -> tuple[int, float]:
+    """Pause the worker hosts' pools and wait for their runs in flight to end: (how many
+    were in flight, seconds waited). After ``timeout`` the upgrade goes on (a run still in
+    flight then stops with its worker, and says so in its state)."""
+    import asyncio
+    import time
+
+    mark_pools_paused(settings)
+    asyncio.run(_set_paused(settings, url, True))
+    started = time.monotonic()
+    first = left = asyncio.run(_runs_in_flight(settings, url))
+    while left and time.monotonic() - started < timeout:
+        time.sleep(1)
+        left = asyncio.run(_runs_in_flight(settings, url))
+    if left:
+        get_logger().warning("%d runs still in flight after %.0f s; upgrading anyway (they stop with their worker)",
+                             left, timeout)
+    return first, time.monotonic() - started
+
+
+def resume_pools_paused_by_upgrade(settings: StackSettings, url: str) -> bool:
+    """Resume the worker hosts' pools if an upgrade paused them; whether it did."""
+    import asyncio
+
+    if not _pools_marked_paused(settings):
+        return False
+    asyncio.run(_set_paused(settings, url, False))
+    aws.client(settings, "s3").delete_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY)
+    return True

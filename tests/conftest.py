@@ -81,8 +81,19 @@ def stack(test_settings):
     controlplane.stop(test_settings)
 
 
+# Tests marked ``teardown_last`` change or destroy the shared stack, so they run after all
+# others, in this order: faults the platform survives, then the stack changed (scaled,
+# rebuilt on stock hosts, upgraded and rolled back), then destroyed.
+TEARDOWN_LAST_ORDER = ("test_durability", "test_scale", "test_stock_hosts", "test_upgrade", "test_teardown")
+
+
 def pytest_collection_modifyitems(items):
-    """Tests marked ``teardown_last`` change or destroy the shared stack: run them after all
-    others, and the teardown's own (which destroy it) last of all."""
-    items.sort(key=lambda item: (item.get_closest_marker("teardown_last") is not None,
-                                 item.module.__name__.endswith(".test_teardown")))
+    def order(item) -> tuple[int, int]:
+        if item.get_closest_marker("teardown_last") is None:
+            return (0, 0)
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in TEARDOWN_LAST_ORDER:
+            raise pytest.UsageError(f"{module} is marked teardown_last: put it in TEARDOWN_LAST_ORDER (tests/conftest.py)")
+        return (1, TEARDOWN_LAST_ORDER.index(module))
+
+    items.sort(key=order)

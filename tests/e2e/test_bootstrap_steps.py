@@ -167,10 +167,26 @@ def _run_deployment_and_wait(api: str, name: str):
     return asyncio.run(go())
 
 
+def _flows_run_between(api: str, start, end) -> list[str]:
+    """Names of the flows whose runs started on the control plane between ``start`` and ``end``."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+    async def go():
+        async with PrefectClient(api=api) as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                start_time=FlowRunFilterStartTime(after_=start, before_=end)), limit=200)
+            return sorted([(await client.read_flow(r.flow_id)).name for r in runs])
+
+    return asyncio.run(go())
+
+
 def test_run_button_of_configure_runs_only_configure(stack):
     s = stack["settings"]
     run = _run_deployment_and_wait(s.control_plane_api_url, "configure/p2test-configure")
     assert run.state.is_completed(), run.state
+    # Only configure ran: no other step's flow started while it ran.
+    assert _flows_run_between(s.control_plane_api_url, run.start_time, run.end_time) == ["configure"]
 
 
 def _teardown_schedules(api: str) -> list[tuple[str, str]]:

@@ -83,6 +83,11 @@ async def docker_pool_image(settings, url: str) -> str:
     return pool.base_job_template["variables"]["properties"]["image"]["default"]
 
 
+async def pools_paused(settings, url: str) -> dict[str, bool]:
+    async with platform.prefect_client(settings, url) as client:
+        return {p: (await client.read_work_pool(p)).is_paused for p in (platform.PROCESS_POOL, platform.DOCKER_POOL)}
+
+
 def versions(env) -> dict:
     return result_json(run_step("flows.status", "--json", env=env))["versions"]
 
@@ -110,15 +115,19 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     gap = probe.stop()
     report = result_json(proc)
     print(f"\nupgrade {OLD} -> {NEW}: bootstrap {wall:.0f} s, longest time the API did not answer {gap:.1f} s "
-          f"({probe.answers} answers)")
+          f"({probe.answers} answers); steps {report['seconds']}")
 
-    # The backup came first, named for both versions, and is in the bucket.
+    # The pools were drained, then the backup taken, named for both versions, in the bucket.
     upgraded = report["configure"]["upgrade"]
-    assert upgraded.startswith(f"{OLD} -> {NEW}, backup s3://{s.effective_bucket_name}/backups/")
-    assert upgraded.endswith(f"-pre-upgrade-{OLD}-to-{NEW}.dump")
-    key = upgraded.split(f"s3://{s.effective_bucket_name}/", 1)[1]
+    print(f"drained {upgraded['drained_runs']} runs in {upgraded['drain_seconds']} s")
+    assert (upgraded["from"], upgraded["to"]) == (OLD, NEW)
+    prefix = f"s3://{s.effective_bucket_name}/"
+    assert upgraded["backup"].startswith(prefix + "backups/")
+    assert upgraded["backup"].endswith(f"-pre-upgrade-{OLD}-to-{NEW}.dump")
+    key = upgraded["backup"].removeprefix(prefix)
     assert aws.client(s, "s3").head_object(Bucket=s.effective_bucket_name, Key=key)["ContentLength"] > 0
-    assert "backing up the platform first" in proc.stderr
+    assert "draining the worker hosts' pools, then backing up the platform first" in proc.stderr
+    assert asyncio.run(pools_paused(s, url)) == {platform.PROCESS_POOL: False, platform.DOCKER_POOL: False}
     # In place: the same instances, now on the new Prefect (the server's own answer and
     # each host's virtualenv), with the Docker pool on a new flow-runner image.
     assert {i["name"]: i["id"] for i in aws.running_hosts(s)} == before_ids
@@ -149,6 +158,8 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     assert rolled["restored"] is True and rolled["reason"] == f"rollback to Prefect {OLD}"
     assert versions(old_env) == {"server": OLD, "hosts": {SERVER: OLD, WORKER: OLD}, "unanswered": {}}
     assert_nothing_lost(before, s)
+    # The backup holds the pools paused (they were, for the upgrade); the rollback resumed them.
+    assert asyncio.run(pools_paused(s, url)) == {platform.PROCESS_POOL: False, platform.DOCKER_POOL: False}
 
     # The same version again changes nothing: configure is skipped, the smoke passes.
     again = result_json(run_step("flows.bootstrap", "--verify", env=old_env))

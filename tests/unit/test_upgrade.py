@@ -101,3 +101,16 @@ def test_only_a_backup_taken_before_the_upgrade_from_the_older_version_rolls_bac
         _rollback_to(on_old, nightly)
     # On the running version, any backup is a plain restore (the server migrates it forward).
     assert _rollback_to(load_settings(state_dir=tmp_path, prefect_version="3.9.1"), pre) is None
+
+
+def test_pools_are_resumed_only_when_an_upgrade_paused_them(bucket, monkeypatch):
+    calls = []
+
+    async def set_paused(settings, url, paused):
+        calls.append(paused)
+
+    monkeypatch.setattr(upgrade, "_set_paused", set_paused)
+    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is False and calls == []
+    upgrade.mark_pools_paused(bucket)  # what a drain, or a rollback's restore, leaves
+    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is True and calls == [False]
+    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is False and calls == [False]
