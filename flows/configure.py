@@ -243,3 +243,10 @@ def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url
     log.info("%s: the platform is not running; its latest backup %s is the one to return to",
              change.describe(), latest[-1].name)
     return report | {"backup": latest[-1].location}
+
+
+if __name__ == "__main__":
+    from stack.cli import main, parse_step_args
+
+    parse_step_args("flows.configure", __doc__)
+    main(lambda s: configure(s))
