@@ -129,6 +129,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     mount, the hosts just created); run alone, it configures whatever the inventory finds."""
     settings = settings or load_settings()
     log = get_run_logger()
+    change = upgrade.check_version_change(settings)  # a downgrade stops here, before any change
     if booted is not None and booted.created:
         log.info("new hosts to configure: %s", ", ".join(booted.created))
     ui_api_url = platform.operator_api_url(settings)
@@ -153,8 +154,8 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                  "settings and files", ", ".join(scope))
     elif scope == []:
         log.info("every host was configured with the same settings and files: no playbook to run")
-    change = upgrade.check_version_change(settings)  # a downgrade stops here, before any change
-    upgraded = _prepare_upgrade(settings, change, ui_api_url) if change.is_upgrade else None
+    server_is_new = booted is not None and platform.server_host(settings) in booted.created
+    upgraded = _prepare_upgrade(settings, change, ui_api_url, server_is_new) if change.is_upgrade else None
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
     # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
     # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
@@ -219,31 +220,46 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                            platform_api_url=ui_api_url, prefect_version=settings.prefect_version, upgrade=upgraded)
 
 
-def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url: str) -> dict:
+def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url: str, server_is_new: bool) -> dict:
     """Before the new Prefect goes in: the worker hosts' pools drained (paused, their runs
-    in flight ended), then the backup an upgrade starts from, taken while the platform
-    runs the old version and named for both. When the platform does not run (the compute
-    was torn down, the database waits on its volume), the latest backup, which the
-    teardown took, is the one to return to."""
+    in flight ended), then the backup an upgrade returns to, taken while the platform runs
+    the old version and named for both. On a server host created by this bootstrap (the
+    compute was torn down; the database waits on its volume) no old server runs: the
+    latest backup, which the teardown took, is copied under that name instead."""
     log = get_run_logger()
     bucket = settings.effective_bucket_name
     report = {"from": change.running, "to": change.wanted, "drained_runs": 0, "drain_seconds": 0.0}
-    if platform.server_version(settings, url) == change.running:
-        log.info("%s: draining the worker hosts' pools, then backing up the platform first", change.describe())
-        runs, seconds = upgrade.drain_pools(settings, url)
-        report |= {"drained_runs": runs, "drain_seconds": round(seconds, 1)}
-        log.info("%d runs were in flight in %s; they ended in %.0f s", runs, ", ".join(upgrade.HOST_POOLS), seconds)
-        taken = backups.take(settings, platform.server_host(settings), bucket, label=change.backup_label)
-        return report | {"backup": taken.location}
-    latest = backups.available(settings, bucket)
-    if not latest:
-        raise StackError(f"upgrading Prefect {change.running} -> {change.wanted}: the platform does not answer and "
-                         "no backup exists to return to; start it on its version first (unset "
-                         "STACK_PREFECT_VERSION, run python -m flows.bootstrap), then upgrade")
-    log.info("%s: the platform is not running; its latest backup %s is the one to return to",
-             change.describe(), latest[-1].name)
-    return report | {"backup": latest[-1].location}
-
+    taken_before = [b for b in backups.available(settings, bucket) if b.name.endswith(f"-{change.backup_label}.dump")]
+    if server_is_new:
+        latest = backups.available(settings, bucket)
+        if not latest:
+            raise StackError(f"upgrading Prefect {change.running} -> {change.wanted}: no backup of the platform exists "
+                             f"to return to; set STACK_PREFECT_VERSION={change.running}, run python -m flows.bootstrap, "
+                             "then upgrade")
+        copy = backups.labelled_copy(settings, latest[-1], change.backup_label)
+        log.info("%s: no server runs the old version; its latest backup %s, copied as %s, is the one to return to",
+                 change.describe(), latest[-1].name, copy.name)
+        return report | {"backup": copy.location}
+    try:
+        # The old server must answer (a busy machine may take a while): the drain and
+        # the backup need it.
+        platform.wait_ready(settings, url, timeout=120)
+    except StackError:
+        if not taken_before:
+            raise StackError(f"upgrading Prefect {change.running} -> {change.wanted}: the platform does not answer, "
+                             "so its pools cannot be drained nor its database backed up first; bring it back on "
+                             f"its version (STACK_PREFECT_VERSION={change.running} python -m flows.bootstrap), then "
+                             "upgrade") from None
+        # An earlier attempt of this upgrade drained, backed up and stopped half-way.
+        log.info("%s: the platform does not answer; an earlier attempt took the backup %s", change.describe(),
+                 taken_before[-1].name)
+        return report | {"backup": taken_before[-1].location}
+    log.info("%s: draining the worker hosts' pools, then backing up the platform first", change.describe())
+    runs, seconds = upgrade.drain_pools(settings, url)
+    report |= {"drained_runs": runs, "drain_seconds": round(seconds, 1)}
+    log.info("%d runs were in flight in %s; they ended in %.0f s", runs, ", ".join(upgrade.HOST_POOLS), seconds)
+    taken = backups.take(settings, platform.server_host(settings), bucket, label=change.backup_label)
+    return report | {"backup": taken.location}
 
 if __name__ == "__main__":
     from stack.cli import main, parse_step_args

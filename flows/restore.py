@@ -90,7 +90,7 @@ def _rollback_to(settings: StackSettings, chosen: backups.Backup) -> str | None:
         raise SettingRefused(
             f"prefect_version: {wanted} is older than the platform's {running}; a rollback restores a backup "
             f"taken before the upgrade from {wanted} (named ...-pre-upgrade-{wanted}-to-...), not {chosen.name}. "
-            f"Unset STACK_PREFECT_VERSION to restore it on {running}")
+            f"Set STACK_PREFECT_VERSION={running} to restore it on the running version")
     return wanted
 
 

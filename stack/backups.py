@@ -84,11 +84,9 @@ def take(settings: StackSettings, server: str, bucket: str, label: str | None = 
     name = last["name"]
     s3 = aws.client(settings, "s3")
     if label:
-        labelled = name.removesuffix(".dump") + f"-{label}.dump"
-        s3.copy_object(Bucket=bucket, Key=BACKUP_PREFIX + labelled,
-                       CopySource={"Bucket": bucket, "Key": BACKUP_PREFIX + name})
+        labelled = labelled_copy(settings, Backup(name, _time_of(name), last["size"], last["location"]), label)
         s3.delete_object(Bucket=bucket, Key=BACKUP_PREFIX + name)
-        name, last["location"] = labelled, f"s3://{bucket}/{BACKUP_PREFIX}{labelled}"
+        name, last["location"] = labelled.name, labelled.location
     local = local_dir(settings) / name
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = local.with_suffix(".partial")
@@ -104,6 +102,21 @@ def take(settings: StackSettings, server: str, bucket: str, label: str | None = 
     get_logger().info("backup %s: %d bytes to %s (by %s on %s) and %s", name, last["size"], last["location"],
                       BACKUP_SERVICE, server, local)
     return Backup(name, _time_of(name), last["size"], last["location"])
+
+
+def labelled_copy(settings: StackSettings, backup: Backup, label: str) -> Backup:
+    """A copy of ``backup`` named with ``label`` after its time (its bucket's, or its local
+    file's), e.g. the backup an upgrade returns to: ``...-pre-upgrade-3.8.8-to-3.9.1.dump``."""
+    name = backup.name.removesuffix(".dump") + f"-{label}.dump"
+    if backup.location.startswith("s3://"):
+        bucket, _, key = backup.location.removeprefix("s3://").partition("/")
+        # The managed copy: CopyObject alone stops at 5 GB.
+        aws.client(settings, "s3").copy({"Bucket": bucket, "Key": key}, bucket, BACKUP_PREFIX + name)
+        return Backup(name, backup.created_at, backup.size, f"s3://{bucket}/{BACKUP_PREFIX}{name}")
+    local = Path(backup.location).with_name(name)
+    local.write_bytes(Path(backup.location).read_bytes())
+    local.chmod(0o600)
+    return Backup(name, backup.created_at, backup.size, str(local))
 
 
 def available(settings: StackSettings, bucket: str | None) -> list[Backup]:

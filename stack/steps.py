@@ -36,8 +36,9 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
     # The root modules' .tf files only: their README and terraform tests change no plan.
     "provision": ("terraform/*/*.tf", "flows/provision.py", "stack/terraform.py"),
     "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/bake.py", "stack/localcloud/images/host"),
-    # constraints.txt: the hosts' Prefect virtualenv installs with it as its constraints file.
-    "configure": ("ansible", "constraints.txt", "flows/configure.py", "stack/ansible.py"),
+    # constraints.txt and locks/: the hosts' Prefect virtualenv installs with one of them as
+    # its constraints file; stack/pins.py holds the packages and the caps it installs.
+    "configure": ("ansible", "constraints.txt", "locks", "flows/configure.py", "stack/ansible.py", "stack/pins.py"),
     "register": ("blocks", "flows/register.py"),
     "deploy": ("deployments", "flows/testflow.py", "flows/deploy.py"),
 }

@@ -11,6 +11,7 @@ A lower one is refused before anything changes: Prefect's migrations only go for
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from packaging.version import Version
@@ -44,13 +45,28 @@ class VersionChange:
         return f"Prefect {self.wanted} (unchanged)"
 
 
+def _absent(exc: Exception) -> bool:
+    """S3 says the bucket or the object does not exist (anything else is a real error)."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "NoSuchKey", "NoSuchBucket", "404", "NotFound")
+
+
+def _read(settings: StackSettings, key: str) -> bytes | None:
+    """An object of the code bucket, or None when it (or the bucket) does not exist."""
+    try:
+        return aws.client(settings, "s3").get_object(Bucket=settings.effective_bucket_name, Key=key)["Body"].read()
+    except Exception as exc:
+        if _absent(exc):
+            return None
+        raise
+
+
 def recorded_version(settings: StackSettings) -> str | None:
     """The version recorded by the last configure, or None (no bucket, or no record yet)."""
-    try:
-        body = aws.client(settings, "s3").get_object(Bucket=settings.effective_bucket_name, Key=VERSION_KEY)["Body"]
-        return body.read().decode().strip() or None
-    except Exception:  # noqa: BLE001 - NoSuchBucket, NoSuchKey: nothing recorded
-        return None
+    body = _read(settings, VERSION_KEY)
+    return (body.decode().strip() or None) if body else None
 
 
 def record_version(settings: StackSettings) -> None:
@@ -103,28 +119,32 @@ HOST_POOLS = (platform.PROCESS_POOL, platform.DOCKER_POOL)
 DRAIN_TIMEOUT_SECONDS = 600
 
 
-def mark_pools_paused(settings: StackSettings) -> None:
-    aws.client(settings, "s3").put_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY, Body=b"1")
+def mark_pools_paused(settings: StackSettings, pools=HOST_POOLS) -> None:
+    """Record which pools an upgrade paused (configure resumes those, and only those)."""
+    aws.client(settings, "s3").put_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY,
+                                          Body=json.dumps(sorted(pools)).encode())
 
 
-def _pools_marked_paused(settings: StackSettings) -> bool:
-    try:
-        aws.client(settings, "s3").head_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY)
-        return True
-    except Exception:  # noqa: BLE001 - 404: not paused by an upgrade
-        return False
+def _pools_marked_paused(settings: StackSettings) -> list[str]:
+    body = _read(settings, PAUSE_MARKER_KEY)
+    return json.loads(body) if body else []
 
 
-async def _set_paused(settings: StackSettings, url: str, paused: bool) -> None:
+async def _set_paused(settings: StackSettings, url: str, paused: bool, pools=HOST_POOLS) -> list[str]:
+    """Pause (or resume) those of ``pools`` that are not already so; the ones it changed."""
     from prefect.client.schemas.actions import WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
+    changed = []
     async with platform.prefect_client(settings, url) as client:
-        for pool in HOST_POOLS:
+        for pool in pools:
             try:
-                await client.update_work_pool(pool, WorkPoolUpdate(is_paused=paused))
+                if (await client.read_work_pool(pool)).is_paused != paused:
+                    await client.update_work_pool(pool, WorkPoolUpdate(is_paused=paused))
+                    changed.append(pool)
             except ObjectNotFound:  # not registered yet: nothing to pause or resume
                 pass
+    return changed
 
 
 async def _runs_in_flight(settings: StackSettings, url: str) -> int:
@@ -146,8 +166,11 @@ def drain_pools(settings: StackSettings, url: str, timeout: float = DRAIN_TIMEOU
     import asyncio
     import time
 
-    mark_pools_paused(settings)
-    asyncio.run(_set_paused(settings, url, True))
+    # A pool the operator had paused stays paused after the upgrade: the marker lists
+    # only the pools paused here (written first, so a failure right after still resumes them).
+    running = [p for p in HOST_POOLS if p not in asyncio.run(_paused_now(settings, url))]
+    mark_pools_paused(settings, running)
+    asyncio.run(_set_paused(settings, url, True, running))
     started = time.monotonic()
     first = left = asyncio.run(_runs_in_flight(settings, url))
     while left and time.monotonic() - started < timeout:
@@ -163,8 +186,23 @@ def resume_pools_paused_by_upgrade(settings: StackSettings, url: str) -> bool:
     """Resume the worker hosts' pools if an upgrade paused them; whether it did."""
     import asyncio
 
-    if not _pools_marked_paused(settings):
+    pools = _pools_marked_paused(settings)
+    if not pools:
         return False
-    asyncio.run(_set_paused(settings, url, False))
+    asyncio.run(_set_paused(settings, url, False, pools))
     aws.client(settings, "s3").delete_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY)
     return True
+
+
+async def _paused_now(settings: StackSettings, url: str) -> list[str]:
+    from prefect.exceptions import ObjectNotFound
+
+    paused = []
+    async with platform.prefect_client(settings, url) as client:
+        for pool in HOST_POOLS:
+            try:
+                if (await client.read_work_pool(pool)).is_paused:
+                    paused.append(pool)
+            except ObjectNotFound:
+                pass
+    return paused

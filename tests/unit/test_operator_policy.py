@@ -48,6 +48,7 @@ TRANSFER = {
     "upload_fileobj": ["s3:PutObject", "s3:AbortMultipartUpload"],
     "download_file": ["s3:GetObject"],
     "download_fileobj": ["s3:GetObject"],
+    "copy": ["s3:GetObject", "s3:PutObject"],
 }
 
 # Operations whose IAM action is named otherwise.

@@ -103,14 +103,41 @@ def test_only_a_backup_taken_before_the_upgrade_from_the_older_version_rolls_bac
     assert _rollback_to(load_settings(state_dir=tmp_path, prefect_version="3.9.1"), pre) is None
 
 
-def test_pools_are_resumed_only_when_an_upgrade_paused_them(bucket, monkeypatch):
+def test_pools_are_resumed_only_when_an_upgrade_paused_them_and_only_those(bucket, monkeypatch):
     calls = []
 
-    async def set_paused(settings, url, paused):
-        calls.append(paused)
+    async def set_paused(settings, url, paused, pools=upgrade.HOST_POOLS):
+        calls.append((paused, list(pools)))
+        return list(pools)
 
     monkeypatch.setattr(upgrade, "_set_paused", set_paused)
     assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is False and calls == []
-    upgrade.mark_pools_paused(bucket)  # what a drain, or a rollback's restore, leaves
-    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is True and calls == [False]
-    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is False and calls == [False]
+    upgrade.mark_pools_paused(bucket, ["docker"])  # the operator had paused "process" before the upgrade
+    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is True and calls == [(False, ["docker"])]
+    assert upgrade.resume_pools_paused_by_upgrade(bucket, "https://unused") is False and len(calls) == 1
+
+
+def test_an_s3_error_other_than_not_found_is_not_taken_for_no_record(bucket, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    class Denied:
+        def get_object(self, **kwargs):
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
+
+    monkeypatch.setattr(upgrade.aws, "client", lambda settings, service: Denied())
+    with pytest.raises(ClientError, match="AccessDenied"):
+        upgrade.recorded_version(bucket)
+
+
+def test_a_labelled_copy_keeps_the_original_and_names_both_versions(bucket):
+    import datetime as dt
+
+    s3 = boto3.client("s3", region_name=bucket.region)
+    name = "p2-platform-20261130T020000Z.dump"
+    s3.put_object(Bucket=bucket.effective_bucket_name, Key="backups/" + name, Body=b"dump")
+    original = backups.Backup(name, dt.datetime(2026, 11, 30, 2, tzinfo=dt.UTC), 4,
+                              f"s3://{bucket.effective_bucket_name}/backups/{name}")
+    copy = backups.labelled_copy(bucket, original, "pre-upgrade-3.8.8-to-3.9.1")
+    assert copy.name == "p2-platform-20261130T020000Z-pre-upgrade-3.8.8-to-3.9.1.dump"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket.effective_bucket_name)["Contents"]}
+    assert {"backups/" + name, "backups/" + copy.name} <= keys
