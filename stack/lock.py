@@ -27,6 +27,15 @@ from stack.settings import StackSettings, load_settings
 F = TypeVar("F", bound=Callable)
 LEASE_SECONDS = 60
 _held: contextvars.ContextVar[bool] = contextvars.ContextVar("stack_lock_held", default=False)
+# The same, for the whole process: a step's threads (the two root modules side by side)
+# do not inherit the context variable.
+_held_by_process = False
+
+
+def held_by_this_process() -> bool:
+    """Whether this process holds the stack's slot (and its lease in the account): then no
+    other command of this stack runs, and a Terraform state lock left behind is stale."""
+    return _held.get() or _held_by_process
 
 
 def limit_name(settings: StackSettings) -> str:
@@ -61,6 +70,7 @@ async def _ensure_limit(name: str) -> None:
 @contextlib.contextmanager
 def stack_lock(settings: StackSettings) -> Iterator[None]:
     """Hold the stack's slot for the duration (re-entrant within one run)."""
+    global _held_by_process
     if _held.get():
         yield
         return
@@ -81,8 +91,10 @@ def stack_lock(settings: StackSettings) -> Iterator[None]:
             try:
                 # ... and the lease in the account, which another operator's clone shares.
                 with accountlease.held(settings, f"{this_run['flow']} ({this_run['run']})"):
+                    _held_by_process = True
                     yield
             finally:
+                _held_by_process = False
                 _held.reset(token)
                 holder.unlink(missing_ok=True)
     except TimeoutError:

@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stack import accountsecrets, statebackend
+from stack import accountsecrets, aws, statebackend
 from stack.proc import CommandError, StackError, get_logger, run
 from stack.settings import REPO_ROOT, StackSettings
 
@@ -52,6 +52,10 @@ TRANSIENT_MARKERS = (
     "requestlimitexceeded", "serviceunavailable", "503", "timeout while waiting",
     "no such host", "tls handshake timeout",
 )
+
+
+# What Terraform says when another process holds the state's lock (or held it and died).
+STATE_LOCK_ERROR = "Error acquiring the state lock"
 
 
 def is_transient(message: str) -> bool:
@@ -297,13 +301,38 @@ provider "aws" {{
                 return
             (self.log.error if level == "error" else self.log.warning if level == "warn" else self.log.info)("%s", text)
 
-        self.processes += 1
+        for attempt in range(2):
+            self.processes += 1
+            messages.clear()
+            errors.clear()
+            try:
+                done = run(argv, cwd=self.workdir, env=self.env(), ok_codes=ok_codes, on_line=on_line)
+                return done.returncode, messages
+            except CommandError as exc:
+                message = "; ".join(errors) or exc.message
+                if attempt == 0 and STATE_LOCK_ERROR in message and self._remove_stale_state_lock():
+                    continue
+                raise TerraformError(argv, exc.returncode, message, transient=is_transient(message)) from None
+        raise AssertionError("unreachable")
+
+    def _remove_stale_state_lock(self) -> bool:
+        """Remove the state's lock file when it can only be stale: this process holds the
+        stack's slot and its lease in the account, so no other command of the stack runs
+        Terraform now; the lock was left by one that was killed mid-command. Whether it did."""
+        from stack import lock
+
+        if not lock.held_by_this_process():
+            return False
+        bucket, key = statebackend.state_bucket_name(self.settings), statebackend.state_key(self.settings, self.root)
+        s3 = aws.client(self.settings, "s3")
         try:
-            done = run(argv, cwd=self.workdir, env=self.env(), ok_codes=ok_codes, on_line=on_line)
-        except CommandError as exc:
-            message = "; ".join(errors) or exc.message
-            raise TerraformError(argv, exc.returncode, message, transient=is_transient(message)) from None
-        return done.returncode, messages
+            held = s3.get_object(Bucket=bucket, Key=key + ".tflock")["Body"].read().decode(errors="replace")
+        except Exception:  # noqa: BLE001 - no lock file (any more): nothing to remove, the error stands
+            return False
+        s3.delete_object(Bucket=bucket, Key=key + ".tflock")
+        self.log.warning("removed a stale Terraform state lock of %s, left by an interrupted command (%s); "
+                         "running the command again", self.root, " ".join(held.split())[:300])
+        return True
 
     def _init_fingerprint(self) -> str:
         h = hashlib.sha256()

@@ -158,3 +158,20 @@ def test_a_subnet_outside_the_data_volumes_zone_is_refused_before_anything_chang
     finally:
         ec2.delete_subnet(SubnetId=subnet)
         ec2.delete_vpc(VpcId=vpc)
+
+
+def test_a_state_lock_left_by_a_killed_command_is_removed_and_the_command_goes_on(stack):
+    """A command killed mid-Terraform leaves the state's lock file behind (S3-native lock);
+    the next command, which holds the stack's slot and lease, removes it and goes on."""
+    from stack import statebackend
+
+    s = stack["settings"]
+    bucket = statebackend.state_bucket_name(s)
+    lock_key = statebackend.state_key(s, "compute") + ".tflock"
+    s3 = aws.client(s, "s3")
+    s3.put_object(Bucket=bucket, Key=lock_key, Body=json.dumps(
+        {"ID": "0d1e5e2a-0000-4000-8000-000000000000", "Operation": "OperationTypeApply", "Who": "killed@elsewhere",
+         "Path": f"{bucket}/{lock_key.removesuffix('.tflock')}"}).encode())
+    proc = run_step("flows.bootstrap", "--only", "provision")
+    assert "removed a stale Terraform state lock of compute" in proc.stderr and "killed@elsewhere" in proc.stderr
+    assert lock_key not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}

@@ -522,3 +522,13 @@ def test_the_keys_file_an_older_version_wrote_is_removed(tmp_path):
     legacy.write_text("[stack]\naws_access_key_id = AKIAOLD\naws_secret_access_key = old\n")
     with credentials.served(settings):
         assert not legacy.exists()
+
+
+def test_a_state_lock_is_never_removed_without_the_stacks_slot(tmp_path, monkeypatch):
+    """Only a process holding the stack's slot (and lease) may call a state lock stale."""
+    from stack import lock, terraform
+
+    tf = terraform.Terraform(load_settings(state_dir=tmp_path), terraform.COMPUTE)
+    monkeypatch.setattr(terraform.aws, "client", lambda *a: pytest.fail("no S3 call without the slot"))
+    assert lock.held_by_this_process() is False
+    assert tf._remove_stale_state_lock() is False
