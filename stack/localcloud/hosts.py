@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -141,6 +142,13 @@ def ssh_port(container) -> int | None:
 def _create(settings: StackSettings, image: str, instance: dict, data_volume: str | None,
             launch: LaunchData) -> None:
     name = instance["name"]
+    # A new machine for this instance id makes new host keys at its first boot (cloud-init):
+    # forget the old machine's, filed under the instance id, or SSH refuses the new one.
+    from stack.hostexec import known_hosts_file
+
+    if known_hosts_file(settings).exists():
+        subprocess.run(["ssh-keygen", "-R", instance["id"], "-f", str(known_hosts_file(settings))],
+                       capture_output=True, check=False)
     argv = ["docker", "create", "--name", name, "--hostname", name,
             "--network", settings.docker_network,
             # Comes back with the Docker engine, like an instance after a host reboot;
