@@ -42,11 +42,11 @@ class ApiProbe(threading.Thread):
         self.settings, self.url = settings, url
         self.longest_gap = 0.0
         self.answers = 0
-        self._stop = threading.Event()
+        self._finished = threading.Event()
 
     def run(self) -> None:
         down_since = None
-        while not self._stop.is_set():
+        while not self._finished.is_set():
             now = time.monotonic()
             if platform.ready(self.settings, self.url):
                 self.answers += 1
@@ -55,12 +55,12 @@ class ApiProbe(threading.Thread):
                 down_since = None
             elif down_since is None:
                 down_since = now
-            self._stop.wait(0.5)
+            self._finished.wait(0.5)
         if down_since is not None:
             self.longest_gap = max(self.longest_gap, time.monotonic() - down_since)
 
     def stop(self) -> float:
-        self._stop.set()
+        self._finished.set()
         self.join(timeout=30)
         return self.longest_gap
 
