@@ -38,6 +38,7 @@ from flows.register import RegisterReport, register
 from flows.restore import RestoreReport, restore
 from flows.smoke import SmokeReport, health_check, smoke_test
 from stack import platform, steps, tls
+from stack.localcloud import hosts as host_containers
 from stack.localcloud.images import remove_superseded_images
 from stack.lock import exclusive
 from stack.proc import StackError
@@ -244,6 +245,10 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         # A stack without hosts (new, or after the nightly teardown) needs the hosts'
         # images: preflight starts building them, and they build while Terraform runs.
         checked = runner.run("preflight", preflight, prebuild_host_images=True)
+        if settings.target == "local":
+            # A host that powered itself off (its safety stop) is a stopped instance, as
+            # EC2 would show it: provision's probe then fails and provision starts it.
+            host_containers.record_self_stopped(settings)
         provisioned = runner.run("provision", provision)
         booted = runner.run("hosts", hosts, provisioned)
         configured = runner.run("configure", configure, provisioned, booted)

@@ -37,6 +37,7 @@ def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs |
         return HostsReport(hosts={}, created=[], removed=[], unchanged=[])
     # The instances' current states (running, stopped) come from EC2 itself: a user may
     # have stopped or started one since provision ran.
+    host_containers.record_self_stopped(settings)  # a host that powered itself off is a stopped instance
     instances = aws.project_instances(settings, states=("pending", "running", "stopping", "stopped"))
     data_volume = provisioned.data_volume.name if provisioned else settings.data_volume_name
     r = host_containers.reconcile(settings, instances, data_volume=data_volume,

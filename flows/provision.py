@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from stack import cloudstate, statebackend
+from stack import aws, cloudstate, statebackend
+from stack.localcloud import hosts as host_containers
 from stack.proc import CommandError, StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -50,6 +51,7 @@ class ProvisionOutputs(BaseModel):
     cloud_was_lost: bool = False      # the emulated cloud had restarted: everything re-created
     terraform_processes: int = 0      # each costs seconds of provider start-up
     created_in_one_apply: list[str] = []  # root modules that had no resources: no separate plan
+    started_instances: list[str] = []  # stopped ones (a host's safety stop) started again: same ids, disks kept
 
 
 def retry_if_transient(task, task_run, state) -> bool:
@@ -200,6 +202,13 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     data_tf = Terraform(settings, DATA)
     data = apply_root_module(settings, data_tf)
     volume = DataVolume(**data["data_volume"])
+    if settings.target == "local":
+        host_containers.record_self_stopped(settings)  # what EC2 would already show
+    # Bootstrap brings the platform up: instances that stopped (a host's safety stop when
+    # the nightly teardown did not come) start again, before Terraform reads their addresses.
+    started = aws.start_stopped_instances(settings)
+    if started:
+        log.info("started the stopped instances %s again (same instances, their disks kept)", ", ".join(started))
     compute_tf = Terraform(settings, COMPUTE, inputs=compute_inputs(settings, data))
     compute = apply_root_module(settings, compute_tf)
     cloudstate.record(settings)
@@ -209,6 +218,7 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
         instance_role_arns=compute["instance_role_arns"], applied=data_tf.applied or compute_tf.applied,
         cloud_was_lost=cloud_was_lost, terraform_processes=data_tf.processes + compute_tf.processes,
         created_in_one_apply=[tf.root for tf in (data_tf, compute_tf) if tf.created_in_one_apply],
+        started_instances=started,
     )
     log.info("provisioned %d instances, bucket %s and data volume %s (%s) with %d terraform processes",
              len(outputs.instances), outputs.bucket_name, volume.name, volume.id, outputs.terraform_processes)

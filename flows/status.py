@@ -1,7 +1,7 @@
 """What the stack looks like now. ``python -m flows.status --json`` prints a JSON object
 with ``target``, ``emulator_endpoint``, ``bucket``, ``instances``, ``data_volume`` (id,
 name, size), ``last_backup`` (time, size, location), ``control_plane_api_url`` and
-``next_teardown``, ``versions`` (the Prefect of the platform's server and of each
+``next_teardown``, ``compute_stopped`` (hosts, when and why, or null), ``versions`` (the Prefect of the platform's server and of each
 host); without ``--json`` a short table."""
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def collect(settings: StackSettings) -> dict:
         if st.state != "running":
             return report
     report["data_volume"] = data_volume(settings)
+    if settings.target == "local":
+        host_containers.record_self_stopped(settings)  # what EC2 would already show
     report["instances"] = aws.project_instances(settings)
+    report["compute_stopped"] = compute_stopped(report["instances"], found)
     report["versions"] = None
     if any(i["role"] == "server" for i in report["instances"]):
         report["platform_api_url"] = platform.operator_api_url(settings)
@@ -63,6 +66,21 @@ def collect(settings: StackSettings) -> dict:
         for inst in report["instances"]:
             inst["host"] = inst["name"]
     return report
+
+
+def compute_stopped(instances: list[dict], found: list[backups.Backup]) -> dict | None:
+    """When and why the compute is stopped (None: no instance is): {hosts, at, why}."""
+    stopped = [i["name"] for i in instances if i["state"] in ("stopping", "stopped")]
+    if not stopped:
+        return None
+    last = found[-1] if found else None
+    if last is not None and backups.taken_by_safety_stop(last.name):
+        return {"hosts": stopped, "at": last.created_at.isoformat(),
+                "why": "stopped by the hosts' own timer (STACK_SAFETY_STOP): the nightly teardown did not run; "
+                       f"the server's final backup is {last.name}. The next bootstrap starts them again"}
+    reasons = sorted({i.get("state_reason") or "" for i in instances if i["name"] in stopped} - {""})
+    return {"hosts": stopped, "at": None,
+            "why": f"stopped ({'; '.join(reasons) or 'no reason given'}); the next bootstrap starts them again"}
 
 
 def last_step_states(settings: StackSettings) -> dict:
@@ -131,6 +149,9 @@ def print_table(report: dict) -> None:
             print(f"  {host}: no version: {why}")
     print(f"control plane {report['control_plane_api_url']}; next teardown {report['next_teardown'] or 'none'}, "
           f"next backup {report['next_backup'] or 'none'}")
+    if report.get("compute_stopped"):
+        c = report["compute_stopped"]
+        print(f"compute stopped{' at ' + c['at'] if c['at'] else ''}: {', '.join(c['hosts'])}: {c['why']}")
     if report.get("steps"):
         print("steps: " + ", ".join(f"{k} {v['state']}" for k, v in report["steps"].items()))
     if not report["instances"]:

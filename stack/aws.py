@@ -14,6 +14,9 @@ from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY, StackSettin
 # ignore_tags); the Ansible inventory and stack/hostexec.py read them.
 SSH_HOST_TAG = "StackSshHost"
 SSH_PORT_TAG = "StackSshPort"
+# When the hosts step recorded an instance as stopped because its host powered itself off
+# (local only; see stack/localcloud/hosts.record_self_stopped). Terraform ignores it too.
+SELF_STOP_TAG = "StackSelfStopped"
 
 
 def client(settings: StackSettings, service: str):
@@ -47,6 +50,7 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
                     "ssh_host": tags.get(SSH_HOST_TAG) or inst.get("PublicIpAddress"),
                     "ssh_port": int(tags.get(SSH_PORT_TAG) or 22),
                     "key_name": inst.get("KeyName"),
+                    "state_reason": inst.get("StateTransitionReason") or "",
                 })
     return sorted(out, key=lambda i: i["name"])
 
@@ -166,3 +170,19 @@ def check_operator_address(settings: StackSettings, address: str | None) -> str:
                          f"{settings.effective_operator_cidr}, so SSH and the platform's API would refuse it; set "
                          f"STACK_OPERATOR_CIDR={address}/32")
     return f"this machine ({address}) is inside STACK_OPERATOR_CIDR {settings.effective_operator_cidr}"
+
+
+def start_stopped_instances(settings: StackSettings) -> list[str]:
+    """Start the project's stopped instances (a host's safety stop, or someone's
+    StopInstances): the same instances, their disks kept; on aws each gets a new public IP,
+    which provision's outputs and the inventory then carry. Returns their names."""
+    stopped = project_instances(settings, states=("stopping", "stopped"))
+    if not stopped:
+        return []
+    ec2 = client(settings, "ec2")
+    ids = [i["id"] for i in stopped]
+    fast = {"Delay": 2 if settings.target == "local" else 5, "MaxAttempts": 120}
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=ids, WaiterConfig=fast)  # a stopping one cannot start yet
+    ec2.start_instances(InstanceIds=ids)
+    ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=fast)
+    return [i["name"] for i in stopped]

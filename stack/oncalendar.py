@@ -5,6 +5,8 @@ so a timer on a host fires when the control plane's schedule would, in the same 
     '*-*-* 02:00:00 Europe/Madrid'
     >>> on_calendar("*/15 8-18 * * 1-5", "UTC")
     'Mon..Fri *-*-* 08..18:00/15:00 UTC'
+    >>> shifted_cron("45 23 * * 1-5", 30)  # the safety stop: the teardown's time plus the grace
+    '15 0 * * 2,3,4,5,6'
 """
 
 from __future__ import annotations
@@ -63,3 +65,28 @@ def on_calendar(cron: str, timezone: str) -> str:
         raise CalendarError(f"{cron!r}: a day of the month and a day of the week together have no systemd equivalent")
     return (f"{_days(dow)}*-{_field(month, 1)}-{_field(dom, 1)} "
             f"{_field(hour, 0)}:{_field(minute, 0)}:00 {timezone}")
+
+
+def shifted_cron(cron: str, minutes: int) -> str:
+    """``cron`` moved ``minutes`` later: the host's safety stop fires at the nightly
+    teardown's time plus the grace. Only a teardown at one fixed time of day can be moved
+    (a number for the minute and the hour, '*' for the day of the month and the month; the
+    day of the week follows when the time passes midnight)."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise CalendarError(f"{cron!r}: expected five fields (minute hour day month weekday)")
+    minute, hour, dom, month, dow = fields
+    if not (minute.isdigit() and hour.isdigit() and dom == "*" and month == "*"):
+        raise CalendarError(f"{cron!r}: the safety stop needs a teardown at one fixed time of day "
+                            "(numbers for the minute and the hour, '*' for the day of the month and the month)")
+    total = int(hour) * 60 + int(minute) + minutes
+    days, total = divmod(total, 24 * 60)
+    if dow != "*" and days:
+        weekdays = set()
+        for part in dow.split(","):
+            if not re.fullmatch(r"\d(-\d)?", part):
+                raise CalendarError(f"day of week {dow!r}: use numbers 0-7, ranges a-b and lists")
+            a, _, b = part.partition("-")
+            weekdays.update(d % 7 for d in range(int(a), int(b or a) + 1))
+        dow = ",".join(str(d) for d in sorted((d + days) % 7 for d in weekdays))
+    return f"{total % 60} {total // 60} * * {dow}"

@@ -128,7 +128,15 @@ class StackSettings(BaseSettings):
     )
     teardown_grace_minutes: int = Field(
         30, ge=1, le=1440,
-        description="A scheduled teardown that starts later than this after its time is skipped as overdue.",
+        description="A scheduled teardown that starts later than this after its time is skipped as overdue; "
+                    "the hosts' safety stop (STACK_SAFETY_STOP) fires this long after the teardown's time.",
+    )
+    safety_stop: bool = Field(
+        True,
+        description="Each host powers itself off (an EC2 stop: no compute billed, disks kept; the server takes a "
+                    "final backup first) at the nightly teardown's time plus STACK_TEARDOWN_GRACE_MINUTES, in case "
+                    "the teardown did not run (the control plane's machine asleep). The next bootstrap starts the "
+                    "same instances. false: the hosts stay up (a stack run around the clock).",
     )
     backup_cron: str = Field(
         "0 2 * * *",
@@ -294,6 +302,17 @@ class StackSettings(BaseSettings):
                 f"ssh_user: the emulated hosts' login user is admin (cloud-init's default user in their image), "
                 f"not {self.ssh_user}; unset STACK_SSH_USER, or set it for the aws target only"
             )
+        if self.safety_stop and self.nightly_teardown_cron:
+            from stack.oncalendar import CalendarError, shifted_cron
+
+            try:
+                shifted_cron(self.nightly_teardown_cron, self.teardown_grace_minutes)
+            except CalendarError as exc:
+                raise ValueError(f"nightly_teardown_cron: {exc}; simplify STACK_NIGHTLY_TEARDOWN_CRON, or set "
+                                 "STACK_SAFETY_STOP=false to run without the hosts' own stop") from None
+            if self.teardown_grace_minutes >= 24 * 60:
+                raise ValueError("teardown_grace_minutes: the hosts' safety stop would fall on the next night's "
+                                 "teardown; use fewer than 1440 minutes, or set STACK_SAFETY_STOP=false")
         ports = {"emulator_port": self.emulator_port, "control_plane_port": self.control_plane_port,
                  "platform_port": self.platform_port}
         if len(set(ports.values())) != len(ports):

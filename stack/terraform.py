@@ -237,9 +237,10 @@ provider "aws" {{
   s3_use_path_style           = true
   max_retries                 = 2
 
-  # Where each host's sshd is published: written by the hosts step, not Terraform's.
+  # The twin's own tags (where each host's sshd is published, when a host powered
+  # itself off): written by the hosts step, not Terraform's.
   ignore_tags {{
-    keys = ["{aws.SSH_HOST_TAG}", "{aws.SSH_PORT_TAG}"]
+    keys = ["{aws.SSH_HOST_TAG}", "{aws.SSH_PORT_TAG}", "{aws.SELF_STOP_TAG}"]
   }}
 
   endpoints {{

@@ -46,8 +46,10 @@ PLATFORM_INNER_PORT = 4200
 SSH_INNER_PORT = 22
 # Where cloud-init's NoCloud data source reads an instance's data (meta-data, user-data).
 NOCLOUD_SEED_DIR = "var/lib/cloud/seed/nocloud"
-# Back with the Docker engine (a reboot), but a container someone stopped stays stopped.
-RESTART_POLICY = "unless-stopped"
+# Back with the Docker engine (a reboot: systemd exits 130 when the engine stops it), but
+# a container someone stopped stays stopped, and so does a host that powered itself off
+# (the safety stop's 'systemctl exit 0': exit code 0), like a stopped instance.
+RESTART_POLICY = "on-failure"
 # Where the server sees its data volume (the prefect_server role keeps PostgreSQL there).
 DATA_MOUNT = "/srv/prefect-data"
 
@@ -255,6 +257,46 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
     for name in report.created + report.started:
         wait_booted(name)
     return report
+
+
+def powered_off_by_themselves(settings: StackSettings) -> dict[str, dict]:
+    """Host containers whose host powered itself off (systemd exited with 0: the safety
+    stop), by instance id: {name, at} with the time it stopped."""
+    out = {}
+    for name, c in project_hosts(docker_client(), settings).items():
+        state = c.attrs["State"]
+        if c.status == "exited" and state.get("ExitCode") == 0 and c.labels.get(LABEL_INSTANCE):
+            out[c.labels[LABEL_INSTANCE]] = {"name": name, "at": state.get("FinishedAt", "")[:19] + "Z"}
+    return out
+
+
+def record_self_stopped(settings: StackSettings) -> list[str]:
+    """What EC2 does when an instance powers itself off (instance_initiated_shutdown_behavior
+    = "stop"): the instance becomes stopped. The emulator cannot see inside a container,
+    so the twin tells it (StopInstances) for each host that powered itself off while its
+    instance still runs, once per poweroff: the tag SELF_STOP_TAG keeps the poweroff's time,
+    so an instance started again since (its container not yet) is not stopped again.
+    Returns the names of the hosts recorded."""
+    from stack import aws
+
+    off = powered_off_by_themselves(settings)
+    if not off:
+        return []
+    ec2 = aws.client(settings, "ec2")
+    recorded = []
+    for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=sorted(off)):
+        for res in page["Reservations"]:
+            for inst in res["Instances"]:
+                host = off[inst["InstanceId"]]
+                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                if inst["State"]["Name"] not in ("pending", "running") or tags.get(aws.SELF_STOP_TAG) == host["at"]:
+                    continue
+                ec2.stop_instances(InstanceIds=[inst["InstanceId"]])
+                ec2.create_tags(Resources=[inst["InstanceId"]], Tags=[{"Key": aws.SELF_STOP_TAG, "Value": host["at"]}])
+                get_logger().info("host %s (%s) powered itself off at %s: its instance is recorded as stopped",
+                                  host["name"], inst["InstanceId"], host["at"])
+                recorded.append(host["name"])
+    return sorted(recorded)
 
 
 def remove_data_volume(settings: StackSettings, name: str) -> bool:

@@ -87,6 +87,10 @@ resource "aws_instance" "host" {
   # A default VPC's subnets give instances public IPs; a subnet given may not.
   associate_public_ip_address = var.subnet_id == null ? null : true
   user_data                   = local.ssm_agent_user_data
+  # A host's safety stop powers it off when the nightly teardown did not come (the
+  # base_system role's stack-safety-stop.timer): stopped, it bills no compute and keeps
+  # its disks, and the next bootstrap starts it again.
+  instance_initiated_shutdown_behavior = "stop"
 
   metadata_options {
     http_endpoint               = var.metadata_options.http_endpoint

@@ -178,6 +178,93 @@ def test_docker_engine_restart_brings_the_stack_back_with_its_data(stack):
     assert_case3_ran(report)
 
 
+SAFETY_STOP_TIMER = "stack-safety-stop.timer"
+# A drop-in that moves the hosts' safety stop to a time the test can wait for, instead of
+# configuring a teardown cron minutes ahead: that would also schedule the control plane's
+# real nightly teardown then, which would destroy the compute first.
+SAFETY_STOP_DROP_IN = f"/etc/systemd/system/{SAFETY_STOP_TIMER}.d/test-soon.conf"
+
+
+def _timer(host: str, prop: str) -> str:
+    return sh("docker", "exec", host, "systemctl", "show", "-p", prop, "--value", SAFETY_STOP_TIMER).stdout.strip()
+
+
+def _move_safety_stop(hosts: list[str], on_calendar: str | None, armed: bool = True) -> None:
+    """Move each host's safety stop to ``on_calendar``, the timer enabled as an armed one
+    is (at the next boot it starts again, and must not fire for the time it missed). None:
+    back to configure's timer, disabled unless it was ``armed``."""
+    timer = SAFETY_STOP_TIMER
+    if on_calendar:
+        conf = f"[Timer]\\nOnCalendar=\\nOnCalendar={on_calendar}\\n"
+        script = (f"mkdir -p $(dirname {SAFETY_STOP_DROP_IN}) && printf '{conf}' > {SAFETY_STOP_DROP_IN} && "
+                  f"systemctl daemon-reload && systemctl enable {timer} && systemctl restart {timer}")
+    else:
+        script = (f"rm -f {SAFETY_STOP_DROP_IN} && systemctl daemon-reload && "
+                  + (f"systemctl restart {timer}" if armed else f"systemctl disable --now {timer}"))
+    for host in hosts:
+        done = sh("docker", "exec", host, "sh", "-c", script)
+        assert done.returncode == 0, done.stderr
+
+
+def test_hosts_stop_themselves_when_the_teardown_does_not_come_and_bootstrap_starts_them(stack):
+    """The nightly teardown did not run (the operator's machine asleep): at its time plus
+    the grace each host's own timer fires, the server takes a final backup, every host
+    powers off, EC2 shows the instances stopped and status says why; the next bootstrap
+    starts the same instances and nothing is lost."""
+    s = stack["settings"]
+    instances = aws.project_instances(s)
+    hosts = [i["name"] for i in instances]
+    # The test stack schedules no nightly teardown (STACK_NIGHTLY_TEARDOWN_CRON=''), so
+    # configure left each host's safety stop disarmed: nothing to wait for. (The calendar
+    # of an armed one, the teardown's time plus the grace, is a unit test's.)
+    for host in hosts:
+        assert _timer(host, "ActiveState") == "inactive" and _timer(host, "UnitFileState") == "disabled", host
+    before = platform_records(s)
+    soon = time.gmtime(time.time() + 20)
+    _move_safety_stop(hosts, time.strftime("*-*-* %H:%M:%S UTC", soon))
+    started_wait = time.monotonic()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and any(container_state(h) == "running" for h in hosts):
+            time.sleep(2)
+        states = {h: container_state(h) for h in hosts}
+        assert set(states.values()) == {"exited"}, f"hosts still up 180 s after the safety stop's time: {states}"
+        print(f"every host powered itself off {time.monotonic() - started_wait:.0f} s after the timer was set "
+              "20 s ahead")
+        for host in hosts:  # stopped by itself (exit 0), not by Docker: the restart policy leaves it down
+            assert sh("docker", "inspect", "-f", "{{.State.ExitCode}}", host).stdout.strip() == "0", host
+        time.sleep(5)
+        assert all(container_state(h) == "exited" for h in hosts), "the engine started a self-stopped host again"
+
+        status = result_json(run_step("flows.status", "--json"))
+        assert {i["name"]: i["state"] for i in status["instances"]} == {h: "stopped" for h in hosts}
+        assert status["compute_stopped"]["hosts"] == hosts
+        assert "nightly teardown did not run" in status["compute_stopped"]["why"], status["compute_stopped"]
+        assert status["last_backup"]["name"].endswith("-safety-stop.dump")
+        key = status["last_backup"]["location"].split("/", 3)[3]
+        assert aws.client(s, "s3").head_object(Bucket=s.effective_bucket_name, Key=key)["ContentLength"] > 0
+
+        report = result_json(run_step("flows.bootstrap"))
+        # The hosts came back up, their timers with them, and stayed up: a timer that
+        # missed its time while the host was stopped does not fire at boot.
+        assert sorted(report["provision"]["started_instances"]) == hosts
+        for host in hosts:
+            assert _timer(host, "ActiveState") == "active", host
+        time.sleep(5)
+        assert all(container_state(h) == "running" for h in hosts), "a host stopped again at boot"
+    finally:
+        for host in hosts:
+            if container_state(host) != "running":
+                sh("docker", "start", host)
+        time.sleep(3)
+        _move_safety_stop(hosts, None, armed=False)  # back to configure's (disarmed) timer
+    assert sorted(report["provision"]["started_instances"]) == hosts
+    assert sorted(report["hosts"]["started"]) == hosts and report["hosts"]["created"] == []
+    assert sorted(i["id"] for i in aws.project_instances(s, states=("running",))) == sorted(i["id"] for i in instances)
+    assert_nothing_lost(before, s)
+    assert_case3_ran(report)
+
+
 def test_emulator_restart_is_detected_and_reprovisions_exactly_one_stack(stack):
     s = stack["settings"]
     before = platform_records(s)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from stack.oncalendar import CalendarError, on_calendar
+from stack.oncalendar import CalendarError, on_calendar, shifted_cron
 
 
 @pytest.mark.parametrize(("cron", "expected"), [
@@ -32,3 +32,20 @@ def test_a_cron_systemd_cannot_express_is_refused_with_a_reason():
         on_calendar("0 2 1 * 1", "UTC")
     with pytest.raises(CalendarError, match="five fields"):
         on_calendar("0 2 * *", "UTC")
+
+
+@pytest.mark.parametrize(("cron", "minutes", "expected"), [
+    ("0 3 * * *", 30, "30 3 * * *"),
+    ("45 23 * * *", 30, "15 0 * * *"),
+    ("45 23 * * 1-5", 30, "15 0 * * 2,3,4,5,6"),   # Friday night's stop is early on Saturday
+    ("50 23 * * 6", 20, "10 0 * * 0"),              # Saturday -> Sunday
+    ("0 3 * * 7", 1439, "59 2 * * 1"),               # 7 is Sunday too
+])
+def test_the_safety_stop_is_the_teardown_moved_by_the_grace(cron, minutes, expected):
+    assert shifted_cron(cron, minutes) == expected
+
+
+@pytest.mark.parametrize("cron", ["*/30 3 * * *", "0 3,15 * * *", "0 3 1 * *", "0 3 * 6 *", "0 3 * *"])
+def test_a_teardown_at_no_single_time_of_day_cannot_be_moved(cron):
+    with pytest.raises(CalendarError):
+        shifted_cron(cron, 30)

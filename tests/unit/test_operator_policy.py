@@ -11,7 +11,8 @@ The heuristics, kept simple on purpose:
   names the service (``aws.client(settings, "s3")``, ``boto3.client("s3", ...)``); a name
   assigned from one is a client in that scope. ``<client>.<method>(...)`` is an API call,
   also chained (``aws.client(settings, "s3").get_object(...)``), and
-  ``<client>.get_paginator("x")`` is the call ``x``. Clients handed over as arguments,
+  ``<client>.get_paginator("x")`` is the call ``x``; ``<client>.get_waiter("x")`` is the call
+  its waiter polls. Clients handed over as arguments,
   kept on objects, or made from a boto3 Session are not seen.
 * Method to IAM action: botocore's service model names the operation
   (``xform_name(operation) == method``) and the service's signing name is the action's
@@ -185,6 +186,11 @@ def boto3_calls(source: str) -> set[tuple[str, str]]:
             method = node.func.attr
             if method == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
                 method = node.args[0].value
+            elif method == "get_waiter" and node.args and isinstance(node.args[0], ast.Constant):
+                # A waiter polls one operation (instance_running: DescribeInstances).
+                waiter = botocore.session.get_session().get_waiter_model(service).get_waiter(
+                    "".join(w.capitalize() for w in node.args[0].value.split("_")))
+                method = xform_name(waiter.operation)
             calls.add((service, method))
     return calls
 

@@ -24,6 +24,8 @@ BAD_INPUTS = [
     ("STACK_SSH_USER", "ubuntu"),  # the emulated hosts' user is admin
     ("STACK_PREFECT_VERSION", "3.9"),
     ("STACK_PREFECT_VERSION", "3.7.99"),  # no lock for it: bin/lock-prefect writes one
+    ("STACK_NIGHTLY_TEARDOWN_CRON", "*/30 3 * * *"),  # the safety stop needs one time of day
+    ("STACK_TEARDOWN_GRACE_MINUTES", "1440"),  # the safety stop would fall on the next teardown
 ]
 
 
@@ -89,3 +91,20 @@ def test_the_backup_is_scheduled_on_the_server_host_in_the_schedules_time_zone_n
     assert backup_vars(settings.model_copy(update={"backup_cron": ""}))["prefect_server_backup_on_calendar"] == ""
     assert [s.schedule.timezone for s in deps["prefect2-nightly-teardown"].schedules] == ["Europe/Madrid"]
     assert "prefect2-restore" in deps
+
+
+def test_the_safety_stop_fires_the_grace_after_the_nightly_teardown_in_its_time_zone():
+    from flows.configure import safety_stop_calendar
+
+    s = load_settings(nightly_teardown_cron="45 23 * * 1-5", teardown_grace_minutes=30,
+                      nightly_teardown_timezone="Europe/Madrid")
+    # Past midnight: the next day of the week, in the schedules' time zone.
+    assert safety_stop_calendar(s) == "Tue,Wed,Thu,Fri,Sat *-*-* 00:15:00 Europe/Madrid"
+    assert safety_stop_calendar(load_settings()) == "*-*-* 03:30:00 UTC"  # defaults: 03:00 plus 30 min
+    # Off, or nothing to wait for: the timer is disarmed ('').
+    assert safety_stop_calendar(load_settings(safety_stop=False)) == ""
+    assert safety_stop_calendar(load_settings(nightly_teardown_cron="")) == ""
+    # A teardown cron the safety stop cannot follow is fine once the safety stop is off.
+    assert load_settings(nightly_teardown_cron="*/30 3 * * *", safety_stop=False).safety_stop is False
+    with pytest.raises(SettingsError, match="STACK_SAFETY_STOP=false"):
+        load_settings(nightly_teardown_cron="0 3 1 * *")

@@ -28,7 +28,8 @@ class Counting:
 def main() -> int:
     bucket, prefix = os.environ["BACKUP_BUCKET"], os.environ["BACKUP_NAME_PREFIX"]
     now = dt.datetime.now(dt.timezone.utc)
-    name = f"{prefix}-platform-{now:%Y%m%dT%H%M%SZ}.dump"
+    label = os.environ.get("BACKUP_LABEL", "")  # safety-stop: the host's own stop took it
+    name = f"{prefix}-platform-{now:%Y%m%dT%H%M%SZ}" + (f"-{label}" if label else "") + ".dump"
     key = f"backups/{name}"
     dump = subprocess.Popen(["pg_dump", "--format=custom", os.environ.get("BACKUP_DATABASE", "prefect")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
