@@ -62,7 +62,7 @@ def safety_stop_calendar(settings: StackSettings) -> str:
     if not (settings.safety_stop and settings.nightly_teardown_cron):
         return ""
     return on_calendar(shifted_cron(settings.nightly_teardown_cron, settings.teardown_grace_minutes),
-                       settings.nightly_teardown_timezone)
+                       settings.schedule_timezone)
 
 
 def backup_vars(settings: StackSettings) -> dict:
@@ -78,7 +78,7 @@ def backup_vars(settings: StackSettings) -> dict:
     return {
         "prefect_server_backup_bucket": settings.effective_bucket_name,
         "prefect_server_backup_name_prefix": settings.name_prefix,
-        "prefect_server_backup_on_calendar": (on_calendar(settings.backup_cron, settings.nightly_teardown_timezone)
+        "prefect_server_backup_on_calendar": (on_calendar(settings.backup_cron, settings.schedule_timezone)
                                               if settings.backup_cron else ""),
         "prefect_server_backup_env": env,
     }

@@ -1,6 +1,6 @@
 """The control plane's runner: every step as a deployment with a Run button in the
 Prefect UI; teardown (compute only, data kept) on a nightly schedule
-(STACK_NIGHTLY_TEARDOWN_CRON, in STACK_NIGHTLY_TEARDOWN_TIMEZONE). The nightly backup is
+(STACK_NIGHTLY_TEARDOWN_CRON, in STACK_SCHEDULE_TIMEZONE). The nightly backup is
 not here: a systemd timer on the server host runs it (STACK_BACKUP_CRON).
 
 Started in the background by the entry points (``stack/controlplane.py``); run it in the
@@ -28,7 +28,7 @@ from stack.settings import load_settings
 
 def deployments(settings):
     tag = settings.name_prefix
-    tz = settings.nightly_teardown_timezone
+    tz = settings.schedule_timezone
 
     def scheduled(cron: str) -> list:
         return [Cron(cron, timezone=tz)] if cron else []

@@ -30,8 +30,8 @@ def collect(settings: StackSettings) -> dict:
     }
     report["control_plane_api_url"] = settings.control_plane_api_url
     report["steps"] = last_step_states(settings)
-    report["next_teardown"] = next_time(settings.nightly_teardown_cron, settings.nightly_teardown_timezone)
-    report["next_backup"] = next_time(settings.backup_cron, settings.nightly_teardown_timezone)
+    report["next_teardown"] = next_time(settings.nightly_teardown_cron, settings.schedule_timezone)
+    report["next_backup"] = next_time(settings.backup_cron, settings.schedule_timezone)
     found = backups.available(settings, settings.effective_bucket_name if _cloud_answers(settings) else None)
     report["last_backup"] = found[-1].as_dict() if found else None
     report["data_volume"] = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 from functools import cached_property
@@ -123,8 +124,9 @@ class StackSettings(BaseSettings):
         "0 3 * * *",
         description="Cron of the nightly teardown (compute only; data kept) on the control plane; empty for no schedule.",
     )
-    nightly_teardown_timezone: str = Field(
-        "UTC", description="Time zone of the nightly teardown and backup schedules (an IANA name like Europe/Madrid).",
+    schedule_timezone: str = Field(
+        "UTC", description="Time zone of the nightly schedules: the teardown, the backup and the hosts' safety stop "
+                           "(an IANA name like Europe/Madrid). Formerly STACK_NIGHTLY_TEARDOWN_TIMEZONE, still read.",
     )
     teardown_grace_minutes: int = Field(
         30, ge=1, le=1440,
@@ -141,7 +143,7 @@ class StackSettings(BaseSettings):
     backup_cron: str = Field(
         "0 2 * * *",
         description="Cron of the platform database backup (a systemd timer on the server host, in "
-                    "STACK_NIGHTLY_TEARDOWN_TIMEZONE); empty for no schedule.",
+                    "STACK_SCHEDULE_TIMEZONE); empty for no schedule.",
     )
     lock_wait_seconds: int = Field(
         600, ge=0, le=86400,
@@ -244,7 +246,7 @@ class StackSettings(BaseSettings):
                 raise ValueError(f"{exc}; the backup runs on a systemd timer on the server host") from None
         return v
 
-    @field_validator("nightly_teardown_timezone")
+    @field_validator("schedule_timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -402,15 +404,39 @@ def _check_config_file() -> None:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: {exc}; fix the TOML (key = \"value\" lines) and run again") from None
-    unknown = sorted(set(data) - set(StackSettings.model_fields))
+    unknown = sorted(set(data) - set(StackSettings.model_fields) - set(RENAMED))
     if unknown:
         raise SettingsError(f"{path}: unknown setting {unknown[0]!r}; the settings are listed in the README "
                             "(lower case, without STACK_)")
 
 
+# Settings renamed: the old name is still read (with a warning) when the new one is not set.
+RENAMED = {"nightly_teardown_timezone": "schedule_timezone"}
+
+
+def _renamed_settings(overrides: dict) -> dict:
+    """Values given under a setting's old name (environment or stack.toml), as overrides
+    of its new name, each with a warning that names both."""
+    import tomllib
+
+    path = config_file()
+    toml = tomllib.loads(path.read_text()) if path.is_file() else {}
+    found = {}
+    for old, new in RENAMED.items():
+        old_env, new_env = f"{ENV_PREFIX}{old.upper()}", f"{ENV_PREFIX}{new.upper()}"
+        value = os.environ.get(old_env, toml.get(old))
+        if value is None or new in overrides or new_env in os.environ or new in toml:
+            continue
+        logging.getLogger("stack").warning("setting %s is now called %s (%s in stack.toml); the old name is "
+                                           "still read, rename it", old_env, new_env, new)
+        found[new] = value
+    return found
+
+
 def load_settings(**overrides) -> StackSettings:
     """Read and validate the settings; raise SettingsError with one line per problem."""
     _check_config_file()
+    overrides = {**_renamed_settings(overrides), **overrides}
     try:
         return StackSettings(**overrides)
     except ValidationError as exc:

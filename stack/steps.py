@@ -67,7 +67,7 @@ STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
 # Settings only the control plane reads, or that reach a step only through the values it
 # is given (the backup's schedule reaches configure through its playbook variables):
 # they are left out of the settings a key hashes.
-CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "nightly_teardown_timezone", "teardown_grace_minutes",
+CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "schedule_timezone", "teardown_grace_minutes",
                           "backup_cron", "lock_wait_seconds", "control_plane_port"}
 # Fields of step results that differ from run to run without meaning a different product.
 VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts",

@@ -203,7 +203,7 @@ def _teardown_schedules(api: str) -> list[tuple[str, str]]:
 def test_a_changed_teardown_schedule_reaches_the_control_plane(stack):
     s = stack["settings"]
     env = clean_env(**TEST_STACK_ENV) | {"STACK_NIGHTLY_TEARDOWN_CRON": "30 4 * * *",
-                                         "STACK_NIGHTLY_TEARDOWN_TIMEZONE": "Europe/Madrid"}
+                                         "STACK_SCHEDULE_TIMEZONE": "Europe/Madrid"}
     try:
         run_step("flows.controlplane", "start", env=env)
         for _ in range(120):

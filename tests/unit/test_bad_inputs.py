@@ -45,7 +45,7 @@ CASES = [
     Case("unknown-target", "STACK_TARGET", env={"STACK_TARGET": "gcp"}),
     Case("bad-prefix", "STACK_NAME_PREFIX", env={"STACK_NAME_PREFIX": "Bad_Prefix!"}),
     Case("bad-cron", "STACK_NIGHTLY_TEARDOWN_CRON", env={"STACK_NIGHTLY_TEARDOWN_CRON": "every night"}),
-    Case("bad-timezone", "STACK_NIGHTLY_TEARDOWN_TIMEZONE", env={"STACK_NIGHTLY_TEARDOWN_TIMEZONE": "Mars/Olympus"}),
+    Case("bad-timezone", "STACK_SCHEDULE_TIMEZONE", env={"STACK_SCHEDULE_TIMEZONE": "Mars/Olympus"}),
     Case("worker-concurrency-zero", "STACK_WORKER_CONCURRENCY", env={"STACK_WORKER_CONCURRENCY": "0"}),
     Case("aws-without-cidr", "STACK_OPERATOR_CIDR", env={"STACK_TARGET": "aws", "STACK_AMI_ID": "ami-0123456789abcdef0"}),
     # command-line options

@@ -84,7 +84,7 @@ def test_the_backup_is_scheduled_on_the_server_host_in_the_schedules_time_zone_n
     from flows.configure import backup_vars
     from flows.serve import deployments
 
-    settings = load_settings(name_prefix="prefect2", backup_cron="0 1 * * *", nightly_teardown_timezone="Europe/Madrid")
+    settings = load_settings(name_prefix="prefect2", backup_cron="0 1 * * *", schedule_timezone="Europe/Madrid")
     deps = {d.name: d for d in deployments(settings)}
     assert deps["prefect2-backup"].schedules in (None, [])  # a Run button only: the server's timer runs it
     assert backup_vars(settings)["prefect_server_backup_on_calendar"] == "*-*-* 01:00:00 Europe/Madrid"
@@ -97,7 +97,7 @@ def test_the_safety_stop_fires_the_grace_after_the_nightly_teardown_in_its_time_
     from flows.configure import safety_stop_calendar
 
     s = load_settings(nightly_teardown_cron="45 23 * * 1-5", teardown_grace_minutes=30,
-                      nightly_teardown_timezone="Europe/Madrid")
+                      schedule_timezone="Europe/Madrid")
     # Past midnight: the next day of the week, in the schedules' time zone.
     assert safety_stop_calendar(s) == "Tue,Wed,Thu,Fri,Sat *-*-* 00:15:00 Europe/Madrid"
     assert safety_stop_calendar(load_settings()) == "*-*-* 03:30:00 UTC"  # defaults: 03:00 plus 30 min
@@ -108,3 +108,19 @@ def test_the_safety_stop_fires_the_grace_after_the_nightly_teardown_in_its_time_
     assert load_settings(nightly_teardown_cron="*/30 3 * * *", safety_stop=False).safety_stop is False
     with pytest.raises(SettingsError, match="STACK_SAFETY_STOP=false"):
         load_settings(nightly_teardown_cron="0 3 1 * *")
+
+
+def test_the_schedules_time_zone_is_still_read_under_its_old_name_with_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("STACK_CONFIG_FILE", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("STACK_NIGHTLY_TEARDOWN_TIMEZONE", "Europe/Madrid")
+    with caplog.at_level("WARNING", logger="stack"):
+        assert load_settings().schedule_timezone == "Europe/Madrid"
+    assert "STACK_SCHEDULE_TIMEZONE" in caplog.text and "STACK_NIGHTLY_TEARDOWN_TIMEZONE" in caplog.text
+    monkeypatch.setenv("STACK_SCHEDULE_TIMEZONE", "Asia/Tokyo")  # the new name wins
+    assert load_settings().schedule_timezone == "Asia/Tokyo"
+    monkeypatch.delenv("STACK_SCHEDULE_TIMEZONE")
+    monkeypatch.delenv("STACK_NIGHTLY_TEARDOWN_TIMEZONE")
+    toml = tmp_path / "stack.toml"
+    toml.write_text('nightly_teardown_timezone = "America/Lima"\n')  # the old key in stack.toml
+    monkeypatch.setenv("STACK_CONFIG_FILE", str(toml))
+    assert load_settings().schedule_timezone == "America/Lima"
