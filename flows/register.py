@@ -38,9 +38,11 @@ async def _register(settings: StackSettings, url: str, image: FlowRunnerImage) -
         for name, (kind, template, limit) in definitions.work_pools(settings, image.reference, image.extra_pip_packages).items():
             try:
                 await client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template,
-                                                             concurrency_limit=limit))
+                                                             concurrency_limit=limit,
+                                                             description=platform.POOL_DESCRIPTIONS[name]))
             except ObjectAlreadyExists:
-                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, concurrency_limit=limit))
+                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, concurrency_limit=limit,
+                                                                   description=platform.POOL_DESCRIPTIONS[name]))
             existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
             for queue in platform.QUEUES:
                 if queue not in existing:

@@ -32,6 +32,18 @@ PROCESS_POOL = "process"          # process worker on the worker host(s)
 DOCKER_POOL = "docker"            # Docker worker on the worker host(s)
 OPERATOR_POOL = "operator-process"  # process worker on the operator machine (case 2)
 QUEUES = ("default", "dev")
+# What each pool is for, shown in the UI's Work Pools page.
+POOL_DESCRIPTIONS = {
+    PROCESS_POOL: "Process workers on the worker hosts (<host>-process): flow code pulled from the code bucket.",
+    DOCKER_POOL: "Docker workers on the worker hosts (<host>-docker): each run in a container of the flow-runner "
+                 "image.",
+    # Why not Ready most of the time: a worker that lived on a laptop would be Not Ready
+    # whenever the laptop sleeps anyway, and it would poll the server day and night.
+    OPERATOR_POOL: "A process worker on the operator's machine, for code in a folder there (case 2). The smoke "
+                   "starts one for its run, so between smokes this pool shows Not Ready: that is expected. "
+                   "To run such deployments yourself, start one with the platform's client settings "
+                   "(README, 'Using the platform'): prefect worker start --pool operator-process",
+}
 # The folder of the code bucket that deployments/prefect.yaml pushes the testflow to.
 CODE_FOLDER = "testflow"
 # Block names.

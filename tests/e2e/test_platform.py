@@ -172,6 +172,7 @@ def _platform_objects(stack) -> dict:
             return {
                 "blocks": sorted((str(b.id), b.name) for b in blocks if not b.is_anonymous),
                 "pools": sorted((str(p.id), p.name, json.dumps(p.base_job_template, sort_keys=True)) for p in pools),
+                "pool_descriptions": {p.name: p.description for p in pools},
                 "queues": sorted(queues),
                 "deployments": sorted((str(d.id), d.name, d.work_pool_name) for d in deployments),
             }
@@ -186,6 +187,9 @@ def test_register_and_deploy_twice_leave_the_same_objects(stack):
     commands = {name: json.loads(template)["variables"]["properties"]["command"]["default"]
                 for _, name, template in before["pools"]}
     assert set(commands.values()) == {ENGINE_COMMAND}, commands
+    # The UI says what each pool is for, and why the operator's is Not Ready between smokes.
+    assert before["pool_descriptions"] == platform.POOL_DESCRIPTIONS
+    assert "Not Ready" in before["pool_descriptions"][platform.OPERATOR_POOL]
     assert result_json(run_step("flows.register"))["work_pools"]["process"] == ["default", "dev"]
     run_step("flows.deploy")
     assert _platform_objects(stack) == before
