@@ -19,7 +19,7 @@ from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
 from stack.proc import StackError
 from stack.localcloud import emulator
-from stack.oncalendar import on_calendar, shifted_cron
+from stack.oncalendar import host_timers
 from stack.settings import StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
@@ -51,18 +51,8 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         "prefect_server_ui_api_url": ui_api_url,
         "prefect_worker_limit": capacity.worker_concurrency(settings),
         **backup_vars(settings),
-        "base_system_safety_stop_on_calendar": safety_stop_calendar(settings),
+        "base_system_safety_stop_on_calendar": host_timers(settings)["safety_stop"],
     }
-
-
-def safety_stop_calendar(settings: StackSettings) -> str:
-    """When every host stops itself (systemd's calendar, in the schedules' time zone): the
-    nightly teardown's time plus the grace, for a night the teardown did not come. Empty:
-    no safety stop (STACK_SAFETY_STOP=false, or no nightly teardown to wait for)."""
-    if not (settings.safety_stop and settings.nightly_teardown_cron):
-        return ""
-    return on_calendar(shifted_cron(settings.nightly_teardown_cron, settings.teardown_grace_minutes),
-                       settings.schedule_timezone)
 
 
 def backup_vars(settings: StackSettings) -> dict:
@@ -78,8 +68,7 @@ def backup_vars(settings: StackSettings) -> dict:
     return {
         "prefect_server_backup_bucket": settings.effective_bucket_name,
         "prefect_server_backup_name_prefix": settings.name_prefix,
-        "prefect_server_backup_on_calendar": (on_calendar(settings.backup_cron, settings.schedule_timezone)
-                                              if settings.backup_cron else ""),
+        "prefect_server_backup_on_calendar": host_timers(settings)["backup"],
         "prefect_server_backup_env": env,
     }
 

@@ -90,3 +90,17 @@ def shifted_cron(cron: str, minutes: int) -> str:
             weekdays.update(d % 7 for d in range(int(a), int(b or a) + 1))
         dow = ",".join(str(d) for d in sorted((d + days) % 7 for d in weekdays))
     return f"{total % 60} {total // 60} * * {dow}"
+
+
+def host_timers(settings) -> dict[str, str]:
+    """The hosts' own timers, as systemd calendars in the schedules' time zone ('' for a
+    timer disarmed): the server's nightly backup (STACK_BACKUP_CRON), and every host's
+    safety stop at the nightly teardown's time plus the grace, for a night the teardown
+    did not come (none with STACK_SAFETY_STOP=false or no nightly teardown to wait for).
+    Configure writes them; bootstrap's key for configure hashes them, so a changed
+    schedule reaches the hosts."""
+    tz = settings.schedule_timezone
+    stop = ""
+    if settings.safety_stop and settings.nightly_teardown_cron:
+        stop = on_calendar(shifted_cron(settings.nightly_teardown_cron, settings.teardown_grace_minutes), tz)
+    return {"backup": on_calendar(settings.backup_cron, tz) if settings.backup_cron else "", "safety_stop": stop}

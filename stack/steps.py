@@ -52,8 +52,10 @@ def _provision_values(settings: StackSettings) -> dict:
 
 def _configure_values(settings: StackSettings) -> dict:
     from stack.localcloud.flow_runner import flow_runner_identity
+    from stack.oncalendar import host_timers
 
-    return {"flow_runner_image": flow_runner_identity(settings)}
+    # The hosts' timers come from settings the key leaves out (CONTROL_PLANE_SETTINGS).
+    return {"flow_runner_image": flow_runner_identity(settings), "host_timers": host_timers(settings)}
 
 
 # Values a step uses that no earlier step hands it, computed from the settings without
@@ -65,13 +67,13 @@ STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
     "configure": _configure_values,
 }
 # Settings only the control plane reads, or that reach a step only through the values it
-# is given (the backup's schedule reaches configure through its playbook variables):
+# is given (the schedules reach configure as the hosts' timers, in its STEP_VALUES):
 # they are left out of the settings a key hashes.
 CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "schedule_timezone", "teardown_grace_minutes",
-                          "backup_cron", "lock_wait_seconds", "control_plane_port"}
+                          "backup_cron", "safety_stop", "lock_wait_seconds", "control_plane_port"}
 # Fields of step results that differ from run to run without meaning a different product.
 VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts",
-                   "upgrade"}
+                   "upgrade", "started_instances"}
 
 
 def _hash_path(h, path: Path) -> None:

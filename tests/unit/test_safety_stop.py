@@ -49,3 +49,18 @@ def test_the_stopped_instances_are_started_again_with_the_same_ids(monkeypatch):
         assert len(aws.start_stopped_instances(settings)) == 2
         running = aws.project_instances(settings, states=("running",))
         assert sorted(i["id"] for i in running) == sorted(ids)
+
+
+def test_a_changed_schedule_reaches_the_hosts_timers_and_only_configure_runs_for_it(tmp_path):
+    """The schedules are left out of the settings a step key hashes (the control plane
+    reads them), so configure's key must hash the hosts' timers made from them."""
+    from stack import steps
+    from stack.settings import StackSettings
+
+    base = StackSettings(target="local", state_dir=tmp_path / "state", name_prefix="keytest")
+    keys = {step: steps.step_key(step, base) for step in ("provision", "configure")}
+    for change in ({"nightly_teardown_cron": "0 4 * * *"}, {"teardown_grace_minutes": 45},
+                   {"schedule_timezone": "Europe/Madrid"}, {"safety_stop": False}, {"backup_cron": "0 1 * * *"}):
+        changed = base.model_copy(update=change)
+        assert steps.step_key("configure", changed) != keys["configure"], change
+        assert steps.step_key("provision", changed) == keys["provision"], change

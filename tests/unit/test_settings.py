@@ -94,7 +94,10 @@ def test_the_backup_is_scheduled_on_the_server_host_in_the_schedules_time_zone_n
 
 
 def test_the_safety_stop_fires_the_grace_after_the_nightly_teardown_in_its_time_zone():
-    from flows.configure import safety_stop_calendar
+    from stack.oncalendar import host_timers
+
+    def safety_stop_calendar(settings):
+        return host_timers(settings)["safety_stop"]
 
     s = load_settings(nightly_teardown_cron="45 23 * * 1-5", teardown_grace_minutes=30,
                       schedule_timezone="Europe/Madrid")
