@@ -52,6 +52,8 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         "prefect_worker_limit": capacity.worker_concurrency(settings),
         **backup_vars(settings),
         "base_system_safety_stop_on_calendar": host_timers(settings)["safety_stop"],
+        "base_system_safety_stop_at": host_timers(settings)["safety_stop_at"],
+        "base_system_safety_stop_timezone": host_timers(settings)["timezone"],
     }
 
 

@@ -46,7 +46,8 @@ def collect(settings: StackSettings) -> dict:
     report["instances"] = aws.project_instances(settings)
     report["compute_stopped"] = compute_stopped(report["instances"], found)
     report["versions"] = None
-    if any(i["role"] == "server" for i in report["instances"]):
+    # A stopped server has no address on aws (its public IP went with the stop).
+    if any(i["role"] == "server" and i["state"] == "running" for i in report["instances"]):
         report["platform_api_url"] = platform.operator_api_url(settings)
         # Clients verify the platform's TLS certificate with the stack's CA.
         report["platform_ca_file"] = str(tls.ca_file(settings))
@@ -73,11 +74,12 @@ def compute_stopped(instances: list[dict], found: list[backups.Backup]) -> dict 
     stopped = [i["name"] for i in instances if i["state"] in ("stopping", "stopped")]
     if not stopped:
         return None
-    last = found[-1] if found else None
-    if last is not None and backups.taken_by_safety_stop(last.name):
-        return {"hosts": stopped, "at": last.created_at.isoformat(),
+    if all(i.get("stopped_by_itself") for i in instances if i["name"] in stopped):
+        final = [b for b in found if backups.taken_by_safety_stop(b.name)]
+        return {"hosts": stopped, "at": final[-1].created_at.isoformat() if final else None,
                 "why": "stopped by the hosts' own timer (STACK_SAFETY_STOP): the nightly teardown did not run; "
-                       f"the server's final backup is {last.name}. The next bootstrap starts them again"}
+                       + (f"the server's final backup is {final[-1].name}. " if final else "")
+                       + "The next bootstrap starts them again"}
     reasons = sorted({i.get("state_reason") or "" for i in instances if i["name"] in stopped} - {""})
     return {"hosts": stopped, "at": None,
             "why": f"stopped ({'; '.join(reasons) or 'no reason given'}); the next bootstrap starts them again"}

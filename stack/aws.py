@@ -51,6 +51,11 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
                     "ssh_port": int(tags.get(SSH_PORT_TAG) or 22),
                     "key_name": inst.get("KeyName"),
                     "state_reason": inst.get("StateTransitionReason") or "",
+                    # Powered off from inside (the safety stop): EC2 says so on aws; on
+                    # local the twin's tag when it recorded the stop.
+                    "stopped_by_itself": inst["State"]["Name"] in ("stopping", "stopped") and (
+                        inst.get("StateReason", {}).get("Code") == "Client.InstanceInitiatedShutdown"
+                        or SELF_STOP_TAG in tags),
                 })
     return sorted(out, key=lambda i: i["name"])
 

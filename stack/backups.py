@@ -61,11 +61,11 @@ def upgrade_versions(name: str) -> tuple[str, str] | None:
 
 BACKUP_SERVICE = "prefect-backup.service"    # the prefect_server role's backup (tasks/backup.yml)
 SAFETY_STOP_LABEL = "safety-stop"            # the final backup of the hosts' own stop (its unit sets it)
+LAST_BACKUP_FILE = "/var/lib/prefect-backup/last.json"
 
 
 def taken_by_safety_stop(name: str) -> bool:
     return name.endswith(f"-{SAFETY_STOP_LABEL}.dump")
-LAST_BACKUP_FILE = "/var/lib/prefect-backup/last.json"
 
 
 def take(settings: StackSettings, server: str, bucket: str, label: str | None = None) -> Backup:

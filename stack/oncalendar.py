@@ -100,7 +100,11 @@ def host_timers(settings) -> dict[str, str]:
     Configure writes them; bootstrap's key for configure hashes them, so a changed
     schedule reaches the hosts."""
     tz = settings.schedule_timezone
-    stop = ""
+    stop = stop_at = ""
     if settings.safety_stop and settings.nightly_teardown_cron:
-        stop = on_calendar(shifted_cron(settings.nightly_teardown_cron, settings.teardown_grace_minutes), tz)
-    return {"backup": on_calendar(settings.backup_cron, tz) if settings.backup_cron else "", "safety_stop": stop}
+        shifted = shifted_cron(settings.nightly_teardown_cron, settings.teardown_grace_minutes)
+        stop = on_calendar(shifted, tz)
+        minute, hour = shifted.split()[:2]
+        stop_at = f"{int(hour):02d}:{int(minute):02d}"  # the script's lateness check reads it
+    return {"backup": on_calendar(settings.backup_cron, tz) if settings.backup_cron else "",
+            "safety_stop": stop, "safety_stop_at": stop_at, "timezone": tz}

@@ -46,9 +46,11 @@ PLATFORM_INNER_PORT = 4200
 SSH_INNER_PORT = 22
 # Where cloud-init's NoCloud data source reads an instance's data (meta-data, user-data).
 NOCLOUD_SEED_DIR = "var/lib/cloud/seed/nocloud"
-# Back with the Docker engine (a reboot: systemd exits 130 when the engine stops it), but
-# a container someone stopped stays stopped, and so does a host that powered itself off
-# (the safety stop's 'systemctl exit 0': exit code 0), like a stopped instance.
+# Back with the Docker engine (a reboot: systemd exits 130 when the engine stops it), but a
+# host that powered itself off (the safety stop's 'systemctl exit 0': exit code 0) stays
+# down, like a stopped instance. (unless-stopped would start that one again at once.) A
+# container stopped with docker stop stays down until the engine restarts; then it comes
+# back, and the next hosts step stops it again if its instance is stopped.
 RESTART_POLICY = "on-failure"
 # Where the server sees its data volume (the prefect_server role keeps PostgreSQL there).
 DATA_MOUNT = "/srv/prefect-data"
@@ -154,7 +156,7 @@ def _create(settings: StackSettings, image: str, instance: dict, data_volume: st
     argv = ["docker", "create", "--name", name, "--hostname", name,
             "--network", settings.docker_network,
             # Comes back with the Docker engine, like an instance after a host reboot;
-            # a container someone stopped stays stopped, like a stopped instance.
+            # one that powered itself off stays down (RESTART_POLICY).
             "--restart", RESTART_POLICY,
             "--label", f"{LABEL_PROJECT}={settings.name_prefix}", "--label", f"{LABEL_ROLE}=host",
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
@@ -284,7 +286,10 @@ def record_self_stopped(settings: StackSettings) -> list[str]:
         return []
     ec2 = aws.client(settings, "ec2")
     recorded = []
-    for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=sorted(off)):
+    # A filter, not InstanceIds: an emulator that restarted has forgotten these ids (and
+    # answers NotFound to a lookup by id); then there is nothing to record.
+    for page in ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": sorted(off)}]):
         for res in page["Reservations"]:
             for inst in res["Instances"]:
                 host = off[inst["InstanceId"]]
