@@ -9,6 +9,10 @@ writes; the pinned version's lock is constraints.txt itself.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -83,28 +87,56 @@ PLATFORM_PYTHON = "3.11"
 def write_lock(version: str) -> Path:
     """Resolve the platform's packages on Prefect ``version`` (with the caps) into its
     lock file, with the operator venv's uv; the file to commit."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
     if version == pinned_prefect():
         raise StackError(f"Prefect {version} is the pinned version: constraints.txt is its lock")
-    uv = Path(sys.executable).parent / "uv"
     requirements = [f"prefect=={version}", *PLATFORM_PACKAGES[1:], *PLATFORM_CAPS]
     out = lock_file(version)
     out.parent.mkdir(exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".in") as source:
         source.write("\n".join(requirements) + "\n")
         source.flush()
-        done = subprocess.run([str(uv), "pip", "compile", "--quiet", "--python-version", PLATFORM_PYTHON,
-                               "--python-platform", "linux", "--no-header", "-o", str(out), source.name],
-                              capture_output=True, text=True, env={**os.environ, "UV_SYSTEM_CERTS": "1"})
+        done = _compile(["--python-version", PLATFORM_PYTHON, source.name], out)
     if done.returncode != 0:
         out.unlink(missing_ok=True)
-        err = done.stderr.strip().splitlines()
-        raise StackError(f"Prefect {version} does not resolve with {', '.join(PLATFORM_CAPS)}: "
-                         f"{err[-1] if err else 'no message'}")
+        raise StackError(f"Prefect {version} does not resolve with {', '.join(PLATFORM_CAPS)}: {_last_line(done)}")
     out.write_text(f"# The platform's pins on Prefect {version} (STACK_PREFECT_VERSION={version}):\n"
                    f"# written by bin/lock-prefect {version}; do not edit.\n" + out.read_text())
     return out
+
+
+def _compile(args: list[str], output: Path) -> subprocess.CompletedProcess:
+    """``uv pip compile`` with the operator venv's uv, trusting the system CA store (an
+    intercepting proxy's CA is there)."""
+    uv = Path(sys.executable).parent / "uv"
+    return subprocess.run([str(uv), "pip", "compile", "--quiet", "--python-platform", "linux", "--no-header",
+                           "-o", str(output), *args],
+                          capture_output=True, text=True, env={**os.environ, "UV_SYSTEM_CERTS": "1"}, cwd=REPO_ROOT)
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    err = done.stderr.strip().splitlines()
+    return err[-1] if err else "no message"
+
+
+def write_constraints(output: Path = CONSTRAINTS) -> Path:
+    """Regenerate constraints.txt (``bin/lock``): pyproject.toml's dependencies and its dev
+    extra resolved anew for this Python (the operator's), then checked against the hosts'
+    Python: the platform's packages must resolve there with the same pins, since the hosts'
+    virtualenv and the flow-runner image install from this file too. Nothing is replaced
+    unless both resolve. Returns the file written."""
+    new = output.with_name(output.name + ".new")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    done = _compile(["--python-version", python, "--no-annotate", "--extra", "dev", "pyproject.toml"], new)
+    if done.returncode != 0:
+        new.unlink(missing_ok=True)
+        raise StackError(f"pyproject.toml's dependencies do not resolve on Python {python}: {_last_line(done)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "platform.in"
+        source.write_text("\n".join([*PLATFORM_PACKAGES, *PLATFORM_CAPS]) + "\n")
+        hosts = _compile(["--python-version", PLATFORM_PYTHON, "-c", str(new), str(source)], Path(tmp) / "out.txt")
+    if hosts.returncode != 0:
+        new.unlink(missing_ok=True)
+        raise StackError(f"with the new pins, the platform's packages do not resolve on the hosts' Python "
+                         f"{PLATFORM_PYTHON}: {_last_line(hosts)}; constraints.txt is unchanged")
+    new.replace(output)
+    return output
