@@ -1,7 +1,8 @@
 """Figures of bootstrap's step keys and of the platform's two lifetimes (a benchmark,
 not a test): run it, read the numbers.
 
-    .venv/bin/python -m benchmarks.durability_bench [--runs 100] [--keep]
+    .venv/bin/python -m benchmarks --sections durability [--keep]
+    (alone, with its own options: python -m benchmarks.durability_bench [--runs 100])
 
 It uses its own stack (prefix p2bench, state .stack-bench, ports 4866/4800/4801) from
 nothing, so it never touches yours; images are built beforehand (not timed). Measured,
@@ -80,11 +81,12 @@ def many_runs(settings, count: int, wave: int = 10) -> float:
     return time.monotonic() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks --sections durability", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100, help="flow runs before the backup (default 100)")
     parser.add_argument("--keep", action="store_true", help="leave the benchmark stack up")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from stack.settings import load_settings
 
     os.environ.update(BENCH_ENV)

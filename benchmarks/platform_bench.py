@@ -60,6 +60,9 @@ BENCH_ENV = {
     "STACK_CONFIG_FILE": "/nonexistent/stack.toml",
 }
 SECTIONS = ("bootstrap", "latency", "defaults", "throughput", "memory")
+# Sections that build the benchmark's stack again from nothing, each after the ones above
+# (benchmarks/stack_bench.py, benchmarks/durability_bench.py): not in the default run.
+OWN_STACK_SECTIONS = ("steps", "durability")
 WORKER_CASES = ("case2-local-storage", "case3-s3-process", "case4-s3-docker")
 STEP_ORDER = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
 FLOOR_TARGET = 1.5
@@ -482,7 +485,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="runs per case for latency (default 10)")
     parser.add_argument("--throughput-runs", type=int, default=50, help="runs submitted at once (default 50)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS + OWN_STACK_SECTIONS)} (default: the first "
+                             f"{len(SECTIONS)})")
     parser.add_argument("--cases", default=",".join(WORKER_CASES), help="comma-separated worker cases for latency")
     parser.add_argument("--on-current-stack", action="store_true",
                         help="measure the stack of the environment's settings; bootstrap nothing, tear nothing down")
@@ -490,14 +495,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [s for s in sections if s not in SECTIONS] + [c for c in cases if c not in WORKER_CASES]
+    unknown = ([s for s in sections if s not in SECTIONS + OWN_STACK_SECTIONS]
+               + [c for c in cases if c not in WORKER_CASES])
     if unknown or args.runs < 1:
         parser.error(f"unknown section or case: {', '.join(unknown)}" if unknown else "--runs must be at least 1")
-    own = not args.on_current_stack
-    if own and "bootstrap" not in sections:
+    later = [s for s in sections if s in OWN_STACK_SECTIONS]
+    if later and args.on_current_stack:
+        parser.error(f"{', '.join(later)} build the benchmark's own stack from nothing: not with --on-current-stack")
+    sections = [s for s in sections if s in SECTIONS]
+    if sections and not args.on_current_stack and "bootstrap" not in sections:
         parser.error("the benchmark's own stack starts from nothing: keep the bootstrap section, or use --on-current-stack")
-    if not own and "bootstrap" in sections:
+    if args.on_current_stack and "bootstrap" in sections:
         parser.error("--on-current-stack measures a running stack: leave out the bootstrap section")
+    if sections:
+        _platform_sections(args, sections, cases)
+    keep = ["--keep"] if args.keep else []
+    if "steps" in later:
+        from benchmarks import stack_bench
+
+        stack_bench.main(["--runs", str(args.runs), *keep])
+    if "durability" in later:
+        from benchmarks import durability_bench
+
+        durability_bench.main(keep)
+
+
+def _platform_sections(args: argparse.Namespace, sections: list[str], cases: list[str]) -> None:
+    own = not args.on_current_stack
 
     env = stack_env(own)
     os.environ.update({k: v for k, v in env.items() if k.startswith("STACK_")})

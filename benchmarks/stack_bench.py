@@ -1,6 +1,7 @@
 """Timing figures of the stack (a benchmark, not a test): run it, read the numbers.
 
-    .venv/bin/python -m benchmarks.stack_bench [--runs 5] [--skip-latency] [--keep]
+    .venv/bin/python -m benchmarks --sections steps [--runs 5] [--keep]
+    (alone, with its own options: python -m benchmarks.stack_bench [--skip-latency] [--skip-stock])
 
 It builds its own stack (prefix p2bench, state .stack-bench, ports 4866/4800/4801) from
 nothing, so it never touches yours, and measures:
@@ -52,13 +53,14 @@ def latency(settings: StackSettings, runs: int) -> list[tuple[str, list[smoke.Ca
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks --sections steps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="runs per testflow case (default 5)")
     parser.add_argument("--skip-latency", action="store_true", help="only provision and configure figures")
     parser.add_argument("--keep", action="store_true", help="leave the benchmark stack up")
     parser.add_argument("--skip-stock", action="store_true", help="no figures of stock hosts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     from flows.configure import configure
