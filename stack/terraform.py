@@ -145,6 +145,12 @@ COMPUTE_OVERRIDE_HCL = """
 variable "install_ssm_agent" {
   default = false
 }
+
+# moto's ModifyInstanceAttribute of the shutdown behaviour empties the instance's security
+# groups, so every later plan would put them back. EC2's default (stop, as on aws) holds.
+variable "instance_initiated_shutdown_behavior" {
+  default = null
+}
 """
 
 

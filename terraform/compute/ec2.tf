@@ -90,7 +90,7 @@ resource "aws_instance" "host" {
   # A host's safety stop powers it off when the nightly teardown did not come (the
   # base_system role's stack-safety-stop.timer): stopped, it bills no compute and keeps
   # its disks, and the next bootstrap starts it again.
-  instance_initiated_shutdown_behavior = "stop"
+  instance_initiated_shutdown_behavior = var.instance_initiated_shutdown_behavior
 
   metadata_options {
     http_endpoint               = var.metadata_options.http_endpoint

@@ -174,6 +174,16 @@ variable "install_ssm_agent" {
   default     = true
 }
 
+variable "instance_initiated_shutdown_behavior" {
+  description = "What a host's own poweroff does to its instance: stop (the safety stop: no compute billed, disks kept; the next bootstrap starts it). Null leaves EC2's default, which is stop for EBS-backed instances; the emulated cloud passes null (see stack/terraform.py)."
+  type        = string
+  default     = "stop"
+  validation {
+    condition     = var.instance_initiated_shutdown_behavior == null || var.instance_initiated_shutdown_behavior == "stop"
+    error_message = "instance_initiated_shutdown_behavior: only stop (or null) keeps the hosts' disks when they power themselves off."
+  }
+}
+
 variable "subnet_id" {
   description = "Subnet of every host, for an account or region without a default VPC (it must be in availability_zone and route to the internet; the hosts get public IPs). Null: the default VPC's subnet of availability_zone."
   type        = string
