@@ -51,10 +51,17 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         "prefect_server_ui_api_url": ui_api_url,
         "prefect_worker_limit": capacity.worker_concurrency(settings),
         **backup_vars(settings),
-        "base_system_safety_stop_on_calendar": host_timers(settings)["safety_stop"],
-        "base_system_safety_stop_at": host_timers(settings)["safety_stop_at"],
-        "base_system_safety_stop_timezone": host_timers(settings)["timezone"],
+        **safety_stop_vars(settings),
     }
+
+
+def safety_stop_vars(settings: StackSettings) -> dict:
+    """Every host's safety stop (base_system role): its calendar ('' disarms it), its time
+    of day and time zone (the program's lateness check)."""
+    timers = host_timers(settings)
+    return {"base_system_safety_stop_on_calendar": timers["safety_stop"],
+            "base_system_safety_stop_at": timers["safety_stop_at"],
+            "base_system_safety_stop_timezone": timers["timezone"]}
 
 
 def backup_vars(settings: StackSettings) -> dict:
