@@ -181,7 +181,7 @@ def floor_args(settings: StackSettings, inside: bool) -> str:
         aws = platform.flow_code_aws(settings)
         client |= {"aws_access_key_id": aws["aws_access_key_id"], "aws_secret_access_key": aws["aws_secret_access_key"],
                    "endpoint_url": aws["aws_client_parameters"]["endpoint_url"] if inside else settings.emulator_endpoint}
-    return json.dumps({"client": client, "bucket": settings.effective_bucket_name,
+    return json.dumps({"client": client, "bucket": statebackend.code_bucket_name(settings),
                        "key": f"{platform.CODE_FOLDER}/testflow.py"})
 
 

@@ -17,7 +17,7 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_docker.worker import DockerWorker
 from prefect.workers.process import ProcessWorker
 
-from stack import capacity, platform
+from stack import capacity, platform, statebackend
 from stack.settings import StackSettings
 
 
@@ -28,7 +28,7 @@ def flow_code_credentials(settings: StackSettings) -> AwsCredentials:
 
 
 def flow_code_bucket(settings: StackSettings, credentials: AwsCredentials) -> S3Bucket:
-    return S3Bucket(bucket_name=settings.effective_bucket_name, credentials=credentials)
+    return S3Bucket(bucket_name=statebackend.code_bucket_name(settings), credentials=credentials)
 
 
 def _with_defaults(template: dict, defaults: dict) -> dict:

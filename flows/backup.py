@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from stack import aws, backups, platform
+from stack import aws, backups, platform, statebackend
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
@@ -33,7 +33,7 @@ def backup(settings: StackSettings | None = None) -> BackupReport:
     log = get_run_logger()
     aws.check_credentials(settings, "the backup did not start")
     server = platform.server_host(settings)
-    taken = backups.take(settings, server, settings.effective_bucket_name)
+    taken = backups.take(settings, server, statebackend.code_bucket_name(settings))
     report = BackupReport(**taken.as_dict(), local_copy=str(backups.local_dir(settings) / taken.name))
     create_markdown_artifact(
         key=f"{settings.name_prefix}-backup",

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
-from stack import aws, backups, capacity, platform, steps, tls, upgrade
+from stack import aws, backups, capacity, platform, statebackend, steps, tls, upgrade
 from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
 from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
@@ -75,7 +75,7 @@ def backup_vars(settings: StackSettings) -> dict:
         env |= {"AWS_ENDPOINT_URL": emulator.inner_endpoint(), "AWS_ACCESS_KEY_ID": "instance-role-twin",
                 "AWS_SECRET_ACCESS_KEY": "instance-role-twin"}
     return {
-        "prefect_server_backup_bucket": settings.effective_bucket_name,
+        "prefect_server_backup_bucket": statebackend.code_bucket_name(settings),
         "prefect_server_backup_name_prefix": settings.name_prefix,
         "prefect_server_backup_on_calendar": host_timers(settings)["backup"],
         "prefect_server_backup_env": env,
@@ -236,7 +236,7 @@ def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url
     compute was torn down; the database waits on its volume) no old server runs: the
     latest backup, which the teardown took, is copied under that name instead."""
     log = get_run_logger()
-    bucket = settings.effective_bucket_name
+    bucket = statebackend.code_bucket_name(settings)
     report = {"from": change.running, "to": change.wanted, "drained_runs": 0, "drain_seconds": 0.0}
     taken_before = [b for b in backups.available(settings, bucket) if b.name.endswith(f"-{change.backup_label}.dump")]
     if server_is_new:

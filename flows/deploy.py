@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from stack import platform
+from stack import platform, statebackend
 from stack.localcloud.flow_runner import flow_runner_image as current_flow_runner_image
 from stack.proc import run
 from stack.lock import exclusive
@@ -63,7 +63,7 @@ def deploy(settings: StackSettings | None = None, platform_url: str | None = Non
     staged = stage(settings)
     env = {
         **platform.client_env(settings, url),
-        "STACK_BUCKET": settings.effective_bucket_name,
+        "STACK_BUCKET": statebackend.code_bucket_name(settings),
         "STACK_DEPLOY_DIR": str(staged),
         "STACK_FLOW_RUNNER_IMAGE": image,
     }

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from packaging.version import Version
 
-from stack import aws, backups, platform, upgrade
+from stack import aws, backups, platform, statebackend, upgrade
 from stack.aws import SettingRefused
 from stack.proc import StackError
 from stack.lock import exclusive
@@ -43,7 +43,7 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
     server = platform.server_host(settings)
     if only_if_empty and not backups.database_is_empty(settings, server):
         return RestoreReport(restored=False, reason="the platform database holds data")
-    found = backups.available(settings, settings.effective_bucket_name)
+    found = backups.available(settings, statebackend.code_bucket_name(settings))
     if backup_name:
         chosen = next((b for b in found if b.name == backup_name), None)
         if chosen is None:
@@ -54,7 +54,7 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
         log.info("the platform database is empty and there is no backup: a new platform")
         return RestoreReport(restored=False, reason="no backup")
     else:
-        raise StackError(f"no backup in s3://{settings.effective_bucket_name}/{backups.BACKUP_PREFIX} "
+        raise StackError(f"no backup in s3://{statebackend.code_bucket_name(settings)}/{backups.BACKUP_PREFIX} "
                          f"or {backups.local_dir(settings)}; python -m flows.backup takes one")
     if only_if_empty:
         log.warning("the platform database is empty (a new or lost data volume) and a backup exists: "
@@ -102,7 +102,7 @@ if __name__ == "__main__":
     parser.add_argument("--list", action="store_true", help="list the backups and exit")
     args = parser.parse_args()
     if args.list:
-        listing = main(lambda s: [b.as_dict() for b in backups.available(s, s.effective_bucket_name)],
+        listing = main(lambda s: [b.as_dict() for b in backups.available(s, statebackend.code_bucket_name(s))],
                        control_plane=False)
         print(json.dumps(listing, indent=2))
     else:

@@ -10,7 +10,7 @@ import json
 
 import datetime as dt
 
-from stack import aws, backups, platform, tls
+from stack import aws, backups, platform, statebackend, tls
 from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.localcloud.hosts import LABEL_INSTANCE
@@ -23,7 +23,7 @@ def collect(settings: StackSettings) -> dict:
         "target": settings.target,
         "region": settings.region,
         "emulator_endpoint": settings.emulator_endpoint,
-        "bucket": settings.effective_bucket_name,
+        "bucket": statebackend.code_bucket_name(settings),
         "instances": [],
         "platform_api_url": None,
         "platform_auth_file": str(platform.auth_file(settings)) if platform.auth_file(settings).exists() else None,
@@ -32,7 +32,7 @@ def collect(settings: StackSettings) -> dict:
     report["steps"] = last_step_states(settings)
     report["next_teardown"] = next_time(settings.nightly_teardown_cron, settings.schedule_timezone)
     report["next_backup"] = next_time(settings.backup_cron, settings.schedule_timezone)
-    found = backups.available(settings, settings.effective_bucket_name if _cloud_answers(settings) else None)
+    found = backups.available(settings, statebackend.code_bucket_name(settings) if _cloud_answers(settings) else None)
     report["last_backup"] = found[-1].as_dict() if found else None
     report["data_volume"] = None
     if settings.target == "local":

@@ -124,8 +124,8 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
     if destroy_data:
         if has_data:
             # The bucket is emptied here, after --all's question, never by force_destroy.
-            if objects := statebackend.empty_bucket(settings, settings.effective_bucket_name):
-                report.data_removed.append(f"{objects} objects of bucket {settings.effective_bucket_name}")
+            if objects := statebackend.empty_bucket(settings, statebackend.code_bucket_name(settings)):
+                report.data_removed.append(f"{objects} objects of bucket {statebackend.code_bucket_name(settings)}")
             _destroy(data)
             report.destroyed.append(DATA)
         if cloud_up:
@@ -143,7 +143,7 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
         log.warning("destroyed the platform's data: %s", ", ".join(report.destroyed + report.data_removed) or "none left")
     elif has_data:
         log.info("kept the data: volume %s and bucket %s (teardown --all destroys them)",
-                 settings.data_volume_name, settings.effective_bucket_name)
+                 settings.data_volume_name, statebackend.code_bucket_name(settings))
     if stop_emulator and settings.target == "local":
         emulator.down(settings)
         log.info("emulated cloud stopped")
@@ -154,7 +154,7 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
 def confirm_destroy_data(settings: StackSettings, yes: bool) -> None:
     """--all destroys the team's run history: say so, and ask unless --yes."""
     warning = (f"teardown --all destroys the platform's DATA of stack {settings.name_prefix}: the database volume "
-               f"{settings.data_volume_name}, the bucket {settings.effective_bucket_name} with every backup, "
+               f"{settings.data_volume_name}, the bucket {statebackend.code_bucket_name(settings)} with every backup, "
                f"and the local backup copies. This cannot be undone.")
     print(f"warning: {warning}", file=sys.stderr)
     if yes:

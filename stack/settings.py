@@ -10,12 +10,10 @@ naming the environment variable and what to do; nothing is created before that.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import os
 import re
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -78,7 +76,8 @@ class StackSettings(BaseSettings):
         None, description="AMI of every host. Default on local: an AMI moto knows; required on aws."
     )
     bucket_name: str | None = Field(
-        None, description="S3 bucket for flow code. Default: derived from prefix and region."
+        None, description="S3 bucket for flow code and backups/. Default: <prefix>-flow-code-<account id>-<region>; "
+                          "a stack keeps the name it was made with (older stacks: <prefix>-flow-code-<hash>)."
     )
     backup_retention_days: int = Field(
         30, ge=1, le=3650, description="Days each backup in the bucket (backups/) is kept before it expires.",
@@ -339,15 +338,6 @@ class StackSettings(BaseSettings):
         """Name tag of the platform database's EBS volume (and, on local, of the named
         Docker volume that stands in for it: the emulator forgets ids, not names)."""
         return f"{self.name_prefix}-platform-data"
-
-    @cached_property
-    def effective_bucket_name(self) -> str:
-        if self.bucket_name:
-            return self.bucket_name
-        # A short stable suffix keeps derived names unique per prefix+region without
-        # asking AWS for the account id.
-        suffix = hashlib.sha256(f"{self.name_prefix}/{self.region}".encode()).hexdigest()[:8]
-        return f"{self.name_prefix}-flow-code-{suffix}"
 
     @property
     def state_path(self) -> Path:

@@ -51,6 +51,41 @@ def state_bucket_name(settings: StackSettings) -> str:
     return name
 
 
+# One answer per process and stack: the data state does not rename its bucket under a command.
+_code_buckets: dict[tuple, str] = {}
+
+
+def code_bucket_name(settings: StackSettings) -> str:
+    """The code bucket (flow code and ``backups/``): STACK_BUCKET_NAME when set; else the
+    name the data module's state records, so a stack keeps the name it was made with
+    (stacks made before account ids were in names have ``<prefix>-flow-code-<hash>``);
+    else ``<prefix>-flow-code-<account id>-<region>``: bucket names are global, and the
+    account id keeps two teams with the same prefix apart."""
+    if settings.bucket_name:
+        return settings.bucket_name
+    where = (settings.target, settings.region, settings.emulator_endpoint, settings.name_prefix,
+             str(settings.state_path))
+    if where not in _code_buckets:
+        name = _recorded_code_bucket(settings) or (
+            f"{settings.name_prefix}-flow-code-{account_id(settings)}-{settings.region}")
+        if not BUCKET_NAME.match(name) or ".." in name:
+            raise StackError(f"the code bucket name {name!r} is not a valid S3 bucket name (3 to 63 lowercase "
+                             "letters, digits, dots and hyphens); set STACK_BUCKET_NAME or a shorter "
+                             "STACK_NAME_PREFIX")
+        _code_buckets[where] = name
+    return _code_buckets[where]
+
+
+def _recorded_code_bucket(settings: StackSettings) -> str | None:
+    """The bucket name in the data module's state: the one in the state bucket, or the
+    local file of a stack made before remote state (migrated at its next init)."""
+    state = read_state(settings, "data")
+    if state is None:
+        legacy = settings.state_path / "terraform" / "data" / "terraform.tfstate"
+        state = json.loads(legacy.read_text() or "{}") if legacy.exists() else {}
+    return (state.get("outputs", {}).get("bucket_name") or {}).get("value")
+
+
 def state_key(settings: StackSettings, root: str) -> str:
     return f"{settings.name_prefix}/{root}.tfstate"
 
@@ -58,6 +93,7 @@ def state_key(settings: StackSettings, root: str) -> str:
 def ensure_state_bucket(settings: StackSettings) -> str:
     """Create the state bucket if it does not exist yet, with its protections; its name."""
     name = state_bucket_name(settings)
+    code_bucket_name(settings)  # a prefix too long for the code bucket is refused before anything is made
     s3 = aws.client(settings, "s3")
     try:
         s3.head_bucket(Bucket=name)

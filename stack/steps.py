@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stack import aws, capacity, cloudstate, platform, smoke, tls
+from stack import aws, capacity, cloudstate, platform, smoke, statebackend, tls
 from stack.settings import REPO_ROOT, StackSettings
 
 STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
@@ -197,7 +197,7 @@ def deploy_probe(settings: StackSettings, deployed) -> bool:
     if images["case"] != getattr(deployed, "docker_image", None):
         return False  # another run deployed case 4 with another image since this result
     try:
-        aws.client(settings, "s3").head_object(Bucket=settings.effective_bucket_name,
+        aws.client(settings, "s3").head_object(Bucket=statebackend.code_bucket_name(settings),
                                                 Key=f"{platform.CODE_FOLDER}/testflow.py")
     except Exception:  # botocore's ClientError (404) or no bucket at all
         return False

@@ -208,7 +208,7 @@ class Terraform:
                 **common,
                 "availability_zone": s.effective_availability_zone,
                 "data_volume_size": s.data_volume_size,
-                "bucket_name": s.effective_bucket_name,
+                "bucket_name": statebackend.code_bucket_name(s),
                 # The emulator speaks plain HTTP and enforces bucket policies: a TLS-only
                 # policy would refuse every request there. Always on for real AWS.
                 "bucket_tls_only": s.target != "local",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
-from stack import aws, platform
+from stack import aws, platform, statebackend
 from stack.aws import SettingRefused
 from stack.proc import get_logger
 from stack.settings import StackSettings
@@ -56,7 +56,7 @@ def _absent(exc: Exception) -> bool:
 def _read(settings: StackSettings, key: str) -> bytes | None:
     """An object of the code bucket, or None when it (or the bucket) does not exist."""
     try:
-        return aws.client(settings, "s3").get_object(Bucket=settings.effective_bucket_name, Key=key)["Body"].read()
+        return aws.client(settings, "s3").get_object(Bucket=statebackend.code_bucket_name(settings), Key=key)["Body"].read()
     except Exception as exc:
         if _absent(exc):
             return None
@@ -71,7 +71,7 @@ def recorded_version(settings: StackSettings) -> str | None:
 
 def record_version(settings: StackSettings) -> None:
     """Record the version the platform now runs (configure, once its playbook succeeded)."""
-    aws.client(settings, "s3").put_object(Bucket=settings.effective_bucket_name, Key=VERSION_KEY,
+    aws.client(settings, "s3").put_object(Bucket=statebackend.code_bucket_name(settings), Key=VERSION_KEY,
                                           Body=settings.prefect_version.encode())
 
 
@@ -94,7 +94,7 @@ def check_version_change(settings: StackSettings) -> VersionChange:
     if change.running is not None and Version(change.wanted) < Version(change.running):
         from stack import backups
 
-        taken = [b.name for b in backups.available(settings, settings.effective_bucket_name)
+        taken = [b.name for b in backups.available(settings, statebackend.code_bucket_name(settings))
                  if (backups.upgrade_versions(b.name) or ("",))[0] == change.wanted]
         back = (f"to go back, roll back to the backup taken before the upgrade: STACK_PREFECT_VERSION={change.wanted} "
                 f"python -m flows.restore --backup {taken[-1]}" if taken
@@ -121,7 +121,7 @@ DRAIN_TIMEOUT_SECONDS = 600
 
 def mark_pools_paused(settings: StackSettings, pools=HOST_POOLS) -> None:
     """Record which pools an upgrade paused (configure resumes those, and only those)."""
-    aws.client(settings, "s3").put_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY,
+    aws.client(settings, "s3").put_object(Bucket=statebackend.code_bucket_name(settings), Key=PAUSE_MARKER_KEY,
                                           Body=json.dumps(sorted(pools)).encode())
 
 
@@ -190,7 +190,7 @@ def resume_pools_paused_by_upgrade(settings: StackSettings, url: str) -> bool:
     if not pools:
         return False
     asyncio.run(_set_paused(settings, url, False, pools))
-    aws.client(settings, "s3").delete_object(Bucket=settings.effective_bucket_name, Key=PAUSE_MARKER_KEY)
+    aws.client(settings, "s3").delete_object(Bucket=statebackend.code_bucket_name(settings), Key=PAUSE_MARKER_KEY)
     return True
 
 

@@ -300,15 +300,17 @@ def test_the_policy_allows_what_each_terraform_type_needs():
     assert sorted(a for a in needed if not allows(policy, a)) == []
 
 
-def test_the_scoped_statements_reach_the_stack_own_names():
+def test_the_scoped_statements_reach_the_stack_own_names(monkeypatch):
     from stack import accountlease, accountsecrets, statebackend
     from stack.settings import StackSettings
+
+    monkeypatch.setattr(statebackend, "read_state", lambda settings, root: None)  # a new stack's names
 
     s = StackSettings(target="aws", operator_cidr="203.0.113.7/32", ami_id="ami-12345678",
                       name_prefix="prefect2", region="eu-west-1", bucket_name=None, state_bucket=None)
     policy = load_policy()
     state = f"arn:aws:s3:::{statebackend.state_bucket_name(s)}"
-    code = f"arn:aws:s3:::{s.effective_bucket_name}"
+    code = f"arn:aws:s3:::{statebackend.code_bucket_name(s)}"
     expected = [(a, b) for b in (state, code) for a in ("s3:CreateBucket", "s3:ListBucket", "s3:ListBucketVersions",
                                                         "s3:PutBucketPolicy", "s3:DeleteBucket")]
     for key in (statebackend.state_key(s, "data"), statebackend.state_key(s, "data") + ".tflock",

@@ -60,12 +60,10 @@ def test_public_api_needs_explicit_opt_in():
     assert s.effective_operator_cidr == "0.0.0.0/0"
 
 
-def test_defaults_name_hosts_and_derive_a_valid_bucket():
+def test_defaults_name_hosts_and_keep_the_operator_on_loopback():
     s = load_settings(name_prefix="prefect2", region="us-east-1")
     assert s.host_name(0) == "prefect2-ec2-0" and s.host_name(1) == "prefect2-ec2-1"
     assert s.effective_operator_cidr == "127.0.0.1/32"
-    assert load_settings(bucket_name=s.effective_bucket_name).bucket_name == s.effective_bucket_name
-    assert s.effective_bucket_name != load_settings(name_prefix="other", region="us-east-1").effective_bucket_name
 
 
 def test_teardown_deployment_is_scheduled_nightly_unless_disabled():
@@ -84,7 +82,8 @@ def test_the_backup_is_scheduled_on_the_server_host_in_the_schedules_time_zone_n
     from flows.configure import backup_vars
     from flows.serve import deployments
 
-    settings = load_settings(name_prefix="prefect2", backup_cron="0 1 * * *", schedule_timezone="Europe/Madrid")
+    settings = load_settings(name_prefix="prefect2", backup_cron="0 1 * * *", schedule_timezone="Europe/Madrid",
+                             bucket_name="prefect2-code")
     deps = {d.name: d for d in deployments(settings)}
     assert deps["prefect2-backup"].schedules in (None, [])  # a Run button only: the server's timer runs it
     assert backup_vars(settings)["prefect_server_backup_on_calendar"] == "*-*-* 01:00:00 Europe/Madrid"

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from stack import backups, pins, upgrade
+from stack import backups, pins, statebackend, upgrade
 from stack.aws import SettingRefused
 from stack.settings import SettingsError, load_settings
 
@@ -52,9 +52,9 @@ def test_the_hosts_and_the_flow_runner_install_the_platforms_version():
 def bucket(monkeypatch, tmp_path):
     with mock_aws():
         monkeypatch.setattr(upgrade.aws, "running_hosts", lambda settings, role=None: [])
-        s = load_settings(state_dir=tmp_path)
+        s = load_settings(state_dir=tmp_path, bucket_name="stack-unit-code")
         s3 = boto3.client("s3", region_name=s.region)
-        s3.create_bucket(Bucket=s.effective_bucket_name)
+        s3.create_bucket(Bucket=statebackend.code_bucket_name(s))
         monkeypatch.setattr(upgrade.aws, "client", lambda settings, service: boto3.client(service, region_name=s.region))
         yield s
 
@@ -134,10 +134,10 @@ def test_a_labelled_copy_keeps_the_original_and_names_both_versions(bucket):
 
     s3 = boto3.client("s3", region_name=bucket.region)
     name = "p2-platform-20261130T020000Z.dump"
-    s3.put_object(Bucket=bucket.effective_bucket_name, Key="backups/" + name, Body=b"dump")
+    s3.put_object(Bucket=statebackend.code_bucket_name(bucket), Key="backups/" + name, Body=b"dump")
     original = backups.Backup(name, dt.datetime(2026, 11, 30, 2, tzinfo=dt.UTC), 4,
-                              f"s3://{bucket.effective_bucket_name}/backups/{name}")
+                              f"s3://{statebackend.code_bucket_name(bucket)}/backups/{name}")
     copy = backups.labelled_copy(bucket, original, "pre-upgrade-3.8.8-to-3.9.1")
     assert copy.name == "p2-platform-20261130T020000Z-pre-upgrade-3.8.8-to-3.9.1.dump"
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket.effective_bucket_name)["Contents"]}
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=statebackend.code_bucket_name(bucket))["Contents"]}
     assert {"backups/" + name, "backups/" + copy.name} <= keys
