@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from blocks.definitions import ENGINE_COMMAND
-from stack import platform, tls
+from stack import platform, statebackend, tls
 from stack.settings import EMULATOR_ACCESS_KEY, EMULATOR_SECRET_KEY
 from tests.conftest import result_json, run_step
 
@@ -238,7 +238,7 @@ def test_the_server_host_backs_itself_up_on_its_own_timer_without_the_operator(s
     s3 = aws.client(s, "s3")
 
     def keys() -> set[str]:
-        return {o["Key"] for o in s3.list_objects_v2(Bucket=s.effective_bucket_name,
+        return {o["Key"] for o in s3.list_objects_v2(Bucket=statebackend.code_bucket_name(s),
                                                      Prefix=backups.BACKUP_PREFIX).get("Contents", [])}
 
     before = keys()
@@ -248,4 +248,4 @@ def test_the_server_host_backs_itself_up_on_its_own_timer_without_the_operator(s
     new = keys() - before
     assert len(new) == 1, new
     last = json.loads(on_server("cat", backups.LAST_BACKUP_FILE).stdout)
-    assert last["location"] == f"s3://{s.effective_bucket_name}/{new.pop()}" and last["size"] > 0
+    assert last["location"] == f"s3://{statebackend.code_bucket_name(s)}/{new.pop()}" and last["size"] > 0

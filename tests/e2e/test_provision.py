@@ -50,7 +50,7 @@ def test_each_host_role_may_do_only_its_own_job(stack):
         assert not iam.list_attached_role_policies(RoleName=f"p2test-{s.region}-{role}")["AttachedPolicies"]
         return grants
 
-    bucket = f"arn:aws:s3:::{s.effective_bucket_name}"
+    bucket = f"arn:aws:s3:::{statebackend.code_bucket_name(s)}"
     worker, server = allowed("worker"), allowed("server")
     assert worker["s3:GetObject"] == {f"{bucket}/testflow/*"}
     assert "s3:PutObject" not in worker and "s3:GetObject" not in server
@@ -76,7 +76,7 @@ def test_code_bucket_is_encrypted_private_and_versioned(stack):
     s = stack["settings"]
     s3 = aws.client(s, "s3")
     bucket = stack["first_bootstrap"]["provision"]["bucket_name"]
-    assert bucket == s.effective_bucket_name
+    assert bucket == statebackend.code_bucket_name(s)
     enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert enc["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]

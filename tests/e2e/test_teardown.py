@@ -35,7 +35,7 @@ def test_teardown_all_leaves_nothing_and_a_second_teardown_does_nothing(stack):
         Filters=[{"Name": "instance-state-name", "Values": ["terminated"]}])["Reservations"] for i in r["Instances"]}
     assert [r["ResourceARN"] for r in left if r["ResourceARN"].rsplit("/", 1)[-1] not in terminated] == []
     assert ec2.describe_volumes(Filters=[{"Name": "tag:Project", "Values": [s.name_prefix]}])["Volumes"] == []
-    assert s.effective_bucket_name not in [b["Name"] for b in aws.client(s, "s3").list_buckets()["Buckets"]]
+    assert statebackend.code_bucket_name(s) not in [b["Name"] for b in aws.client(s, "s3").list_buckets()["Buckets"]]
     roles = [r["RoleName"] for r in aws.client(s, "iam").list_roles()["Roles"]]
     assert not [r for r in roles if r.startswith("p2test-")]
     groups = ec2.describe_security_groups()["SecurityGroups"]

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from stack import aws, pins, platform, smoke
+from stack import aws, pins, platform, smoke, statebackend
 from stack.localcloud.images import docker_client
 from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
 from tests.e2e.test_durability import assert_nothing_lost, platform_records
@@ -121,11 +121,11 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     upgraded = report["configure"]["upgrade"]
     print(f"drained {upgraded['drained_runs']} runs in {upgraded['drain_seconds']} s")
     assert (upgraded["from"], upgraded["to"]) == (OLD, NEW)
-    prefix = f"s3://{s.effective_bucket_name}/"
+    prefix = f"s3://{statebackend.code_bucket_name(s)}/"
     assert upgraded["backup"].startswith(prefix + "backups/")
     assert upgraded["backup"].endswith(f"-pre-upgrade-{OLD}-to-{NEW}.dump")
     key = upgraded["backup"].removeprefix(prefix)
-    assert aws.client(s, "s3").head_object(Bucket=s.effective_bucket_name, Key=key)["ContentLength"] > 0
+    assert aws.client(s, "s3").head_object(Bucket=statebackend.code_bucket_name(s), Key=key)["ContentLength"] > 0
     assert "draining the worker hosts' pools, then backing up the platform first" in proc.stderr
     assert asyncio.run(pools_paused(s, url)) == {platform.PROCESS_POOL: False, platform.DOCKER_POOL: False}
     # In place: the same instances, now on the new Prefect (the server's own answer and
