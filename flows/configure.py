@@ -211,6 +211,11 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                                f"Project={settings.name_prefix}? (python -m flows.status)")
         image = image_ready.result()  # raises what building it raised
         loaded = preloaded.result() + load_into_hosts(settings, image, workers)
+    except StackError as failure:  # AnsibleError included
+        if upgraded:
+            preloading.shutdown(wait=True)
+            _roll_back_if_the_server_is_down(settings, change, upgraded["backup"], failure, provisioned, booted)
+        raise
     finally:
         preloading.shutdown(wait=True)  # nothing half-loaded is left behind, even on a failure
     # Remember what is converged now (with a scale-out, the earlier hosts stay converged).
@@ -227,6 +232,38 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                  upgraded["backup"])
     return ConfigureReport(recap=recap, changed=changed, attempts=attempts, flow_runner_image=image.reference,
                            platform_api_url=ui_api_url, prefect_version=settings.prefect_version, upgrade=upgraded)
+
+
+def _roll_back_if_the_server_is_down(settings: StackSettings, change: upgrade.VersionChange, backup_location: str,
+                                     failure: Exception, provisioned: ProvisionOutputs | None,
+                                     booted: HostsReport | None) -> None:
+    """An upgrade that failed with the server down (its database migration failed, or the
+    new Prefect does not start) goes back by itself: the backup taken before it restored
+    with the server stopped, the old Prefect installed and started by configure on the old
+    version, and configure fails saying so in one line. A failure that left the server
+    answering (on either version) is an ordinary one: the database is whole, and the
+    next bootstrap carries on from configure."""
+    log = get_run_logger()
+    if platform.ready(settings, platform.operator_api_url(settings)):
+        return
+    old = settings.model_copy(update={"prefect_version": change.running})
+    bucket = statebackend.code_bucket_name(settings)
+    chosen = next((b for b in backups.available(settings, bucket) if b.location == backup_location), None)
+    if chosen is None:  # it was taken by this run: only a deleted object gets here
+        raise StackError(f"the upgrade from Prefect {change.running} to {change.wanted} failed and its "
+                         f"backup {backup_location} is gone; restore another with python -m flows.restore") from None
+    why = " ".join(str(failure).split())[:400]  # one line, whatever Ansible said
+    log.error("the upgrade to Prefect %s failed and the platform does not answer (%s); rolling back: restoring %s "
+              "and Prefect %s", change.wanted, why, chosen.name, change.running)
+    workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
+    backups.restore(old, platform.server_host(old), chosen, worker_hosts=workers, start_server=False)
+    upgrade.record_version(old)
+    upgrade.mark_pools_paused(old)  # the backup holds them paused: configure resumes them
+    configure(old, provisioned, booted)
+    raise StackError(
+        f"the upgrade from Prefect {change.running} to {change.wanted} failed ({why}); rolled back: the platform "
+        f"runs Prefect {change.running} again on the backup {chosen.name}, taken after its pools were drained. "
+        f"Set STACK_PREFECT_VERSION={change.running} to stay there, or fix the cause and bootstrap again") from None
 
 
 def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url: str, server_is_new: bool) -> dict:

@@ -1,5 +1,6 @@
 """An upgrade is a bootstrap with a new STACK_PREFECT_VERSION: the shared stack, on the
-pinned Prefect, is moved to 3.9.1 (its lock is committed in locks/) in place. A backup
+pinned Prefect, is moved to 3.9.1 (its lock is committed in locks/) in place. A first
+attempt meets a database its migration cannot apply and rolls back by itself. A backup
 named for the two versions comes first; the hosts' virtualenvs get the new Prefect, the
 server restarts and migrates its database (Prefect's own migrations), the workers
 restart, a new flow-runner image goes to the worker hosts and the Docker pool; every
@@ -18,6 +19,7 @@ same instances are upgraded in place).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 
@@ -88,6 +90,17 @@ async def pools_paused(settings, url: str) -> dict[str, bool]:
         return {p: (await client.read_work_pool(p)).is_paused for p in (platform.PROCESS_POOL, platform.DOCKER_POOL)}
 
 
+MIGRATION_BLOCKER = "automation_held_event"
+
+
+def psql_on_server(sql: str) -> None:
+    from stack.backups import DB_NAME
+
+    done = subprocess.run(["docker", "exec", SERVER, "sudo", "-u", "postgres", "psql", "-v", "ON_ERROR_STOP=1",
+                           "-d", DB_NAME, "-c", sql], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def versions(env) -> dict:
     return result_json(run_step("flows.status", "--json", env=env))["versions"]
 
@@ -105,6 +118,21 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     before_ids = {i["name"]: i["id"] for i in aws.running_hosts(s)}
     before_image = asyncio.run(docker_pool_image(s, url))
     before = platform_records(s)
+
+    # A failed migration goes back by itself. The new Prefect's first migration creates a
+    # table (automation_held_event, new in 3.9): made here first, it makes that migration
+    # fail, so the server cannot start on the new version.
+    psql_on_server(f"CREATE TABLE {MIGRATION_BLOCKER} (x int)")
+    failed = run_step("flows.bootstrap", env=new_env, check=False, timeout=2400)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    said = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert said and f"the upgrade from Prefect {OLD} to {NEW} failed" in said[-1], failed.stderr[-3000:]
+    assert f"rolled back: the platform runs Prefect {OLD} again on the backup" in said[-1], said[-1]
+    assert f"pre-upgrade-{OLD}-to-{NEW}.dump" in said[-1], said[-1]
+    assert versions(old_env) == {"server": OLD, "hosts": {SERVER: OLD, WORKER: OLD}, "unanswered": {}}
+    assert asyncio.run(pools_paused(s, url)) == {platform.PROCESS_POOL: False, platform.DOCKER_POOL: False}
+    assert_nothing_lost(before, s)
+    psql_on_server(f"DROP TABLE {MIGRATION_BLOCKER}")
 
     in_flight = asyncio.run(submit(s, url, per_case=4))
     probe = ApiProbe(s, url)

@@ -141,3 +141,17 @@ def test_a_labelled_copy_keeps_the_original_and_names_both_versions(bucket):
     assert copy.name == "p2-platform-20261130T020000Z-pre-upgrade-3.8.8-to-3.9.1.dump"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=statebackend.code_bucket_name(bucket))["Contents"]}
     assert {"backups/" + name, "backups/" + copy.name} <= keys
+
+
+def test_a_failed_upgrade_whose_server_answers_is_not_rolled_back(monkeypatch):
+    """The rollback is for a server that did not come up on the new Prefect (a failed
+    migration); a failure elsewhere leaves the whole database in place and is only
+    reported (the end-to-end rollback is in tests/e2e/test_upgrade.py)."""
+    from flows import configure
+
+    monkeypatch.setattr(configure.platform, "ready", lambda settings, url: True)
+    monkeypatch.setattr(configure.backups, "restore", lambda *a, **k: pytest.fail("restored a whole database"))
+    monkeypatch.setattr(configure, "get_run_logger", lambda: None)
+    change = upgrade.VersionChange(running="3.8.8", wanted="3.9.1")
+    assert configure._roll_back_if_the_server_is_down(load_settings(), change, "s3://b/backups/x.dump",
+                                                      RuntimeError("a worker task failed"), None, None) is None
