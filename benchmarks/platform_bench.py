@@ -47,6 +47,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from stack import statebackend
 from stack.settings import REPO_ROOT, StackSettings
 
 BENCH_ENV = {

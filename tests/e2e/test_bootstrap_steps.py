@@ -110,12 +110,16 @@ def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4_on_a_hos
     assert _docker_images_in_use(stack) == (new_image, new_image)
 
     # A worker host created after the change has only the new tag, and the pool never
-    # pulls. The host is lost as a machine is (its container removed, so its disk with
-    # it): bootstrap re-creates it for the same instance and configures it alone. (A
-    # new instance takes the same path after the nightly teardown, tests/e2e/test_durability.py.)
+    # pulls. The machine is lost with its disks (its container and the volume of its
+    # /var/lib/docker): bootstrap re-creates it for the same instance and configures it
+    # alone. (A new instance takes the same path after the nightly teardown,
+    # tests/e2e/test_durability.py.)
+    from stack.localcloud.hosts import docker_volume
+
     worker = next(i for i in aws.running_hosts(s, "worker"))["name"]
     server = next(i for i in aws.running_hosts(s, "server"))["name"]
     assert subprocess.run(["docker", "rm", "-f", worker], capture_output=True).returncode == 0
+    assert subprocess.run(["docker", "volume", "rm", docker_volume(worker)], capture_output=True).returncode == 0
     report = result_json(run_in(repo_copy))
     assert report["hosts"]["created"] == [worker] and report["hosts"]["unchanged"] == [server], report["hosts"]
     assert report["configure"]["recap"][worker]["failed"] == 0

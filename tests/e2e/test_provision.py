@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stack import aws
+from stack import aws, statebackend
 from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e

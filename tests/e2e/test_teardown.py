@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from stack import aws
+from stack import aws, statebackend
 from tests.conftest import result_json, run_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
@@ -46,8 +46,6 @@ def test_teardown_all_leaves_nothing_and_a_second_teardown_does_nothing(stack):
     assert s.data_volume_name not in volumes and not [v for v in volumes if v.startswith("p2test-ec2")]
     assert list((s.state_path / "backups").glob("*.dump")) == []
     # The stack's secrets and its Terraform states went with the data.
-    from stack import statebackend
-
     assert aws.client(s, "secretsmanager").list_secrets(
         Filters=[{"Key": "name", "Values": [f"{s.name_prefix}/"]}])["SecretList"] == []
     assert statebackend.state_bucket_name(s) not in [b["Name"] for b in aws.client(s, "s3").list_buckets()["Buckets"]]
