@@ -111,6 +111,9 @@ def runner_env(settings: StackSettings, environ: dict[str, str]) -> dict[str, st
             "so that they find credentials", ", ".join(held))
     env = {k: v for k, v in environ.items() if k not in STATIC_AWS_KEYS}
     env |= {"PREFECT_HOME": str(_home(settings)), "PREFECT_API_URL": settings.control_plane_api_url}
+    # An emptied STACK_NIGHTLY_TEARDOWN_CRON serves the teardown with no schedule; since
+    # Prefect 3.9 that keeps the old schedule unless this opt-in says to clear it.
+    env |= {"PREFECT_DEPLOYMENTS_CLEAR_SCHEDULES_ON_EMPTY": "true"}
     env |= {f"STACK_{k.upper()}": str(v) for k, v in settings.model_dump(exclude_none=True).items()}
     return env
 

@@ -10,6 +10,7 @@ writes; the pinned version's lock is constraints.txt itself.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,8 @@ def write_lock(version: str) -> Path:
     requirements = [f"prefect=={version}", *PLATFORM_PACKAGES[1:], *PLATFORM_CAPS]
     out = lock_file(version)
     out.parent.mkdir(exist_ok=True)
+    # An existing lock's pins are kept where they still fit (uv prefers the versions of
+    # its output file): e.g. constraints.txt of the release that was pinned before.
     with tempfile.NamedTemporaryFile("w", suffix=".in") as source:
         source.write("\n".join(requirements) + "\n")
         source.flush()
@@ -118,13 +121,18 @@ def _last_line(done: subprocess.CompletedProcess) -> str:
     return err[-1] if err else "no message"
 
 
-def write_constraints(output: Path = CONSTRAINTS) -> Path:
+def write_constraints(output: Path = CONSTRAINTS, upgrade: bool = False) -> Path:
     """Regenerate constraints.txt (``bin/lock``): pyproject.toml's dependencies and its dev
-    extra resolved anew for this Python (the operator's), then checked against the hosts'
+    extra resolved for this Python (the operator's), then checked against the hosts'
     Python: the platform's packages must resolve there with the same pins, since the hosts'
     virtualenv and the flow-runner image install from this file too. Nothing is replaced
-    unless both resolve. Returns the file written."""
+    unless both resolve. The current pins are kept wherever they still fit (uv prefers
+    the versions of an existing output file), so a changed pyproject.toml moves only what
+    it must; ``upgrade`` resolves every package anew. Returns the file written."""
     new = output.with_name(output.name + ".new")
+    new.unlink(missing_ok=True)
+    if output.exists() and not upgrade:
+        shutil.copy(output, new)
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     done = _compile(["--python-version", python, "--no-annotate", "--extra", "dev", "pyproject.toml"], new)
     if done.returncode != 0:

@@ -82,9 +82,9 @@ def stack(test_settings):
 
 
 # Tests marked ``teardown_last`` change or destroy the shared stack, so they run after all
-# others, in this order: faults the platform survives, then the stack changed (scaled,
-# rebuilt on stock hosts, upgraded and rolled back), then destroyed.
-TEARDOWN_LAST_ORDER = ("test_durability", "test_scale", "test_stock_hosts", "test_upgrade", "test_teardown")
+# others, in this order: faults the platform survives, the stack scaled, then destroyed;
+# last, a stack made anew on stock hosts and an older Prefect, upgraded and rolled back.
+TEARDOWN_LAST_ORDER = ("test_durability", "test_scale", "test_teardown", "test_upgrade")
 
 
 def pytest_collection_modifyitems(items):

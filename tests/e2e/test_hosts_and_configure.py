@@ -35,7 +35,7 @@ def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
 def assert_host_configured(name: str, docker: bool) -> None:
     version = sh("docker", "exec", name, "/opt/prefect/venv/bin/python", "-c",
                  "import prefect; print(prefect.__version__)")
-    assert version.stdout.strip() == "3.8.8", version.stderr
+    assert version.stdout.strip() == pinned_prefect(), version.stderr
     if docker:
         assert sh("docker", "exec", name, "systemctl", "is-active", "docker").stdout.strip() == "active"
 
@@ -169,7 +169,7 @@ def test_the_flow_runner_image_is_loaded_from_its_saved_archive_and_a_damaged_on
         assert load_into_hosts(s, image, [WORKER]) == [WORKER]  # from docker save
         ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", "--network", "none", image.reference,
                  "python", "-c", "import prefect; print(prefect.__version__)")
-        assert ran.stdout.strip() == "3.8.8", ran.stderr
+        assert ran.stdout.strip() == pinned_prefect(), ran.stderr
     finally:
         kept.replace(archive)
         if sh("docker", "exec", WORKER, "docker", "image", "inspect", image.reference).returncode != 0:

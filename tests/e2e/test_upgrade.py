@@ -1,19 +1,26 @@
-"""An upgrade is a bootstrap with a new STACK_PREFECT_VERSION: the shared stack, on the
-pinned Prefect, is moved to 3.9.1 (its lock is committed in locks/) in place. A first
-attempt meets a database its migration cannot apply and rolls back by itself. A backup
-named for the two versions comes first; the hosts' virtualenvs get the new Prefect, the
-server restarts and migrates its database (Prefect's own migrations), the workers
-restart, a new flow-runner image goes to the worker hosts and the Docker pool; every
-deployment, block, pool and completed run is kept, the runs submitted as the upgrade
-starts all complete, and every smoke case passes on the new version. While it runs, the
-API is probed every half second: the longest time it did not answer is printed (a
-figure, not a limit). A bootstrap on the older version afterwards is refused before
-anything changes, naming the rollback; the rollback (the pre-upgrade backup restored on
-the older Prefect) brings the platform back on it with every record.
+"""Upgrades end to end, on a platform made for them, and the stock path on the way.
 
-It changes the shared stack's Prefect and back, so it runs after every other test but
-the teardown's, on the hosts the stock-hosts test left (their STACK_HOST_IMAGE, so the
-same instances are upgraded in place).
+The teardown tests have destroyed the shared stack; a new one is bootstrapped from nothing
+on the release pinned before (3.8.8, locks/prefect-3.8.8.txt) and on stock hosts
+(STACK_HOST_IMAGE=stock: plain Debian, what a stock AMI is), so configure installs
+everything over SSH (apt, the Docker engine, PostgreSQL, the Prefect virtualenv) and
+every case passes on them.
+
+Then an upgrade to the pinned Prefect is a bootstrap with the default
+STACK_PREFECT_VERSION. A first attempt meets a database its first migration cannot apply
+and goes back by itself. The real one: a backup named for the two versions comes first;
+the hosts' virtualenvs get the new Prefect in place (the same instances), the server
+restarts and migrates its database (Prefect's own migrations), the workers restart, a
+new flow-runner image goes to the worker hosts and the Docker pool; every deployment,
+block, pool and completed run is kept, the runs submitted as the upgrade starts all
+complete, and every smoke case passes on the new version. While it runs, the API is
+probed every half second: the longest time it did not answer is printed (a figure, not a
+limit). A bootstrap on the older version afterwards is refused before anything changes,
+naming the rollback; the rollback (the pre-upgrade backup restored on the older Prefect)
+brings the platform back on it with every record.
+
+It needs a stack of its own making, so it runs last, after the teardown tests; the
+session's end tears it down.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ import time
 import pytest
 
 from stack import aws, pins, platform, smoke, statebackend
-from stack.localcloud.images import docker_client
+from stack.localcloud.images import docker_client, image_tag
 from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
 from tests.e2e.test_durability import assert_nothing_lost, platform_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
-NEW = "3.9.1"
-OLD = pins.pinned_prefect()
+OLD = "3.8.8"                  # the release pinned before the current one (its lock is committed)
+NEW = pins.pinned_prefect()
+STOCK_OLD = {**TEST_STACK_ENV, "STACK_HOST_IMAGE": "stock", "STACK_PREFECT_VERSION": OLD}
+STOCK_NEW = {**TEST_STACK_ENV, "STACK_HOST_IMAGE": "stock"}
 SERVER, WORKER = "p2test-ec2-0", "p2test-ec2-1"
 
 
@@ -105,15 +114,33 @@ def versions(env) -> dict:
     return result_json(run_step("flows.status", "--json", env=env))["versions"]
 
 
+def test_stock_hosts_on_the_older_prefect_get_everything_from_configure_over_ssh_and_every_case_passes(stack):
+    s = stack["settings"]
+    assert aws.project_instances(s) == [], "the teardown tests should have left nothing"
+    boot = result_json(run_step("flows.bootstrap", env=clean_env(**STOCK_OLD), timeout=2400))
+    assert sorted(boot["hosts"]["created"]) == [SERVER, WORKER]
+    stock = image_tag("host")
+    for name in (SERVER, WORKER):
+        assert docker_client().containers.get(name).image.tags[0] == stock
+    # Configure installed what the bake would have: every host's Prefect virtualenv (the
+    # older release), the worker host's Docker engine, the server host's PostgreSQL.
+    assert subprocess.run(["docker", "run", "--rm", stock, "test", "-e", "/opt/prefect/venv"]).returncode == 1
+    assert versions(clean_env(**STOCK_OLD)) == {"server": OLD, "hosts": {SERVER: OLD, WORKER: OLD}, "unanswered": {}}
+    assert in_host(WORKER, "systemctl", "is-active", "docker") == "active"
+    assert in_host(SERVER, "systemctl", "is-active", "postgresql") == "active"
+    cases = {c["case"]: c for c in boot["smoke"]["cases"]}
+    for name in ("case1-direct", "case2-local-storage", "case3-s3-process", "case4-s3-docker"):
+        assert cases[name]["ok"] is True, cases[name]
+
+
+def in_host(name: str, *argv: str) -> str:
+    return subprocess.run(["docker", "exec", name, *argv], capture_output=True, text=True).stdout.strip()
+
+
 def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_refused(stack):
     s = stack["settings"]
     url = platform.api_url(s)
-    # The hosts as the stock-hosts test left them (or baked ones): the same instances throughout.
-    same_hosts = dict(TEST_STACK_ENV)
-    if docker_client().containers.get(SERVER).image.tags[0].startswith("stack-host:"):
-        same_hosts["STACK_HOST_IMAGE"] = "stock"
-    old_env = clean_env(**same_hosts)
-    new_env = clean_env(**{**same_hosts, "STACK_PREFECT_VERSION": NEW})
+    old_env, new_env = clean_env(**STOCK_OLD), clean_env(**STOCK_NEW)
     assert versions(old_env)["hosts"] == {SERVER: OLD, WORKER: OLD}
     before_ids = {i["name"]: i["id"] for i in aws.running_hosts(s)}
     before_image = asyncio.run(docker_pool_image(s, url))

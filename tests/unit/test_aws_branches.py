@@ -13,6 +13,7 @@ from moto import mock_aws
 from stack import checks, cloudstate, statebackend, steps, terraform
 from stack.localcloud import emulator
 from stack.localcloud.flow_runner import flow_runner_identity, flow_runner_image, load_into_hosts
+from stack.pins import pinned_prefect
 from stack.proc import StackError
 from stack.settings import StackSettings
 
@@ -26,7 +27,7 @@ def aws_settings(tmp_path, monkeypatch) -> StackSettings:
 
 
 def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_streamed(aws_settings):
-    official = "prefecthq/prefect:3.8.8-python3.12"
+    official = f"prefecthq/prefect:{pinned_prefect()}-python3.12"
     assert flow_runner_identity(aws_settings) == {"reference": official}
     image = flow_runner_image(aws_settings)
     assert image.reference == official
@@ -35,11 +36,11 @@ def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_streamed(
 
 
 def test_on_aws_the_official_image_and_its_extra_packages_follow_the_platforms_prefect(aws_settings):
-    settings = aws_settings.model_copy(update={"prefect_version": "3.9.1"})
+    settings = aws_settings.model_copy(update={"prefect_version": "3.8.8"})
     image = flow_runner_image(settings)
-    assert image.reference == "prefecthq/prefect:3.9.1-python3.12"
-    # prefect-aws of 3.9.1's lock, not of constraints.txt
-    lock = (steps.REPO_ROOT / "locks" / "prefect-3.9.1.txt").read_text()
+    assert image.reference == "prefecthq/prefect:3.8.8-python3.12"
+    # prefect-aws of 3.8.8's lock, not of constraints.txt
+    lock = (steps.REPO_ROOT / "locks" / "prefect-3.8.8.txt").read_text()
     aws_pin = image.extra_pip_packages.split()[0]
     assert aws_pin in lock.splitlines()
 

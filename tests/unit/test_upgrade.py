@@ -17,16 +17,16 @@ from stack.settings import SettingsError, load_settings
 def test_the_default_is_the_pin_and_another_version_needs_its_committed_lock():
     assert load_settings().prefect_version == pins.pinned_prefect()
     assert pins.platform_constraints(pins.pinned_prefect()) == pins.CONSTRAINTS
-    s = load_settings(prefect_version="3.9.1")
+    s = load_settings(prefect_version="3.8.8")  # the release pinned before 3.9.1
     lock = pins.platform_constraints(s.prefect_version)
-    assert lock == pins.LOCKS_DIR / "prefect-3.9.1.txt" and lock.exists()
-    assert pins.pinned_versions(["prefect"], lock) == ["prefect==3.9.1"]
+    assert lock == pins.LOCKS_DIR / "prefect-3.8.8.txt" and lock.exists()
+    assert pins.pinned_versions(["prefect"], lock) == ["prefect==3.8.8"]
     with pytest.raises(SettingsError, match=r"STACK_PREFECT_VERSION.*bin/lock-prefect 3\.7\.99"):
         load_settings(prefect_version="3.7.99")
 
 
 def test_a_lock_keeps_the_caps_that_keep_the_server_working():
-    lock = pins.LOCKS_DIR / "prefect-3.9.1.txt"
+    lock = pins.LOCKS_DIR / "prefect-3.8.8.txt"
     versions = dict(line.split("==") for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#"))
     fastapi = tuple(int(x) for x in versions["fastapi"].split(".")[:2])
     sqlalchemy = tuple(int(x) for x in versions["sqlalchemy"].split(".")[:2])
@@ -38,11 +38,12 @@ def test_the_hosts_and_the_flow_runner_install_the_platforms_version():
     from stack.ansible import install_vars
     from stack.localcloud import flow_runner
 
-    s = load_settings(prefect_version="3.9.1")
+    s = load_settings(prefect_version="3.8.8")
     v = install_vars(s)
-    assert "prefect==3.9.1" in v["base_system_prefect_packages"]
-    assert v["base_system_constraints_file"].endswith("locks/prefect-3.9.1.txt")
-    assert "prefect==3.9.1" in flow_runner._build_args(s)["PACKAGES"]
+    assert "prefect==3.8.8" in v["base_system_prefect_packages"]
+    assert v["base_system_constraints_file"].endswith("locks/prefect-3.8.8.txt")
+    assert "prefect==3.8.8" in flow_runner._build_args(s)["PACKAGES"]
+    assert f"prefect=={pins.pinned_prefect()}" in install_vars(load_settings())["base_system_prefect_packages"]
     # A different version is a different flow-runner image, so every step using it runs.
     assert (flow_runner.flow_runner_identity(s)["content"]
             != flow_runner.flow_runner_identity(load_settings())["content"])
@@ -63,9 +64,9 @@ def test_a_new_platform_records_its_version_and_a_lower_one_is_refused(bucket):
     assert upgrade.recorded_version(bucket) is None
     change = upgrade.check_version_change(bucket)
     assert change.running is None and not change.is_upgrade and "new platform" in change.describe()
-    upgrade.record_version(bucket.model_copy(update={"prefect_version": "3.9.1"}))
-    assert upgrade.recorded_version(bucket) == "3.9.1"
-    with pytest.raises(SettingRefused, match=r"prefect_version: the platform runs Prefect 3\.9\.1.*only go forward") as refused:
+    upgrade.record_version(bucket.model_copy(update={"prefect_version": "3.99.0"}))
+    assert upgrade.recorded_version(bucket) == "3.99.0"
+    with pytest.raises(SettingRefused, match=r"prefect_version: the platform runs Prefect 3\.99\.0.*only go forward") as refused:
         upgrade.check_version_change(bucket)
     assert refused.value.exit_code == 2
 
@@ -90,17 +91,17 @@ def test_only_a_backup_taken_before_the_upgrade_from_the_older_version_rolls_bac
 
     from flows.restore import _rollback_to
 
-    monkeypatch.setattr(upgrade, "running_version", lambda settings: "3.9.1")
+    monkeypatch.setattr(upgrade, "running_version", lambda settings: "3.9.1")  # the pin
     when = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
     pre = backups.Backup("p2-platform-20261130T030000Z-pre-upgrade-3.8.8-to-3.9.1.dump", when, 1, "s3://b/k")
     nightly = backups.Backup("p2-platform-20261130T020000Z.dump", when, 1, "s3://b/k")
     assert backups.upgrade_versions(pre.name) == ("3.8.8", "3.9.1") and backups.upgrade_versions(nightly.name) is None
-    on_old = load_settings(state_dir=tmp_path)  # the pin, 3.8.8
+    on_old = load_settings(state_dir=tmp_path, prefect_version="3.8.8")
     assert _rollback_to(on_old, pre) == "3.8.8"
     with pytest.raises(SettingRefused, match="a rollback restores a backup taken before the upgrade from 3.8.8"):
         _rollback_to(on_old, nightly)
     # On the running version, any backup is a plain restore (the server migrates it forward).
-    assert _rollback_to(load_settings(state_dir=tmp_path, prefect_version="3.9.1"), pre) is None
+    assert _rollback_to(load_settings(state_dir=tmp_path), pre) is None
 
 
 def test_pools_are_resumed_only_when_an_upgrade_paused_them_and_only_those(bucket, monkeypatch):
