@@ -1,5 +1,13 @@
 """One way to run a subprocess: stream its output to the current logger, redact secrets,
-and raise an error that names the command and why it failed."""
+and raise an error that names the command and why it failed.
+
+Why not prefect-shell's ``ShellOperation``, which also streams a command's output to the
+run's logs: every command a step runs needs what it lacks. ``prefect deploy`` and
+Ansible get the platform's auth string in their environment, and their output is
+redacted line by line before it reaches a log (the stack's rule: no secret in a log);
+Terraform's ``-json`` output is parsed line by line (``on_line``) into the plan and its
+errors; ``docker load`` and ``pg_dump`` stream binary data. So the project does not
+depend on prefect-shell."""
 
 from __future__ import annotations
 
