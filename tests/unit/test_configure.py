@@ -1,0 +1,84 @@
+"""The configure step's pure parts (flows/configure.py, stack/ansible.py, the connection plugin): which hosts
+a scale-out configures, the configuration key, which hosts a failed playbook retries, the plugin asking
+again for lost ids. No hosts, no Ansible run, no Docker."""
+
+from __future__ import annotations
+
+
+def test_a_scale_out_configures_only_the_new_hosts_a_scale_in_none_and_anything_else_all():
+    from flows.configure import hosts_needing_playbook as scope
+
+    record = {"key": "k1", "hosts": {"s-ec2-0": "c0", "s-ec2-1": "c1"}}
+    scaled = {"s-ec2-0": "c0", "s-ec2-1": "c1", "s-ec2-2": "c2"}
+    assert scope(record, "k1", scaled, "s-ec2-0") == ["s-ec2-2"]
+    assert scope(record, "k1", {"s-ec2-0": "c0"}, "s-ec2-0") == []  # a scale-in
+    # A re-created host container is a new machine, even under the same name.
+    assert scope(record, "k1", {**scaled, "s-ec2-1": "c1b"}, "s-ec2-0") == ["s-ec2-1", "s-ec2-2"]
+    # All hosts (None): another configuration, no record, a new server, all new, none known.
+    assert scope(record, "k2", scaled, "s-ec2-0") is None
+    assert scope({}, "k1", scaled, "s-ec2-0") is None
+    assert scope(record, "k1", {**scaled, "s-ec2-0": "c0b"}, "s-ec2-0") is None
+    assert scope(record, "k1", {"s-ec2-0": "x", "s-ec2-1": "y"}, "s-ec2-0") is None
+    assert scope(record, "k1", {}, "s-ec2-0") is None
+
+
+def test_the_configuration_key_ignores_the_number_of_worker_hosts_but_not_their_settings(tmp_path):
+    from flows.configure import configuration_key
+    from stack.settings import StackSettings
+
+    one = StackSettings(target="local", worker_count=1, state_dir=tmp_path, name_prefix="keytest")
+    variables = {"prefect_worker_limit": 4}
+    assert configuration_key(one, variables) == configuration_key(one.model_copy(update={"worker_count": 3}), variables)
+    assert configuration_key(one, variables) != configuration_key(
+        one.model_copy(update={"worker_concurrency": 2}), variables)
+    assert configuration_key(one, variables) != configuration_key(one, {"prefect_worker_limit": 2})
+
+
+def test_configure_retries_unreachable_hosts_and_lost_connections_but_not_failed_tasks():
+    from stack.ansible import HostRecap, PlaybookResult
+
+    def result(first_failure=None, unreachable=(), **recaps):
+        return PlaybookResult("site.yml", "failed", recap=recaps, first_failure=first_failure,
+                              unreachable_hosts=list(unreachable))
+
+    ok, failed, dark = HostRecap(ok=5), HostRecap(ok=3, failed=1), HostRecap(unreachable=1)
+    assert result(None, ["w"], s=ok, w=dark).hosts_to_retry() == ["w"]
+    # A task failed: a fix is needed, not a retry (even with another host unreachable).
+    assert result(("s", "Install nginx", "No package matching 'ngnix'"), ["w"], s=failed, w=dark).hosts_to_retry() == []
+    # The channel lost a command's output on the server host; the worker host then failed
+    # waiting for its API: both run again.
+    lost = ("s", "Create clusters", "Task failed: failed to resolve remote temporary directory from "
+            "ansible-tmp-1: `( umask 77 && mkdir -p ...)` returned empty string")
+    assert result(lost, s=failed, w=failed, x=ok).hosts_to_retry() == ["s", "w"]
+    # docker_api could not read its user's ids (the same lost output): the server host was
+    # unreachable and the worker host failed waiting for it; both run again.
+    no_ids = ("s", "Install the stack's CA certificate", 'Task failed: Error while determining user and group '
+              'ID of current user in container "p-ec2-0": not enough values to unpack (expected 2, got 0)')
+    assert result(no_ids, ["s"], s=dark, w=failed).hosts_to_retry() == ["s", "w"]
+    assert result(None, s=ok).hosts_to_retry() == []
+
+
+def test_the_host_connection_reads_its_users_ids_again_when_the_output_is_lost(monkeypatch):
+    """The stack's connection plugin (docker_api's subclass) asks again when `id -u && id -g`
+    comes back empty, and hands docker_api's copy the ids it read."""
+    import importlib.util
+
+    from stack.ansible import ANSIBLE_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "stack_docker_api", ANSIBLE_DIR / "connection_plugins" / "stack_docker_api.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    answers = [(0, b"", b""), (0, b"\n", b""), (0, b"0\n0\n", b"")]
+    copied = []
+    connection = plugin.Connection.__new__(plugin.Connection)
+    connection.ids, connection.actual_user = {}, "root"
+    monkeypatch.setattr(connection, "_connect", lambda: connection, raising=False)
+    monkeypatch.setattr(connection, "exec_command", lambda cmd: answers.pop(0), raising=False)
+    monkeypatch.setattr(connection, "get_option", lambda name: "p-ec2-0", raising=False)
+    monkeypatch.setattr(plugin.time, "sleep", lambda s: None)
+    monkeypatch.setattr(plugin.DockerApiConnection, "put_file",
+                        lambda self, src, dest: copied.append((src, dest, dict(self.ids))))
+    connection.put_file("/tmp/a", "/etc/a")
+    assert copied == [("/tmp/a", "/etc/a", {"root": (0, 0)})]
+    assert answers == []  # asked three times: twice lost, then read
