@@ -237,33 +237,58 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
 def _roll_back_if_the_server_is_down(settings: StackSettings, change: upgrade.VersionChange, backup_location: str,
                                      failure: Exception, provisioned: ProvisionOutputs | None,
                                      booted: HostsReport | None) -> None:
-    """An upgrade that failed with the server down (its database migration failed, or the
-    new Prefect does not start) goes back by itself: the backup taken before it restored
-    with the server stopped, the old Prefect installed and started by configure on the old
-    version, and configure fails saying so in one line. A failure that left the server
-    answering (on either version) is an ordinary one: the database is whole, and the
-    next bootstrap carries on from configure."""
+    """An upgrade whose new server does not start (its database migration failed, or the
+    new Prefect does not run: systemd saw it exit with an error) goes back by itself: the
+    backup taken before it restored with the server stopped, the old Prefect installed
+    and started by configure on the old version, and configure fails saying so in one
+    line. A failure that left the server answering (on either version), or still
+    starting (a long migration), is an ordinary one: the next bootstrap carries on from
+    configure. A rollback that fails too says both, and how to restore by hand."""
     log = get_run_logger()
-    if platform.ready(settings, platform.operator_api_url(settings)):
+    if platform.ready(settings, platform.operator_api_url(settings)) or not _server_crashed(settings):
         return
     old = settings.model_copy(update={"prefect_version": change.running})
     bucket = statebackend.code_bucket_name(settings)
     chosen = next((b for b in backups.available(settings, bucket) if b.location == backup_location), None)
-    if chosen is None:  # it was taken by this run: only a deleted object gets here
-        raise StackError(f"the upgrade from Prefect {change.running} to {change.wanted} failed and its "
-                         f"backup {backup_location} is gone; restore another with python -m flows.restore") from None
     why = " ".join(str(failure).split())[:400]  # one line, whatever Ansible said
-    log.error("the upgrade to Prefect %s failed and the platform does not answer (%s); rolling back: restoring %s "
+    by_hand = (f"restore it by hand: STACK_PREFECT_VERSION={change.running} python -m flows.restore --backup "
+               f"{backup_location.rsplit('/', 1)[-1]}")
+    if chosen is None:  # it was taken by this run: only a deleted object gets here
+        raise StackError(f"the upgrade from Prefect {change.running} to {change.wanted} failed ({why}) and its "
+                         f"backup {backup_location} is gone; restore another with python -m flows.restore") from None
+    log.error("the upgrade to Prefect %s failed and its server does not start (%s); rolling back: restoring %s "
               "and Prefect %s", change.wanted, why, chosen.name, change.running)
-    workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
-    backups.restore(old, platform.server_host(old), chosen, worker_hosts=workers, start_server=False)
-    upgrade.record_version(old)
-    upgrade.mark_pools_paused(old)  # the backup holds them paused: configure resumes them
-    configure(old, provisioned, booted)
+    try:
+        workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
+        backups.restore(old, platform.server_host(old), chosen, worker_hosts=workers, start_server=False)
+        upgrade.record_version(old)
+        upgrade.mark_pools_paused(old)  # the backup holds them paused: configure resumes them
+        configure(old, provisioned, booted)
+    except Exception as exc:  # noqa: BLE001 - the first failure must not be lost behind this one
+        rolled = " ".join(str(exc).split())[:300]
+        raise StackError(f"the upgrade from Prefect {change.running} to {change.wanted} failed ({why}), and rolling "
+                         f"back failed too ({rolled}); {by_hand}") from None
     raise StackError(
         f"the upgrade from Prefect {change.running} to {change.wanted} failed ({why}); rolled back: the platform "
         f"runs Prefect {change.running} again on the backup {chosen.name}, taken after its pools were drained. "
         f"Set STACK_PREFECT_VERSION={change.running} to stay there, or fix the cause and bootstrap again") from None
+
+
+def _server_crashed(settings: StackSettings) -> bool:
+    """The server's unit exited with an error since configure (re)started it: systemd
+    restarted it at least once, or gave up. A server still starting (a long migration:
+    running, never restarted) has not failed; nor has one that was never installed."""
+    from stack.hostexec import run_on_host
+
+    try:
+        shown = run_on_host(settings, platform.server_host(settings),
+                            ["systemctl", "show", "-p", "NRestarts", "-p", "ActiveState", "-p", "Result",
+                             "prefect-server"])
+    except StackError:  # the host does not answer: nothing says the server failed
+        return False
+    props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    return (props.get("ActiveState") == "failed" or int(props.get("NRestarts") or 0) > 0
+            or props.get("Result", "success") not in ("success", ""))
 
 
 def _prepare_upgrade(settings: StackSettings, change: upgrade.VersionChange, url: str, server_is_new: bool) -> dict:

@@ -102,7 +102,8 @@ if __name__ == "__main__":
     parser.add_argument("--list", action="store_true", help="list the backups and exit")
     args = parser.parse_args()
     if args.list:
-        listing = main(lambda s: [b.as_dict() for b in backups.available(s, statebackend.code_bucket_name(s))],
+        # The local copies are listed even when the cloud does not answer.
+        listing = main(lambda s: [b.as_dict() for b in backups.available(s, statebackend.code_bucket_name_or_none(s))],
                        control_plane=False)
         print(json.dumps(listing, indent=2))
     else:

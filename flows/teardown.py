@@ -128,6 +128,7 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
                 report.data_removed.append(f"{objects} objects of bucket {statebackend.code_bucket_name(settings)}")
             _destroy(data)
             report.destroyed.append(DATA)
+            statebackend.forget_code_bucket_name(settings)  # a new stack of this prefix names its own
         if cloud_up:
             if deleted := accountsecrets.delete_all(settings):
                 report.data_removed.append(f"secrets {', '.join(deleted)}")
@@ -153,8 +154,9 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
 
 def confirm_destroy_data(settings: StackSettings, yes: bool) -> None:
     """--all destroys the team's run history: say so, and ask unless --yes."""
+    bucket = statebackend.code_bucket_name_or_none(settings) or "of flow code"
     warning = (f"teardown --all destroys the platform's DATA of stack {settings.name_prefix}: the database volume "
-               f"{settings.data_volume_name}, the bucket {statebackend.code_bucket_name(settings)} with every backup, "
+               f"{settings.data_volume_name}, the bucket {bucket} with every backup, "
                f"and the local backup copies. This cannot be undone.")
     print(f"warning: {warning}", file=sys.stderr)
     if yes:

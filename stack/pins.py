@@ -94,7 +94,7 @@ def write_lock(version: str) -> Path:
     out = lock_file(version)
     out.parent.mkdir(exist_ok=True)
     # An existing lock's pins are kept where they still fit (uv prefers the versions of
-    # its output file): e.g. constraints.txt of the release that was pinned before.
+    # its output file): to keep a former pin's versions, copy constraints.txt there first.
     with tempfile.NamedTemporaryFile("w", suffix=".in") as source:
         source.write("\n".join(requirements) + "\n")
         source.flush()

@@ -76,6 +76,23 @@ def code_bucket_name(settings: StackSettings) -> str:
     return _code_buckets[where]
 
 
+def code_bucket_name_or_none(settings: StackSettings) -> str | None:
+    """The code bucket's name, or None when the cloud cannot be asked for it (the emulated
+    cloud is down, the credentials expired): for messages and read-only commands that
+    must still work then (teardown's question, the list of local backups)."""
+    try:
+        return code_bucket_name(settings)
+    except Exception:  # noqa: BLE001 - no account or no state to read: not known now
+        return settings.bucket_name
+
+
+def forget_code_bucket_name(settings: StackSettings) -> None:
+    """After ``teardown --all`` destroyed the data module: a new stack of this prefix gets
+    a name of its own (an older stack's recorded name is not kept for it)."""
+    for where in [w for w in _code_buckets if w[3] == settings.name_prefix and w[4] == str(settings.state_path)]:
+        del _code_buckets[where]
+
+
 def _recorded_code_bucket(settings: StackSettings) -> str | None:
     """The bucket name in the data module's state: the one in the state bucket, or the
     local file of a stack made before remote state (migrated at its next init)."""
@@ -93,7 +110,6 @@ def state_key(settings: StackSettings, root: str) -> str:
 def ensure_state_bucket(settings: StackSettings) -> str:
     """Create the state bucket if it does not exist yet, with its protections; its name."""
     name = state_bucket_name(settings)
-    code_bucket_name(settings)  # a prefix too long for the code bucket is refused before anything is made
     s3 = aws.client(settings, "s3")
     try:
         s3.head_bucket(Bucket=name)
@@ -103,6 +119,7 @@ def ensure_state_bucket(settings: StackSettings) -> str:
         if code not in ("404", "NoSuchBucket", "NotFound"):
             raise StackError(f"the Terraform state bucket {name} exists but cannot be read ({code}): it may "
                              "belong to another account; set STACK_STATE_BUCKET to a bucket of your own") from None
+    code_bucket_name(settings)  # a code bucket name S3 would refuse is refused before anything is made
     get_logger().info("creating the Terraform state bucket %s (versioned, encrypted, private)", name)
     create = {"Bucket": name}
     if settings.region != "us-east-1":

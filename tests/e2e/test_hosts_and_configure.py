@@ -19,6 +19,7 @@ from stack import aws, credentials, hostexec
 from stack.ansible import ANSIBLE_DIR, environment
 from stack.localcloud.flow_runner import archive_path, flow_runner_image, load_into_hosts
 from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
+from stack.pins import pinned_prefect
 from stack.localcloud.images import _ensure_base_image, docker_client, ensure_base_image, image_exists
 from stack.proc import StackError
 from stack.terraform import ssh_public_key

@@ -125,7 +125,7 @@ def test_status_lists_instances_with_their_hosts_and_the_prefect_each_runs(stack
     status = json.loads(run_step("flows.status", "--json").stdout)
     assert status["target"] == "local"
     assert status["emulator_endpoint"] == "http://127.0.0.1:4666"
-    assert status["bucket"] == stack["settings"].effective_bucket_name
+    assert status["bucket"] == statebackend.code_bucket_name(stack["settings"])
     by_name = {i["name"]: i for i in status["instances"]}
     assert set(by_name) == {"p2test-ec2-0", "p2test-ec2-1"}
     for name, inst in by_name.items():

@@ -103,9 +103,10 @@ MIGRATION_BLOCKER = "automation_held_event"
 
 
 def psql_on_server(sql: str) -> None:
-    from stack.backups import DB_NAME
+    """As the database's owner (the platform's role): what it makes, its backup can dump."""
+    from stack.backups import DB_NAME, DB_OWNER
 
-    done = subprocess.run(["docker", "exec", SERVER, "sudo", "-u", "postgres", "psql", "-v", "ON_ERROR_STOP=1",
+    done = subprocess.run(["docker", "exec", SERVER, "sudo", "-u", DB_OWNER, "psql", "-v", "ON_ERROR_STOP=1",
                            "-d", DB_NAME, "-c", sql], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -116,7 +117,8 @@ def versions(env) -> dict:
 
 def test_stock_hosts_on_the_older_prefect_get_everything_from_configure_over_ssh_and_every_case_passes(stack):
     s = stack["settings"]
-    assert aws.project_instances(s) == [], "the teardown tests should have left nothing"
+    if aws.project_instances(s):  # run on its own, after the shared stack's bootstrap
+        run_step("flows.teardown", "--all", "--yes")
     boot = result_json(run_step("flows.bootstrap", env=clean_env(**STOCK_OLD), timeout=2400))
     assert sorted(boot["hosts"]["created"]) == [SERVER, WORKER]
     stock = image_tag("host")

@@ -64,3 +64,26 @@ def test_the_longest_prefix_in_the_longest_region_still_makes_a_valid_bucket_nam
                       region="ap-southeast-1")
     name = statebackend.code_bucket_name(s)
     assert len(name) <= 63 and statebackend.BUCKET_NAME.match(name), name
+
+
+def test_read_only_commands_get_no_name_instead_of_an_error_when_the_cloud_does_not_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(statebackend, "_code_buckets", {})
+
+    def down(settings):
+        raise StackError("could not read the AWS account id (the emulated cloud is down)")
+
+    monkeypatch.setattr(statebackend, "account_id", down)
+    monkeypatch.setattr(statebackend, "read_state", lambda settings, root: None)
+    assert statebackend.code_bucket_name_or_none(settings(tmp_path)) is None
+    assert statebackend.code_bucket_name_or_none(settings(tmp_path, bucket_name="our-own-bucket")) == "our-own-bucket"
+
+
+def test_after_teardown_all_a_new_stack_of_the_prefix_does_not_inherit_an_older_name(account, tmp_path):
+    legacy = tmp_path / "terraform" / "data" / "terraform.tfstate"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"outputs": {"bucket_name": {"value": "team-flow-code-99aa88bb"}}}))
+    s = settings(tmp_path)
+    assert statebackend.code_bucket_name(s) == "team-flow-code-99aa88bb"
+    legacy.unlink()  # the data module destroyed
+    statebackend.forget_code_bucket_name(s)
+    assert statebackend.code_bucket_name(s) == "team-flow-code-123456789012-eu-west-1"
