@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import stack  # noqa: F401  (the tests' processes cache their byte-code: stack/__init__.py)
+import stack
+
+stack.cache_byte_code()  # the tests' processes cache their byte-code (stack/__init__.py)
 
 REPO = Path(__file__).resolve().parent.parent
 
