@@ -156,3 +156,29 @@ def test_a_failed_upgrade_whose_server_answers_is_not_rolled_back(monkeypatch):
     change = upgrade.VersionChange(running="3.8.8", wanted="3.9.1")
     assert configure._roll_back_if_the_server_is_down(load_settings(), change, "s3://b/backups/x.dump",
                                                       RuntimeError("a worker task failed"), None, None) is None
+
+
+@pytest.mark.parametrize("shown, crashed", [
+    ("NRestarts=2\nActiveState=activating\nResult=exit-code\n", True),   # the migration failed, systemd retries
+    ("NRestarts=0\nActiveState=failed\nResult=exit-code\n", True),
+    ("NRestarts=0\nActiveState=active\nResult=success\n", False),        # still migrating: not a failure
+    ("NRestarts=0\nActiveState=inactive\nResult=success\n", False),      # never installed on a new host
+])
+def test_only_a_server_systemd_saw_fail_is_rolled_back(monkeypatch, shown, crashed):
+    from flows import configure
+    from stack import hostexec
+
+    monkeypatch.setattr(hostexec, "run_on_host", lambda settings, host, command, **kw: shown)
+    assert configure._server_crashed(load_settings()) is crashed
+
+
+def test_a_server_host_that_does_not_answer_is_not_taken_for_a_failed_upgrade(monkeypatch):
+    from flows import configure
+    from stack import hostexec
+    from stack.proc import StackError
+
+    def unreachable(settings, host, command, **kw):
+        raise StackError("host p2-ec2-0 is not running")
+
+    monkeypatch.setattr(hostexec, "run_on_host", unreachable)
+    assert configure._server_crashed(load_settings()) is False
