@@ -23,7 +23,7 @@ def collect(settings: StackSettings) -> dict:
         "target": settings.target,
         "region": settings.region,
         "emulator_endpoint": settings.emulator_endpoint,
-        "bucket": statebackend.code_bucket_name_or_none(settings) if _cloud_answers(settings) else settings.bucket_name,
+        "bucket": settings.bucket_name,
         "instances": [],
         "platform_api_url": None,
         "platform_auth_file": str(platform.auth_file(settings)) if platform.auth_file(settings).exists() else None,
@@ -32,7 +32,10 @@ def collect(settings: StackSettings) -> dict:
     report["steps"] = last_step_states(settings)
     report["next_teardown"] = next_time(settings.nightly_teardown_cron, settings.schedule_timezone)
     report["next_backup"] = next_time(settings.backup_cron, settings.schedule_timezone)
-    found = backups.available(settings, report["bucket"] if _cloud_answers(settings) else None)
+    cloud_up = _cloud_answers(settings)
+    if cloud_up:
+        report["bucket"] = statebackend.code_bucket_name_or_none(settings)
+    found = backups.available(settings, report["bucket"] if cloud_up else None)
     report["last_backup"] = found[-1].as_dict() if found else None
     report["data_volume"] = None
     if settings.target == "local":

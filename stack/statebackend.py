@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from stack import aws
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
 BACKEND_FILE = "stack.s3.tfbackend"
+LEGACY_STATE = "terraform.tfstate"  # in the working copy, where a stack made before remote state kept it
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -93,12 +95,17 @@ def forget_code_bucket_name(settings: StackSettings) -> None:
         del _code_buckets[where]
 
 
+def working_copy(settings: StackSettings, root: str) -> Path:
+    """The folder in the state directory where ``root``'s Terraform runs (a cache)."""
+    return settings.state_path / "terraform" / root
+
+
 def _recorded_code_bucket(settings: StackSettings) -> str | None:
     """The bucket name in the data module's state: the one in the state bucket, or the
     local file of a stack made before remote state (migrated at its next init)."""
     state = read_state(settings, "data")
     if state is None:
-        legacy = settings.state_path / "terraform" / "data" / "terraform.tfstate"
+        legacy = working_copy(settings, "data") / LEGACY_STATE
         state = json.loads(legacy.read_text() or "{}") if legacy.exists() else {}
     return (state.get("outputs", {}).get("bucket_name") or {}).get("value")
 

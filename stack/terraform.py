@@ -41,7 +41,7 @@ COMPUTE_INPUTS = ("bucket_arn", "availability_zone", "data_volume_id", "host_ima
 OVERRIDE_FILE = "emulator_override.tf"
 PLAN_FILE = "stack.tfplan"
 INIT_STAMP = ".terraform/stack-init.sha256"
-LEGACY_STATE = "terraform.tfstate"  # where a stack made before remote state kept it
+LEGACY_STATE = statebackend.LEGACY_STATE  # where a stack made before remote state kept it
 AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 # Emulated services the stack's resources use.
 EMULATED_SERVICES = ("ec2", "iam", "s3", "sts", "ssm")
@@ -165,7 +165,7 @@ class Terraform:
         self.settings = settings
         self.root = root
         self.source = TERRAFORM_SOURCE / root
-        self.workdir = settings.state_path / "terraform" / root
+        self.workdir = statebackend.working_copy(settings, root)
         self.cli_config = settings.state_path / "terraform.rc"
         self.inputs = inputs or {}
         self.processes = 0
