@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
 from stack import aws, backups, capacity, platform, statebackend, steps, tls, upgrade
-from stack.ansible import AnsibleError, PlaybookResult, install_vars, run_playbook
+from stack.ansible import AnsibleError, PlaybookResult, WaitsOnFailedHost, install_vars, run_playbook
 from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
 from stack.lock import exclusive
 from stack.proc import StackError
@@ -23,6 +23,8 @@ from stack.oncalendar import host_timers
 from stack.settings import StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
+# The worker role's task that waits for the server's API (ansible/roles/prefect_worker).
+WORKER_WAITS_FOR_SERVER = "Wait until the Prefect API answers from this host"
 # Which machines the last successful configure converged, and with what configuration.
 CONFIGURED_FILE = "configured-hosts.json"
 UNREACHABLE_RETRIES = 3
@@ -188,8 +190,12 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
         attempts = 0
         runs_allowed = 0 if scope == [] else 1 + UNREACHABLE_RETRIES
         for attempts in range(1, runs_allowed + 1):
+            # A server host that failed (its server keeps exiting) stops the worker hosts'
+            # wait for its API at once, rather than after the wait's two minutes.
+            waits = WaitsOnFailedHost(frozenset(i["name"] for i in running if i["role"] == "server"),
+                                      frozenset({WORKER_WAITS_FOR_SERVER}))
             result = run_playbook(settings, playbook, extravars=variables, limit=limit,
-                                  secrets=(platform.auth_string(settings),))
+                                  secrets=(platform.auth_string(settings),), waits=waits)
             for host, r in result.recap.items():
                 recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
             retry = result.hosts_to_retry()
@@ -250,7 +256,7 @@ def _roll_back_if_the_server_is_down(settings: StackSettings, change: upgrade.Ve
     old = settings.model_copy(update={"prefect_version": change.running})
     bucket = statebackend.code_bucket_name(settings)
     chosen = next((b for b in backups.available(settings, bucket) if b.location == backup_location), None)
-    why = " ".join(str(failure).split())[:400]  # one line, whatever Ansible said
+    why = " ".join(str(failure).split())[:700]  # one line, whatever Ansible said
     by_hand = (f"restore it by hand: STACK_PREFECT_VERSION={change.running} python -m flows.restore --backup "
                f"{backup_location.rsplit('/', 1)[-1]}")
     if chosen is None:  # it was taken by this run: only a deleted object gets here

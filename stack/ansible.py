@@ -65,6 +65,46 @@ class PlaybookResult:
         return sorted(lost) if not failed else []
 
 
+@dataclass
+class WaitsOnFailedHost:
+    """Whether a run's remaining hosts only wait on a host that failed: a worker host
+    waits for the server's API (up to two minutes), which a failed server host will not
+    give it. Fed with the run's events; ``pointless()`` is true once an awaited host
+    failed and every host still in a task is in one of the waiting tasks (a host between
+    tasks, or in any other task, is left to finish: no install is cut short)."""
+
+    awaited_hosts: frozenset[str]
+    waiting_tasks: frozenset[str]
+    in_task: dict[str, str | None] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+
+    def saw(self, kind: str, host: str, task: str, ignored: bool = False) -> None:
+        if not host:
+            return
+        if kind == "runner_on_start":
+            self.in_task[host] = task
+        elif kind in ("runner_on_ok", "runner_on_skipped", "runner_on_failed", "runner_on_unreachable"):
+            self.in_task[host] = None
+            if kind in ("runner_on_failed", "runner_on_unreachable") and not ignored:
+                self.failed.add(host)
+
+    def pointless(self) -> bool:
+        if not self.failed & self.awaited_hosts:
+            return False
+        busy = [t for h, t in self.in_task.items() if t is not None and h not in self.failed]
+        return bool(busy) and all(t in self.waiting_tasks for t in busy)
+
+
+def failure_message(res: dict) -> str:
+    """What a failed task said: its message, and for a command what it wrote (a shell
+    task's ``msg`` is only "non-zero return code")."""
+    msg = str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or res)
+    output = (res.get("stderr") or res.get("stdout") or "").strip()
+    if res.get("rc") and output and output not in msg:
+        msg = output if msg == "non-zero return code" else f"{msg}: {output}"
+    return msg
+
+
 SENSITIVE_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|AUTH_STRING|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)
 
 
@@ -116,10 +156,12 @@ def run_playbook(
     secrets: tuple[str, ...] = (),
     inventory: Path | None = None,
     env: dict[str, str] | None = None,
+    waits: WaitsOnFailedHost | None = None,
 ) -> PlaybookResult:
     """Run one playbook of ``ansible/``; log each task result per host. ``inventory``
     replaces the stack's dynamic inventory (the image bake uses a one-host file, with
-    ``env`` enabling the yaml inventory plugin)."""
+    ``env`` enabling the yaml inventory plugin). ``waits``: stop the run (status
+    "canceled", the awaited host's failure first) once the other hosts only wait on it."""
     log = get_logger()
     result = PlaybookResult(playbook=playbook, status="")
     private_dir = settings.state_path / "ansible-runner"
@@ -130,12 +172,14 @@ def run_playbook(
         data = event.get("event_data", {})
         host, task = data.get("host", ""), data.get("task", "")
         res = data.get("res") or {}
+        if waits is not None:
+            waits.saw(kind, host, task, bool(data.get("ignore_errors")))
         if kind == "runner_on_ok":
             log.info("%s | %s | %s", host, "changed" if res.get("changed") else "ok", task)
         elif kind in ("runner_on_failed", "runner_on_unreachable"):
             if data.get("ignore_errors"):
                 return True
-            msg = redact(str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or res)[:2000], secrets)
+            msg = redact(failure_message(res)[:2000], secrets)
             state = "UNREACHABLE" if kind == "runner_on_unreachable" else "FAILED"
             log.error("%s | %s | %s: %s", host, state, task, msg)
             if kind == "runner_on_unreachable":
@@ -167,7 +211,15 @@ def run_playbook(
         ssh_public_key(settings)  # the SSH key's cache file, from the account when it is missing
     with credentials.served(settings) as aws_env:
         config.env = {**environment(settings), **aws_env, **added_by_runner, **(env or {})}
-        r = Runner(config=config, event_handler=on_event)
+        def cancel() -> bool:
+            if waits is None or not waits.pointless():
+                return False
+            waiting = sorted(h for h, t in waits.in_task.items() if t is not None)
+            log.warning("stopping the playbook: %s only wait on %s, which failed",
+                        ", ".join(waiting), ", ".join(sorted(waits.failed & waits.awaited_hosts)))
+            return True
+
+        r = Runner(config=config, event_handler=on_event, cancel_callback=cancel)
         r.run()
     result.status = r.status
     stats = r.stats or {}

@@ -162,10 +162,16 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     # table (automation_held_event, new in 3.9): made here first, it makes that migration
     # fail, so the server cannot start on the new version.
     psql_on_server(f"CREATE TABLE {MIGRATION_BLOCKER} (x int)")
+    attempt_started = time.monotonic()
     failed = run_step("flows.bootstrap", env=new_env, check=False, timeout=2400)
+    print(f"failed upgrade and its rollback: {time.monotonic() - attempt_started:.0f} s")
     assert failed.returncode == 1, failed.stderr[-3000:]
     said = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert said and f"the upgrade from Prefect {OLD} to {NEW} failed" in said[-1], failed.stderr[-3000:]
+    # The server's own wait saw it exit again and again, and said why (not a two-minute
+    # timeout); the worker hosts' wait for it was stopped rather than run out.
+    assert "times while starting" in said[-1] and MIGRATION_BLOCKER in said[-1], said[-1]
+    assert "only wait on" in failed.stderr, failed.stderr[-3000:]
     assert f"rolled back: the platform runs Prefect {OLD} again on the backup" in said[-1], said[-1]
     assert f"pre-upgrade-{OLD}-to-{NEW}.dump" in said[-1], said[-1]
     assert versions(old_env) == {"server": OLD, "hosts": {SERVER: OLD, WORKER: OLD}, "unanswered": {}}

@@ -82,3 +82,76 @@ def test_the_host_connection_reads_its_users_ids_again_when_the_output_is_lost(m
     connection.put_file("/tmp/a", "/etc/a")
     assert copied == [("/tmp/a", "/etc/a", {"root": (0, 0)})]
     assert answers == []  # asked three times: twice lost, then read
+
+
+def test_a_failed_server_host_stops_the_worker_hosts_wait_for_it_not_their_other_tasks():
+    from stack.ansible import WaitsOnFailedHost
+
+    waits = WaitsOnFailedHost(frozenset({"srv"}), frozenset({"wait for the API"}))
+    waits.saw("runner_on_start", "srv", "start the server")
+    waits.saw("runner_on_start", "w1", "install packages")
+    waits.saw("runner_on_start", "w2", "wait for the API")
+    assert not waits.pointless()  # nothing failed yet
+    waits.saw("runner_on_failed", "srv", "start the server")
+    assert not waits.pointless()  # w1 is still installing: never cut an install short
+    waits.saw("runner_on_ok", "w1", "install packages")
+    waits.saw("runner_on_start", "w1", "wait for the API")
+    assert waits.pointless()
+    # An ignored failure, or a failed host nobody waits on, stops nothing.
+    other = WaitsOnFailedHost(frozenset({"srv"}), frozenset({"wait for the API"}))
+    other.saw("runner_on_start", "w2", "wait for the API")
+    other.saw("runner_on_failed", "srv", "probe", ignored=True)
+    other.saw("runner_on_failed", "w1", "install packages")
+    assert not other.pointless()
+
+
+def test_a_failed_command_reports_what_it_wrote_not_only_its_return_code():
+    from stack.ansible import failure_message
+
+    said = failure_message({"msg": "non-zero return code", "rc": 1, "stdout": "", "stderr": "the server exited 3 times"})
+    assert said == "the server exited 3 times"
+    assert failure_message({"msg": "Timeout waiting for the host"}) == "Timeout waiting for the host"
+
+
+def test_the_worker_role_has_the_wait_that_configure_stops():
+    import yaml
+
+    from flows.configure import WORKER_WAITS_FOR_SERVER
+    from stack.settings import REPO_ROOT
+
+    tasks = yaml.safe_load((REPO_ROOT / "ansible/roles/prefect_worker/tasks/main.yml").read_text())
+    assert WORKER_WAITS_FOR_SERVER in [t.get("name") for t in tasks]
+
+
+def test_real_ansible_stops_a_wait_on_a_failed_host(tmp_path):
+    """ansible-playbook itself (local connections): the awaited host fails, the other
+    host's wait would retry for a minute and is stopped instead; the run says why."""
+    from stack.ansible import WaitsOnFailedHost, run_playbook
+    from stack.settings import StackSettings
+
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    srv: {ansible_connection: local}\n    wrk: {ansible_connection: local}\n"
+                         "  vars: {ansible_python_interpreter: auto_silent}\n")
+    playbook = tmp_path / "play.yml"
+    playbook.write_text("""
+- hosts: all
+  gather_facts: false
+  strategy: free
+  tasks:
+    - name: Fail on the awaited host
+      ansible.builtin.fail: {msg: "the server keeps exiting"}
+      when: inventory_hostname == 'srv'
+    - name: Wait for the awaited host
+      ansible.builtin.command: "false"
+      register: probe
+      until: probe.rc == 0
+      retries: 60
+      delay: 1
+      when: inventory_hostname == 'wrk'
+""")
+    settings = StackSettings(target="local", state_dir=tmp_path / "state", name_prefix="waittest")
+    result = run_playbook(settings, str(playbook), inventory=inventory,
+                          env={"ANSIBLE_INVENTORY_ENABLED": "yaml"},
+                          waits=WaitsOnFailedHost(frozenset({"srv"}), frozenset({"Wait for the awaited host"})))
+    assert result.status == "canceled"
+    assert result.first_failure == ("srv", "Fail on the awaited host", "the server keeps exiting")
