@@ -122,8 +122,8 @@ def _last_line(done: subprocess.CompletedProcess) -> str:
 
 
 def write_constraints(output: Path = CONSTRAINTS, upgrade: bool = False) -> Path:
-    """Regenerate constraints.txt (``bin/lock``): pyproject.toml's dependencies and its dev
-    extra resolved for this Python (the operator's), then checked against the hosts'
+    """Regenerate constraints.txt (``bin/lock``): pyproject.toml's dependencies and every
+    extra (dev; hosts and emulator, which only the hosts and images install) resolved for this Python (the operator's), then checked against the hosts'
     Python: the platform's packages must resolve there with the same pins, since the hosts'
     virtualenv and the flow-runner image install from this file too. Nothing is replaced
     unless both resolve. The current pins are kept wherever they still fit (uv prefers
@@ -134,7 +134,7 @@ def write_constraints(output: Path = CONSTRAINTS, upgrade: bool = False) -> Path
     if output.exists() and not upgrade:
         shutil.copy(output, new)
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    done = _compile(["--python-version", python, "--no-annotate", "--extra", "dev", "pyproject.toml"], new)
+    done = _compile(["--python-version", python, "--no-annotate", "--all-extras", "pyproject.toml"], new)
     if done.returncode != 0:
         new.unlink(missing_ok=True)
         raise StackError(f"pyproject.toml's dependencies do not resolve on Python {python}: {_last_line(done)}")

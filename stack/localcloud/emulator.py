@@ -8,7 +8,6 @@ restart, so callers compare :func:`session` with what they saw last (see
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ import docker
 import docker.errors
 
 from stack.localcloud.images import docker_client, ensure_image
+from stack.pins import pinned_versions
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
@@ -95,8 +95,10 @@ def wait_healthy(endpoint: str, timeout: float = 60) -> None:
 
 
 def ensure_moto_image(client: docker.DockerClient) -> str:
-    """The emulator's image: moto's server at the version the operator's venv has."""
-    return ensure_image(client, "moto", {"MOTO_VERSION": importlib.metadata.version("moto")})
+    """The emulator's image: moto's server at the version constraints.txt pins (the
+    emulator extra of pyproject.toml; the operator's venv has moto only for the tests)."""
+    version = pinned_versions(("moto",))[0].split("==", 1)[1]
+    return ensure_image(client, "moto", {"MOTO_VERSION": version})
 
 
 def up(settings: StackSettings) -> EmulatorStatus:
