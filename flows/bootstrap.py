@@ -245,6 +245,10 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         # A stack without hosts (new, or after the nightly teardown) needs the hosts'
         # images: preflight starts building them, and they build while Terraform runs.
         checked = runner.run("preflight", preflight, prebuild_host_images=True)
+        if only in (None, "provision", "configure"):
+            # Made (or read from the account) before any step's key is computed: a key
+            # reads the secrets' caches and makes nothing; --only smoke needs none of this.
+            platform.make_stack_secrets(settings)
         if settings.target == "local":
             # A host that powered itself off (its safety stop) is a stopped instance, as
             # EC2 would show it: provision's probe then fails and provision starts it.

@@ -146,7 +146,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     ui_api_url = platform.operator_api_url(settings)
     volume_id = provisioned.data_volume.id if provisioned else None
     variables = extravars(settings, ui_api_url, volume_id)
-    platform.auth_string(settings)  # created once per stack, before any host needs it
+    platform.make_stack_secrets(settings)  # made once per stack (run alone, configure may be first)
     # The server certificate names every address clients use; a replaced server
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.
     reissued = tls.ensure_server_certificate(settings, platform.server_tls_names(settings))

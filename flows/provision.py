@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from stack import aws, cloudstate, statebackend
+from stack import aws, cloudstate, platform, statebackend
 from stack.localcloud import hosts as host_containers
 from stack.proc import CommandError, StackError
 from stack.lock import exclusive
@@ -199,6 +199,7 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     statebackend.claim_state_dir(settings)
     # Terraform cannot create the bucket that holds its own state: made here, once.
     statebackend.ensure_state_bucket(settings)
+    platform.make_stack_secrets(settings)  # the key pair's public half is a compute input
     data_tf = Terraform(settings, DATA)
     data = apply_root_module(settings, data_tf)
     volume = DataVolume(**data["data_volume"])

@@ -55,9 +55,11 @@ def write_private(path: Path, value: str) -> None:
     tmp.replace(path)
 
 
-def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable[[], str]) -> str:
+def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable[[], str] | None = None) -> str:
     """The value of the stack's secret ``name``, created with ``make()`` on first use and
-    cached in ``cache`` (0600). See the module docstring for the order of truth."""
+    cached in ``cache`` (0600). See the module docstring for the order of truth. Without
+    ``make`` (a read): a secret that neither the account nor the cache holds is an error
+    that says which command makes it."""
     where = (settings.name_prefix, settings.target, settings.region, settings.emulator_endpoint, name)
     if where in _read:
         if not cache.exists():
@@ -77,6 +79,9 @@ def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable
                          "check the AWS credentials (aws target) or start the emulated cloud "
                          "(python -m flows.bootstrap)") from None
     if value is None:
+        if not cache.exists() and make is None:
+            raise StackError(f"the stack's {name} does not exist yet (no secret {sid}); python -m flows.bootstrap "
+                             "makes it")
         value = cache.read_text() if cache.exists() else make()
         try:
             sm.create_secret(Name=sid, SecretString=value, Description=f"{name} of the Prefect platform stack "

@@ -11,6 +11,7 @@ Prefect server itself listens on the host's loopback. Every client verifies with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import ssl
@@ -58,11 +59,32 @@ def auth_file(settings: StackSettings) -> Path:
 AUTH_SECRET = accountsecrets.AUTH_STRING
 
 
-def auth_string(settings: StackSettings) -> str:
-    """The stack's API auth string: a secret in the account (Secrets Manager), made on
-    first use, cached in a 0600 file; never printed."""
-    return accountsecrets.stack_secret(settings, AUTH_SECRET, auth_file(settings),
-                                       lambda: f"{AUTH_USER}:{secrets.token_urlsafe(24)}").strip()
+def auth_string(settings: StackSettings, create: bool = False) -> str:
+    """The stack's API auth string: a secret in the account (Secrets Manager), cached in
+    a 0600 file; never printed. Made only with ``create`` (make_stack_secrets)."""
+    def make() -> str:
+        return f"{AUTH_USER}:{secrets.token_urlsafe(24)}"
+
+    return accountsecrets.stack_secret(settings, AUTH_SECRET, auth_file(settings), make if create else None).strip()
+
+
+def make_stack_secrets(settings: StackSettings) -> None:
+    """The stack's own secrets, made once in the account (or read from it, and cached):
+    the API auth string, the CA, the SSH key pair. Bootstrap makes them before it computes
+    any step's key (the keys read them; reading makes nothing), and so do provision and
+    configure, which also run alone."""
+    from stack.terraform import ssh_public_key
+
+    auth_string(settings, create=True)
+    tls.ensure_ca(settings)
+    ssh_public_key(settings, create=True)
+
+
+def auth_string_digest(settings: StackSettings) -> bytes:
+    """A hash of the auth string from its cache file, without reading the account or
+    making anything (the configure step's key): empty when it is not made yet."""
+    path = auth_file(settings)
+    return hashlib.sha256(path.read_text().strip().encode()).digest() if path.exists() else b""
 
 
 def server_host(settings: StackSettings) -> str:

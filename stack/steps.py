@@ -107,10 +107,10 @@ def step_key(step: str, settings: StackSettings, inputs: tuple = (), values: dic
     used = {k: v for k, v in settings.model_dump(mode="json").items() if k not in CONTROL_PLANE_SETTINGS}
     h.update(json.dumps(used, sort_keys=True).encode())
     if step == "configure":
-        # A new auth string must reach the hosts' env files (hashed, never stored).
-        h.update(hashlib.sha256(platform.auth_string(settings).encode()).digest())
-        # So must a new CA (created here on first use, like the auth string).
-        tls.ensure_ca(settings)
+        # A new auth string must reach the hosts' env files (hashed, never stored); so must
+        # a new CA. Both are read from their caches, which bootstrap fills first
+        # (platform.make_stack_secrets): computing a key makes nothing.
+        h.update(platform.auth_string_digest(settings))
         h.update(tls.ca_fingerprint(settings).encode())
     for value in inputs:
         h.update(json.dumps(_stable(value), sort_keys=True).encode())

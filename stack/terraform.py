@@ -125,15 +125,16 @@ def ssh_key_file(settings: StackSettings) -> Path:
     return settings.state_path / "ssh" / "id_ed25519"
 
 
-def ssh_public_key(settings: StackSettings) -> str:
+def ssh_public_key(settings: StackSettings, create: bool = False) -> str:
     """The public half of the stack's SSH key pair, whose private key is a secret in the
-    account (made once; cached in the state directory)."""
+    account, cached in the state directory. Made only with ``create`` (once per stack,
+    by platform.make_stack_secrets); a read of a key not made yet is an error."""
     def make() -> str:
         key = Ed25519PrivateKey.generate()
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                  serialization.NoEncryption()).decode()
 
-    private = accountsecrets.stack_secret(settings, SSH_KEY_SECRET, ssh_key_file(settings), make)
+    private = accountsecrets.stack_secret(settings, SSH_KEY_SECRET, ssh_key_file(settings), make if create else None)
     key = serialization.load_ssh_private_key(private.encode(), password=None)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return f"{public.decode()} {settings.name_prefix}-operator"

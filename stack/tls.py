@@ -56,10 +56,11 @@ def _now() -> dt.datetime:
 CA_KEY_SECRET, CA_CERT_SECRET = accountsecrets.CA_KEY, accountsecrets.CA_CERT
 
 
-def ensure_ca(settings: StackSettings) -> bool:
+def ensure_ca(settings: StackSettings, create: bool = True) -> bool:
     """The stack's CA: its key and certificate are secrets in the account (made once),
     cached here. True when the cached CA changed (made now, or another one than the
-    cache held): the server certificate it signed is then dropped."""
+    cache held): the server certificate it signed is then dropped. Without ``create``
+    (a read), a CA not made yet is an error."""
     d = tls_dir(settings)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -70,9 +71,11 @@ def ensure_ca(settings: StackSettings) -> bool:
         made.append(True)
         return _new_ca_certificate(settings, key_pem)
 
-    key_pem = accountsecrets.stack_secret(
-        settings, CA_KEY_SECRET, d / CA_KEY, lambda: _key_pem(ec.generate_private_key(ec.SECP256R1())).decode())
-    cert_pem = accountsecrets.stack_secret(settings, CA_CERT_SECRET, d / CA_CERT, new_certificate)
+    def new_key() -> str:
+        return _key_pem(ec.generate_private_key(ec.SECP256R1())).decode()
+
+    key_pem = accountsecrets.stack_secret(settings, CA_KEY_SECRET, d / CA_KEY, new_key if create else None)
+    cert_pem = accountsecrets.stack_secret(settings, CA_CERT_SECRET, d / CA_CERT, new_certificate if create else None)
     if made or (cached is not None and cert_pem != cached):
         (d / SERVER_CERT).unlink(missing_ok=True)   # signed by another CA
         return True
@@ -185,5 +188,5 @@ def ca_fingerprint(settings: StackSettings) -> str:
 def ssl_context(settings: StackSettings) -> ssl.SSLContext:
     """A client context that trusts the stack's CA only."""
     if not ca_file(settings).exists():
-        ensure_ca(settings)  # the cache was deleted: the CA comes back from the account
+        ensure_ca(settings, create=False)  # the cache was deleted: the CA comes back from the account
     return ssl.create_default_context(cafile=str(ca_file(settings)))

@@ -47,6 +47,7 @@ def test_on_aws_the_official_image_and_its_extra_packages_follow_the_platforms_p
 
 def test_on_aws_the_ami_says_what_hosts_boot_and_no_emulator_override_is_left(aws_settings):
     assert terraform.host_image_version(aws_settings) == ""
+    terraform.ssh_public_key(aws_settings, create=True)  # provision makes it before Terraform runs
     tf = terraform.Terraform(aws_settings, terraform.COMPUTE)
     tf.workdir.mkdir(parents=True)
     (tf.workdir / terraform.OVERRIDE_FILE).write_text("# from a local run\n")

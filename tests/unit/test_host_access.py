@@ -14,6 +14,7 @@ from stack import aws, hostexec
 from stack.localcloud.hosts import NOCLOUD_SEED_DIR, LaunchData, nocloud_seed
 from stack.proc import StackError
 from stack.settings import StackSettings
+from stack.terraform import ssh_public_key
 
 
 def test_the_seed_holds_what_ec2_gives_an_instance_and_nothing_else():
@@ -59,6 +60,7 @@ def fake_ec2(monkeypatch, tags):
 ])
 def test_ssh_goes_to_the_tagged_loopback_port_or_the_public_ip(monkeypatch, tmp_path, tags, address, port):
     settings = StackSettings(state_dir=tmp_path, name_prefix="p2")
+    ssh_public_key(settings, create=True)  # the stack's key pair (provision makes it)
     fake_ec2(monkeypatch, tags)
     argv = hostexec.host_argv(settings, "p2-ec2-0", ["systemctl", "start", "prefect-backup.service"])
     assert argv[0] == "ssh" and argv[-2:] == [f"admin@{address}", "sudo systemctl start prefect-backup.service"]

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from stack import platform
 from stack.proc import CommandError, run
 from tests.conftest import REPO
 
@@ -58,8 +59,10 @@ def test_the_operators_worker_finds_its_own_python_first(monkeypatch, tmp_path):
         raise Started
 
     monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    settings = StackSettings(state_dir=tmp_path)
+    platform.make_stack_secrets(settings)  # a stack whose platform exists
     with pytest.raises(Started):
-        with smoke.operator_worker(StackSettings(state_dir=tmp_path), "https://127.0.0.1:1/api", tmp_path):
+        with smoke.operator_worker(settings, "https://127.0.0.1:1/api", tmp_path):
             pass
     venv_bin = str(Path(sys.executable).parent)
     assert seen["env"]["PATH"].split(":")[0] == venv_bin
@@ -82,7 +85,9 @@ def test_an_operators_worker_that_does_not_stop_is_killed_after_a_short_grace(mo
     monkeypatch.setattr(subprocess, "Popen",
                         lambda argv, **kwargs: real_popen(stubborn if "worker" in argv else argv, **kwargs))
     monkeypatch.setattr(smoke, "_wait_worker_online", lambda *args: time.sleep(0.5))
-    with smoke.operator_worker(StackSettings(state_dir=tmp_path), "https://127.0.0.1:1/api", tmp_path) as proc:
+    settings = StackSettings(state_dir=tmp_path)
+    platform.make_stack_secrets(settings)  # a stack whose platform exists
+    with smoke.operator_worker(settings, "https://127.0.0.1:1/api", tmp_path) as proc:
         started = time.monotonic()
     assert proc.poll() is not None
     assert time.monotonic() - started < smoke.OPERATOR_WORKER_STOP_GRACE_SECONDS + 2

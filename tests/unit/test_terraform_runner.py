@@ -42,9 +42,10 @@ def test_terraform_tasks_retry_transient_errors_only():
 
 def test_terraform_destroy_reuses_the_inputs_of_the_last_apply(tmp_path):
     from stack.settings import StackSettings
-    from stack.terraform import COMPUTE, Terraform
+    from stack.terraform import COMPUTE, Terraform, ssh_public_key
 
     settings = StackSettings(state_dir=tmp_path)
+    ssh_public_key(settings, create=True)  # provision makes it before Terraform runs
     tf = Terraform(settings, COMPUTE, inputs={"data_volume_id": "vol-0123456789abcdef0"})
     tf.prepare()
     assert Terraform(settings, COMPUTE).last_inputs() == {"data_volume_id": "vol-0123456789abcdef0"}

@@ -68,7 +68,9 @@ def test_a_new_address_or_a_new_ca_reissues_the_certificate(settings):
 
 @pytest.fixture
 def https_server(settings):
-    """A real HTTPS server on loopback with the stack's server certificate."""
+    """A real HTTPS server on loopback with the stack's server certificate (a stack whose
+    secrets are made)."""
+    platform.make_stack_secrets(settings)
     tls.ensure_server_certificate(settings, tls.server_names(settings))
     d = tls.tls_dir(settings)
 
@@ -115,8 +117,8 @@ def test_the_stacks_secrets_live_in_the_account_and_the_files_are_caches(setting
     (its files go up once); a second clone gets the same values."""
     from stack.terraform import ssh_key_file, ssh_public_key
 
+    platform.make_stack_secrets(settings)
     auth, public_key = platform.auth_string(settings), ssh_public_key(settings)
-    tls.ensure_ca(settings)
     ca = tls.ca_fingerprint(settings)
     assert set(secrets_manager.secrets) == {f"tlstest/{n}" for n in (
         platform.AUTH_SECRET, "ssh-private-key", tls.CA_KEY_SECRET, tls.CA_CERT_SECRET)}
@@ -126,7 +128,7 @@ def test_the_stacks_secrets_live_in_the_account_and_the_files_are_caches(setting
     second_clone = settings.model_copy(update={"state_dir": settings.state_dir.parent / "clone"})
     accountsecrets._read.clear()  # another process
     assert platform.auth_string(second_clone) == auth and ssh_public_key(second_clone) == public_key
-    tls.ensure_ca(second_clone)
+    tls.ensure_ca(second_clone, create=False)  # a read: the account's CA, cached
     assert tls.ca_fingerprint(second_clone) == ca
 
     # A stack made before this change: its files, no secret in the account.
@@ -135,3 +137,22 @@ def test_the_stacks_secrets_live_in_the_account_and_the_files_are_caches(setting
     platform.auth_file(older).write_text("prefect:kept-from-before")
     assert platform.auth_string(older) == "prefect:kept-from-before"
     assert secrets_manager.secrets["older/platform-auth"] == "prefect:kept-from-before"
+
+
+def test_reading_a_secret_or_computing_a_key_makes_nothing(settings, secrets_manager):
+    """A read of a secret not made yet says which command makes it; the configure step's
+    key is computed from the caches alone, before and after the secrets are made."""
+    from stack import steps
+    from stack.proc import StackError
+    from stack.terraform import ssh_public_key
+
+    for read in (lambda: platform.auth_string(settings), lambda: ssh_public_key(settings),
+                 lambda: tls.ensure_ca(settings, create=False)):
+        with pytest.raises(StackError, match="does not exist yet .*python -m flows.bootstrap makes it"):
+            read()
+    key_before = steps.step_key("configure", settings, values={})
+    assert secrets_manager.secrets == {} and not platform.auth_file(settings).exists()
+    assert not tls.ca_file(settings).exists()
+    platform.make_stack_secrets(settings)
+    assert len(secrets_manager.secrets) == 4
+    assert steps.step_key("configure", settings, values={}) != key_before  # the new secrets reach the hosts
