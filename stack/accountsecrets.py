@@ -91,6 +91,9 @@ def stack_secret(settings: StackSettings, name: str, cache: Path, make: Callable
         except sm.exceptions.ResourceExistsException:
             # Another operator's command stored it first: theirs is the one.
             value = sm.get_secret_value(SecretId=sid)["SecretString"]
+        except Exception as exc:  # botocore: e.g. AccessDenied (the operator's IAM policy)
+            raise StackError(f"could not store the stack's secret {sid} in Secrets Manager ({exc}); the "
+                             "operator's IAM policy must allow it (docs/aws.md)") from None
     write_private(cache, value)
     _read[where] = value
     return value

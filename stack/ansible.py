@@ -70,8 +70,9 @@ class WaitsOnFailedHost:
     """Whether a run's remaining hosts only wait on a host that failed: a worker host
     waits for the server's API (up to two minutes), which a failed server host will not
     give it. Fed with the run's events; ``pointless()`` is true once an awaited host
-    failed and every host still in a task is in one of the waiting tasks (a host between
-    tasks, or in any other task, is left to finish: no install is cut short)."""
+    failed (a task failed: an unreachable host may come back, and is retried) and every
+    other host seen is inside one of the waiting tasks. A host between tasks, or in any
+    other task, holds the stop off: no install is cut short."""
 
     awaited_hosts: frozenset[str]
     waiting_tasks: frozenset[str]
@@ -85,21 +86,23 @@ class WaitsOnFailedHost:
             self.in_task[host] = task
         elif kind in ("runner_on_ok", "runner_on_skipped", "runner_on_failed", "runner_on_unreachable"):
             self.in_task[host] = None
-            if kind in ("runner_on_failed", "runner_on_unreachable") and not ignored:
+            if kind == "runner_on_failed" and not ignored:
                 self.failed.add(host)
 
     def pointless(self) -> bool:
         if not self.failed & self.awaited_hosts:
             return False
-        busy = [t for h, t in self.in_task.items() if t is not None and h not in self.failed]
-        return bool(busy) and all(t in self.waiting_tasks for t in busy)
+        others = [t for h, t in self.in_task.items() if h not in self.failed and h not in self.awaited_hosts]
+        return bool(others) and all(t in self.waiting_tasks for t in others)
 
 
 def failure_message(res: dict) -> str:
     """What a failed task said: its message, and for a command what it wrote (a shell
     task's ``msg`` is only "non-zero return code")."""
     msg = str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or res)
-    output = (res.get("stderr") or res.get("stdout") or "").strip()
+    # One line (bootstrap reports a failure's first line): the output's lines joined.
+    output = " | ".join(line.strip() for line in (res.get("stderr") or res.get("stdout") or "").splitlines()
+                        if line.strip())
     if res.get("rc") and output and output not in msg:
         msg = output if msg == "non-zero return code" else f"{msg}: {output}"
     return msg
@@ -223,6 +226,8 @@ def run_playbook(
         r.run()
     result.status = r.status
     stats = r.stats or {}
+    if not stats and waits is not None and r.status == "canceled":  # no recap after a stop
+        stats = {"failures": {h: 1 for h in waits.failed}, "ok": {h: 0 for h in waits.in_task}}
     hosts = set()
     for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
         hosts |= set((stats.get(key) or {}).keys())

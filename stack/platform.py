@@ -76,7 +76,7 @@ def make_stack_secrets(settings: StackSettings) -> None:
     from stack.terraform import ssh_public_key
 
     auth_string(settings, create=True)
-    tls.ensure_ca(settings)
+    tls.ensure_ca(settings, create=True)
     ssh_public_key(settings, create=True)
 
 

@@ -56,11 +56,11 @@ def _now() -> dt.datetime:
 CA_KEY_SECRET, CA_CERT_SECRET = accountsecrets.CA_KEY, accountsecrets.CA_CERT
 
 
-def ensure_ca(settings: StackSettings, create: bool = True) -> bool:
+def ensure_ca(settings: StackSettings, create: bool = False) -> bool:
     """The stack's CA: its key and certificate are secrets in the account (made once),
     cached here. True when the cached CA changed (made now, or another one than the
-    cache held): the server certificate it signed is then dropped. Without ``create``
-    (a read), a CA not made yet is an error."""
+    cache held): the server certificate it signed is then dropped. Made only with
+    ``create`` (platform.make_stack_secrets); a read of a CA not made yet is an error."""
     d = tls_dir(settings)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -188,5 +188,5 @@ def ca_fingerprint(settings: StackSettings) -> str:
 def ssl_context(settings: StackSettings) -> ssl.SSLContext:
     """A client context that trusts the stack's CA only."""
     if not ca_file(settings).exists():
-        ensure_ca(settings, create=False)  # the cache was deleted: the CA comes back from the account
+        ensure_ca(settings)  # the cache was deleted: the CA comes back from the account
     return ssl.create_default_context(cafile=str(ca_file(settings)))

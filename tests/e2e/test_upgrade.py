@@ -170,7 +170,7 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     assert said and f"the upgrade from Prefect {OLD} to {NEW} failed" in said[-1], failed.stderr[-3000:]
     # The server's own wait saw it exit again and again, and said why (not a two-minute
     # timeout); the worker hosts' wait for it was stopped rather than run out.
-    assert "times while starting" in said[-1] and MIGRATION_BLOCKER in said[-1], said[-1]
+    assert "keeps exiting while it starts" in said[-1] and MIGRATION_BLOCKER in said[-1], said[-1]
     assert "only wait on" in failed.stderr, failed.stderr[-3000:]
     assert f"rolled back: the platform runs Prefect {OLD} again on the backup" in said[-1], said[-1]
     assert f"pre-upgrade-{OLD}-to-{NEW}.dump" in said[-1], said[-1]

@@ -26,6 +26,7 @@ def _mode(path) -> int:
 
 def test_keys_are_private_and_the_ca_is_made_once(settings):
     names = tls.server_names(settings)
+    assert tls.ensure_ca(settings, create=True) is True  # made once (platform.make_stack_secrets)
     assert tls.ensure_server_certificate(settings, names) is True
     d = tls.tls_dir(settings)
     assert _mode(d) == 0o700
@@ -45,6 +46,7 @@ def test_server_names_cover_every_address_clients_use(settings):
 
 def test_a_new_address_or_a_new_ca_reissues_the_certificate(settings):
     names = tls.server_names(settings)
+    tls.ensure_ca(settings, create=True)
     tls.ensure_server_certificate(settings, names)
     assert tls.server_certificate_current(settings, names)
     moved = names + ["198.51.100.8"]
@@ -61,7 +63,7 @@ def test_a_new_address_or_a_new_ca_reissues_the_certificate(settings):
     accountsecrets.delete_all(settings, (tls.CA_KEY_SECRET, tls.CA_CERT_SECRET))
     (tls.tls_dir(settings) / tls.CA_KEY).unlink()
     (tls.tls_dir(settings) / tls.CA_CERT).unlink()
-    assert tls.ensure_ca(settings) is True
+    assert tls.ensure_ca(settings, create=True) is True  # the next bootstrap makes a new one
     assert not tls.server_certificate_current(settings, moved)
     assert tls.ensure_server_certificate(settings, moved) is True
 
@@ -128,7 +130,7 @@ def test_the_stacks_secrets_live_in_the_account_and_the_files_are_caches(setting
     second_clone = settings.model_copy(update={"state_dir": settings.state_dir.parent / "clone"})
     accountsecrets._read.clear()  # another process
     assert platform.auth_string(second_clone) == auth and ssh_public_key(second_clone) == public_key
-    tls.ensure_ca(second_clone, create=False)  # a read: the account's CA, cached
+    tls.ensure_ca(second_clone)  # a read: the account's CA, cached
     assert tls.ca_fingerprint(second_clone) == ca
 
     # A stack made before this change: its files, no secret in the account.
@@ -147,7 +149,7 @@ def test_reading_a_secret_or_computing_a_key_makes_nothing(settings, secrets_man
     from stack.terraform import ssh_public_key
 
     for read in (lambda: platform.auth_string(settings), lambda: ssh_public_key(settings),
-                 lambda: tls.ensure_ca(settings, create=False)):
+                 lambda: tls.ensure_ca(settings)):
         with pytest.raises(StackError, match="does not exist yet .*python -m flows.bootstrap makes it"):
             read()
     key_before = steps.step_key("configure", settings, values={})
