@@ -69,18 +69,39 @@ def test_settings():
     )
 
 
+def discard_test_stack(settings) -> None:
+    """The test stack gone, without a teardown: its control plane stopped, its host
+    containers and their volumes, its data volume, the emulator (the cloud, Terraform's
+    state, the backups and the secrets live there) and its state directory emptied. Only
+    what carries the test stack's prefix. ``flows.teardown --all`` took about 100 s of
+    Terraform for the same end; test_teardown tests the real teardown."""
+    import shutil
+
+    from stack import controlplane
+    from stack.localcloud import emulator
+    from stack.localcloud import hosts as host_containers
+    from stack.localcloud.images import docker_client
+
+    controlplane.stop(settings)
+    host_containers.remove_all(settings)
+    for volume in docker_client().volumes.list(filters={"label": f"{emulator.LABEL_PROJECT}={settings.name_prefix}"}):
+        volume.remove(force=True)
+    emulator.down(settings)
+    if settings.state_path.exists():  # Terraform's provider cache stays: it is not the stack's
+        for entry in settings.state_path.iterdir():
+            if entry.name != "terraform-plugin-cache":
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 @pytest.fixture(scope="session")
 def stack(test_settings):
-    """One bootstrapped test stack for the whole session; torn down at the end."""
+    """One bootstrapped test stack for the whole session; discarded at the end."""
     # Leftovers of an interrupted run (containers, data volume, backups, emulator) would
     # not match a new state.
-    run_step("flows.teardown", "--all", "--yes", "--emulator", check=False)
+    discard_test_stack(test_settings)
     first = run_step("flows.bootstrap")
     yield {"settings": test_settings, "first_bootstrap": result_json(first)}
-    run_step("flows.teardown", "--all", "--yes", "--emulator", check=False)
-    from stack import controlplane
-
-    controlplane.stop(test_settings)
+    discard_test_stack(test_settings)
 
 
 # Tests marked ``teardown_last`` change or destroy the shared stack, so they run after all
