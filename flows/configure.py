@@ -3,6 +3,7 @@ table as an artifact, and a clear failure naming the host, task and message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -231,6 +232,11 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     upgrade.record_version(settings)
     if upgrade.resume_pools_paused_by_upgrade(settings, ui_api_url):
         log.info("resumed the work pools %s (paused for the upgrade)", ", ".join(upgrade.HOST_POOLS))
+    # Runs left unfinished on a worker host that was removed (a scale-in) or replaced can
+    # never end: they end Crashed now that the platform knows its hosts.
+    crashed = asyncio.run(platform.crash_runs_of_gone_hosts(settings, ui_api_url, workers))
+    if crashed:
+        log.warning("marked %d runs Crashed: their worker host is gone (%s)", len(crashed), ", ".join(crashed))
     changed = sum(v["changed"] for v in recap.values()) + len(loaded)
     log.info("configured %d hosts, %d changes", len(recap), changed)
     if upgraded:

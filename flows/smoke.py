@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from flows.deploy import stage
-from stack import aws, platform, smoke
+from stack import platform, smoke
 from stack.proc import StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -23,15 +23,6 @@ class SmokeReport(BaseModel):
     health_only: bool = False   # a health check stood in for the cases (nothing had changed)
 
 
-def reap_runs_of_gone_hosts(settings: StackSettings, url: str, worker_hosts: list[str]) -> list[str]:
-    """Runs left unfinished on a worker host that was removed or replaced end Crashed."""
-    crashed = asyncio.run(smoke.crash_runs_of_gone_hosts(settings, url, worker_hosts))
-    if crashed:
-        get_run_logger().warning("marked %d runs Crashed: their worker host is gone (%s)",
-                                 len(crashed), ", ".join(crashed))
-    return crashed
-
-
 @flow(name="smoke")
 @exclusive
 def smoke_test(settings: StackSettings | None = None, platform_url: str | None = None) -> SmokeReport:
@@ -40,8 +31,6 @@ def smoke_test(settings: StackSettings | None = None, platform_url: str | None =
     log = get_run_logger()
     url = platform_url or platform.operator_api_url(settings)
     platform.wait_ready(settings, url)
-    workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
-    reap_runs_of_gone_hosts(settings, url, workers)
     deploy_dir = stage(settings)
 
     # Every case at once: each has its own worker (or none, for the direct run), so the
@@ -80,7 +69,6 @@ def health_check(settings: StackSettings, platform_url: str, worker_hosts: list[
     if not platform.ready(settings, platform_url):
         raise StackError(f"health check: the platform API at {platform_url} is not ready; "
                          "run python -m flows.bootstrap --from configure")
-    reap_runs_of_gone_hosts(settings, platform_url, worker_hosts)
     online = asyncio.run(smoke.workers_online(settings, platform_url, worker_hosts))
     rows = [{"case": f"worker {name}", "ok": up, "state": "ONLINE" if up else "OFFLINE"} for name, up in online.items()]
     create_table_artifact(key=f"{settings.name_prefix}-smoke", table=rows, description="Health check of the platform")

@@ -22,8 +22,6 @@ from uuid import UUID
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -231,40 +229,3 @@ def _wait_worker_online(settings: StackSettings, url: str, proc: subprocess.Pope
             return
         time.sleep(0.5)
     raise StackError(f"the operator's process worker did not come online in 60 s; see {log_path}")
-
-
-async def crash_runs_of_gone_hosts(settings: StackSettings, url: str, worker_hosts: list[str]) -> list[str]:
-    """Mark Crashed every unfinished run a worker of a host that no longer exists had
-    taken (its ``prefect.worker.name`` label names it): such a run can never end, and
-    would otherwise stay Running or Pending for ever. The names of the runs."""
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
-
-    pools = (platform.PROCESS_POOL, platform.DOCKER_POOL)
-    live = {f"{host}-{pool}" for host in worker_hosts for pool in pools}
-    unfinished = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-        any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
-    crashed = []
-    async with platform.prefect_client(settings, url) as client:
-        runs, page = [], None
-        while page is None or len(page) == 200:  # the API's largest page
-            page = await client.read_flow_runs(flow_run_filter=unfinished, limit=200, offset=len(runs))
-            runs += page
-        gone = {}
-        for run in runs:
-            labels = run.labels or {}
-            worker = labels.get("prefect.worker.name")
-            if labels.get("prefect.work-pool.name") in pools and worker and worker not in live:
-                gone[run.id] = f"host {worker.rsplit('-', 1)[0]} of worker {worker} no longer exists " \
-                               "(removed or replaced); the run cannot finish"
-        # Their subflows ran in the same process on the same host.
-        children = [r for r in runs if r.parent_task_run_id and r.id not in gone]
-        for child in children:
-            parent_task = await client.read_task_run(child.parent_task_run_id)
-            if parent_task.flow_run_id in gone:
-                gone[child.id] = "its parent flow run's host no longer exists; the run cannot finish"
-        for run in runs:
-            if run.id in gone:
-                await client.set_flow_run_state(run.id, Crashed(message=gone[run.id]), force=True)
-                crashed.append(run.name)
-    return crashed
