@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,40 @@ class WaitsOnFailedHost:
             return False
         others = [t for h, t in self.in_task.items() if h not in self.failed and h not in self.awaited_hosts]
         return bool(others) and all(t in self.waiting_tasks for t in others)
+
+
+def kill_playbook_processes() -> list[int]:
+    """SIGKILL every ansible-playbook process this process started, with its workers.
+    ansible-runner's cancel kills the playbook's process group only, and Ansible runs each
+    task in a worker process of its own session (ansible-core detaches them): a stopped
+    run's workers would go on with their tasks, then wait for ever on a parent that is
+    gone. Found through /proc (Linux; elsewhere nothing is killed). The pids killed."""
+    proc = Path("/proc")
+    parents: dict[int, int] = {}
+    for entry in proc.glob("[0-9]*"):
+        try:
+            # The parent pid is the 2nd field after the command, which may hold spaces.
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            if b"ansible-playbook" in (proc / str(pid) / "cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return found
 
 
 def failure_message(res: dict) -> str:
@@ -220,6 +255,7 @@ def run_playbook(
             waiting = sorted(h for h, t in waits.in_task.items() if t is not None)
             log.warning("stopping the playbook: %s only wait on %s, which failed",
                         ", ".join(waiting), ", ".join(sorted(waits.failed & waits.awaited_hosts)))
+            kill_playbook_processes()  # its task workers too, which ansible-runner's stop leaves
             return True
 
         r = Runner(config=config, event_handler=on_event, cancel_callback=cancel)

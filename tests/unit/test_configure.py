@@ -159,5 +159,24 @@ def test_real_ansible_stops_a_wait_on_a_failed_host(tmp_path):
                           env={"ANSIBLE_INVENTORY_ENABLED": "yaml"},
                           waits=WaitsOnFailedHost(frozenset({"srv"}), frozenset({"Wait for the awaited host"})))
     assert result.status == "canceled"
+    # No process of the stopped run is left (ansible-core runs each task in a worker of
+    # its own session, which ansible-runner's stop alone would leave waiting for ever).
+    import time
+    from pathlib import Path
+
+    def left() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(playbook).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left() == []
     assert result.first_failure == ("srv", "Fail on the awaited host", "the server keeps exiting")
     assert result.recap["srv"].failed == 1 and result.hosts_to_retry() == []  # a failed task: no retry
