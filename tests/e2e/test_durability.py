@@ -96,12 +96,36 @@ def test_stopping_and_starting_an_instance_in_ec2_stops_and_starts_its_container
     assert sh("docker", "inspect", "-f", "{{.Id}}", worker["name"]).stdout.strip() == container_id
 
 
-def test_a_worker_host_killed_mid_run_crashes_its_run_and_bootstrap_starts_it_and_a_stopped_server_host(stack):
+def _restart_docker_engine() -> None:
+    """What a reboot of the operator machine does to the stack: every container stops
+    with the engine, and comes back by its restart policy when the engine starts."""
+    pid = sh("pidof", "dockerd").stdout.split()
+    assert pid, "no dockerd process to restart (the engine is managed some other way here)"
+    sh("kill", "-TERM", *pid)
+    for _ in range(120):
+        if not sh("pidof", "dockerd").stdout.strip():
+            break
+        time.sleep(1)
+    log = open(os.environ.get("DOCKERD_LOG", "/tmp/dockerd-restarted.log"), "ab")  # noqa: SIM115
+    subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(60):
+        if sh("docker", "info").returncode == 0:
+            return
+        time.sleep(1)
+    pytest.fail("dockerd did not come back within 60 s")
+
+
+def test_a_host_killed_mid_run_crashes_its_run_and_a_reboot_brings_everything_back_with_its_data(stack):
     """A worker host that dies mid-run sends no more heartbeats for its run: the
-    platform's automation (blocks/definitions.py) marks it Crashed within 3 minutes.
-    The server host is then stopped as a reboot stops it (`docker stop`): the next
-    bootstrap starts both hosts again, the same machines (not re-created), with nothing
-    lost, and runs the case again."""
+    platform's automation (blocks/definitions.py) marks it Crashed within 3 minutes. The
+    server host is then stopped as a reboot stops it (`docker stop`), and the operator's
+    machine reboots (the Docker engine restarted): every container comes back by its
+    restart policy, the stopped and the killed host too; the emulated cloud (moto) comes
+    back empty, and bootstrap notices and re-provisions one stack (new instances, so new
+    host containers on the same data volume), no second bucket or data volume, with
+    nothing lost. (An emulator restarted alone adds
+    nothing the hosts step does not already do; a host started by the hosts step is the
+    EC2 stop/start test's.)"""
     from stack import smoke
 
     s = stack["settings"]
@@ -128,45 +152,10 @@ def test_a_worker_host_killed_mid_run_crashes_its_run_and_bootstrap_starts_it_an
     assert "heartbeat" in message
 
     before = platform_records(s)
-    containers = {name: sh("docker", "inspect", "-f", "{{.Id}}", name).stdout.strip() for name in (SERVER, worker)}
     assert sh("docker", "stop", SERVER).returncode == 0
-    report = result_json(run_step("flows.bootstrap"))
-    assert sorted(report["hosts"]["started"]) == sorted([SERVER, worker]) and report["hosts"]["created"] == []
-    assert {name: sh("docker", "inspect", "-f", "{{.Id}}", name).stdout.strip() for name in containers} == containers
-    assert_nothing_lost(before, s)
-    assert_case3_ran(report)
-
-
-def _restart_docker_engine() -> None:
-    """What a reboot of the operator machine does to the stack: every container stops
-    with the engine, and comes back by its restart policy when the engine starts."""
-    pid = sh("pidof", "dockerd").stdout.split()
-    assert pid, "no dockerd process to restart (the engine is managed some other way here)"
-    sh("kill", "-TERM", *pid)
-    for _ in range(120):
-        if not sh("pidof", "dockerd").stdout.strip():
-            break
-        time.sleep(1)
-    log = open(os.environ.get("DOCKERD_LOG", "/tmp/dockerd-restarted.log"), "ab")  # noqa: SIM115
-    subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(60):
-        if sh("docker", "info").returncode == 0:
-            return
-        time.sleep(1)
-    pytest.fail("dockerd did not come back within 60 s")
-
-
-def test_docker_engine_restart_brings_the_stack_back_with_its_data_and_reprovisions_exactly_one_stack(stack):
-    """A reboot of the operator's machine: every container stops with the engine and comes
-    back by its restart policy; the emulated cloud (moto) comes back empty, and bootstrap
-    notices and re-provisions one stack, no second bucket or data volume. (This also covers
-    an emulator restarted alone: the hosts' restart on top of it adds nothing the hosts
-    step does not already do after `docker stop`.)"""
-    s = stack["settings"]
-    before = platform_records(s)
     _restart_docker_engine()
     # The restart policy brings the emulator and every host back without any command.
-    for name in ("p2test-aws", SERVER, "p2test-ec2-1"):
+    for name in ("p2test-aws", SERVER, worker):
         for _ in range(30):
             if container_state(name) == "running":
                 break
@@ -300,18 +289,25 @@ def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back(stack):
     assert_case3_ran(report)
 
 
-def test_lost_data_volume_is_restored_from_the_latest_backup(stack):
-    """The server host and its data volume are both lost (the teardown test above covers
-    the volume kept across a teardown): bootstrap re-creates the host on an empty volume,
-    finds the latest backup and restores it before anything registers."""
+def test_lost_machines_are_made_again_and_the_data_restored_from_the_latest_backup(stack):
+    """Both hosts are lost with their disks: the server with its data volume, the worker
+    with its Docker volume (the teardown test above covers the data volume kept across a
+    teardown). Bootstrap re-creates both for the same instances on empty disks, finds the
+    latest backup and restores it before anything registers; the new worker host gets
+    the current flow-runner image, the one the Docker pool names (issue 27: a host made
+    after an image change has only the new tag), and every case runs."""
+    from stack.localcloud.hosts import docker_volume
+
     s = stack["settings"]
+    worker = next(i["name"] for i in aws.running_hosts(s, "worker"))
     before = platform_records(s)
     taken = result_json(run_step("flows.backup"))
-    assert sh("docker", "rm", "-f", SERVER).returncode == 0
-    assert sh("docker", "volume", "rm", s.data_volume_name).returncode == 0
+    for host, volume in ((SERVER, s.data_volume_name), (worker, docker_volume(worker))):
+        assert sh("docker", "rm", "-f", host).returncode == 0
+        assert sh("docker", "volume", "rm", volume).returncode == 0, volume
     proc = run_step("flows.bootstrap")
     report = result_json(proc)
-    assert report["hosts"]["created"] == [SERVER]
+    assert sorted(report["hosts"]["created"]) == sorted([SERVER, worker])
     assert report["restore"]["restored"] is True
     assert report["restore"]["backup"]["location"] == taken["location"]
     assert "restoring" in proc.stderr and "backup exists" in proc.stderr
@@ -322,8 +318,10 @@ def test_lost_data_volume_is_restored_from_the_latest_backup(stack):
     # empty database (that run's container could not reach the server).
     cases = {c["case"]: c for c in report["smoke"]["cases"]}
     assert cases["case4-s3-docker"]["state"] == "COMPLETED", cases["case4-s3-docker"]
-    worker = next(i["name"] for i in aws.running_hosts(s, "worker"))
     assert active_since(worker, "prefect-worker-docker") >= active_since(SERVER, "prefect-server")
+    image = report["configure"]["flow_runner_image"]
+    held = sh("docker", "exec", worker, "docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert held == [image], f"the new worker host holds {held}, the pool names {image}"
 
     status = result_json(run_step("flows.status", "--json"))
     assert status["data_volume"]["name"] == s.data_volume_name and status["data_volume"]["size"] == s.data_volume_size
