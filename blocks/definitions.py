@@ -93,18 +93,20 @@ def process_pool_template() -> dict:
 
 
 def docker_pool_template(settings: StackSettings, image: str, extra_pip_packages: str | None = None) -> dict:
-    """The Docker pool's job template: the flow-runner image; on local never pulled (no
-    registry) and on the host's network, so flow runs reach the server and the emulator
-    by name. The official image installs ``extra_pip_packages`` when it starts."""
+    """The Docker pool's job template: the flow-runner image, which configure has the
+    worker hosts pull (a host that lacks it pulls it at its first run); on local on the
+    host's network, so flow runs reach the server and the emulator by name. The official
+    image installs ``extra_pip_packages`` when it starts."""
     # Flow runs verify the server with the stack's CA, mounted from the worker host (the
     # prefect_worker role installs it there).
-    defaults: dict = {"image": image, "auto_remove": True, "command": ENGINE_COMMAND,
+    defaults: dict = {"image": image, "image_pull_policy": "IfNotPresent", "auto_remove": True,
+                      "command": ENGINE_COMMAND,
                       "env": {**_heartbeat_env(), "PREFECT_API_SSL_CERT_FILE": HOST_CA_FILE},
                       "volumes": [f"{HOST_CA_FILE}:{HOST_CA_FILE}:ro"]}
     if extra_pip_packages:
         defaults["env"]["EXTRA_PIP_PACKAGES"] = extra_pip_packages
     if settings.target == "local":
-        defaults |= {"image_pull_policy": "Never", "network_mode": "host"}
+        defaults |= {"network_mode": "host"}
     return _with_defaults(DockerWorker.get_default_base_job_template(), defaults)
 
 

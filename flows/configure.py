@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -16,7 +15,7 @@ from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
 from stack import aws, backups, capacity, platform, statebackend, steps, tls, upgrade
 from stack.ansible import AnsibleError, PlaybookResult, WaitsOnFailedHost, install_vars, run_playbook
-from stack.localcloud.flow_runner import flow_runner_image, load_into_hosts
+from stack.localcloud import flow_runner
 from stack.lock import exclusive
 from stack.proc import StackError
 from stack.localcloud import emulator
@@ -36,17 +35,19 @@ class ConfigureReport(BaseModel):
     recap: dict[str, dict[str, int]]   # host -> ok / changed / failed / unreachable
     changed: int
     attempts: int
-    flow_runner_image: str             # the reference loaded into the worker hosts: register and deploy use it
+    flow_runner_image: str             # the reference the worker hosts pulled: register and deploy use it
     platform_api_url: str
     prefect_version: str = ""          # what the platform runs now (STACK_PREFECT_VERSION)
     upgrade: dict | None = None        # when this run upgraded it: from, to, backup, drained_runs, drain_seconds
 
 
-def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None) -> dict:
+def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None,
+              flow_runner_image: str = "", repository_url: str = "") -> dict:
     """Variables of the playbooks. Secrets are not among them: the auth string is read
     on the controller from its 0600 file (group_vars/all.yml), so it never lands in
     ansible-runner's files."""
     return {
+        **image_vars(settings, flow_runner_image, repository_url),
         # aws: the role mounts this EBS volume; local: the host container already has
         # the named volume at the same path, so the role has nothing to mount.
         "prefect_server_data_volume_id": data_volume_id if settings.target == "aws" and data_volume_id else "",
@@ -56,6 +57,18 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         **backup_vars(settings),
         **safety_stop_vars(settings),
     }
+
+
+def image_vars(settings: StackSettings, flow_runner_image: str, repository_url: str) -> dict:
+    """The image the worker hosts pull before their workers start, and how their Docker
+    reaches the stack's repository: on aws ECR's credential helper with the instance
+    role; on local the twin's registry, whose certificate the stack's CA signed."""
+    from stack.localcloud.registry import registry_host
+
+    host = registry_host(repository_url) if repository_url else ""
+    return {"prefect_worker_flow_runner_image": flow_runner_image,
+            "docker_ecr_registry": host if settings.target == "aws" else "",
+            "docker_stack_ca_registry": host if settings.target == "local" else ""}
 
 
 def safety_stop_vars(settings: StackSettings) -> dict:
@@ -146,8 +159,12 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
         log.info("new hosts to configure: %s", ", ".join(booted.created))
     ui_api_url = platform.operator_api_url(settings)
     volume_id = provisioned.data_volume.id if provisioned else None
-    variables = extravars(settings, ui_api_url, volume_id)
     platform.make_stack_secrets(settings)  # made once per stack (run alone, configure may be first)
+    # The flow-runner image goes to the stack's repository before the playbook, whose
+    # worker hosts pull it (bootstrap's prebuild has usually built it by now).
+    repository = flow_runner.repository_url(settings)
+    image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings))
+    variables = extravars(settings, ui_api_url, volume_id, image.reference, repository)
     # The server certificate names every address clients use; a replaced server
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.
     reissued = tls.ensure_server_certificate(settings, platform.server_tls_names(settings))
@@ -169,21 +186,6 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     server_is_new = booted is not None and platform.server_host(settings) in booted.created
     upgraded = _prepare_upgrade(settings, change, ui_api_url, server_is_new) if change.is_upgrade else None
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
-    # The flow-runner image (built first if bootstrap's prebuild has not finished it) goes
-    # into worker hosts whose Docker already runs (a baked image) while the playbook runs;
-    # the rest get it after the playbook installed Docker.
-    workers = [i["name"] for i in running if i["role"] == "worker"]
-    preloading = ThreadPoolExecutor(max_workers=1)
-    image_ready = preloading.submit(flow_runner_image, settings)
-
-    def preload() -> list[str]:
-        try:
-            return load_into_hosts(settings, image_ready.result(), workers, skip_without_engine=True)
-        except StackError as exc:  # e.g. the playbook restarted that engine; retried below
-            log.info("early image load did not finish (%s); loading after the playbook", exc)
-            return []
-
-    preloaded = preloading.submit(preload)
     try:
         recap: dict[str, dict[str, int]] = {}
         limit = ",".join(scope) if scope else None
@@ -216,15 +218,10 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
         if not recap and scope != []:
             raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
                                f"Project={settings.name_prefix}? (python -m flows.status)")
-        image = image_ready.result()  # raises what building it raised
-        loaded = preloaded.result() + load_into_hosts(settings, image, workers)
     except StackError as failure:  # AnsibleError included
         if upgraded:
-            preloading.shutdown(wait=True)
             _roll_back_if_the_server_is_down(settings, change, upgraded["backup"], failure, provisioned, booted)
         raise
-    finally:
-        preloading.shutdown(wait=True)  # nothing half-loaded is left behind, even on a failure
     # Remember what is converged now (with a scale-out, the earlier hosts stay converged).
     converged = {h: ident for h, ident in identities.items() if h in recap or (scope is not None and h not in scope)}
     if playbook == PLAYBOOK:  # another playbook converges only part of a host
@@ -234,10 +231,11 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
         log.info("resumed the work pools %s (paused for the upgrade)", ", ".join(upgrade.HOST_POOLS))
     # Runs left unfinished on a worker host that was removed (a scale-in) or replaced can
     # never end: they end Crashed now that the platform knows its hosts.
+    workers = [i["name"] for i in running if i["role"] == "worker"]
     crashed = asyncio.run(platform.crash_runs_of_gone_hosts(settings, ui_api_url, workers))
     if crashed:
         log.warning("marked %d runs Crashed: their worker host is gone (%s)", len(crashed), ", ".join(crashed))
-    changed = sum(v["changed"] for v in recap.values()) + len(loaded)
+    changed = sum(v["changed"] for v in recap.values())
     log.info("configured %d hosts, %d changes", len(recap), changed)
     if upgraded:
         log.info("upgraded the platform from Prefect %s to %s (backup %s)", upgraded["from"], upgraded["to"],

@@ -184,6 +184,7 @@ def compute_inputs(settings: StackSettings, data_outputs: dict) -> dict:
         "availability_zone": volume["availability_zone"],
         "data_volume_id": volume["id"],
         "host_image_version": host_image_version(settings),
+        "flow_runner_repository_arn": data_outputs["flow_runner_repository"]["arn"],
     }
     assert tuple(inputs) == COMPUTE_INPUTS  # the one list teardown reads them back by
     return inputs

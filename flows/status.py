@@ -1,6 +1,6 @@
 """What the stack looks like now. ``python -m flows.status --json`` prints a JSON object
 with ``target``, ``emulator_endpoint``, ``bucket``, ``instances``, ``data_volume`` (id,
-name, size), ``last_backup`` (time, size, location), ``control_plane_api_url`` and
+name, size), ``flow_runner_repository`` (its URL), ``last_backup`` (time, size, location), ``control_plane_api_url`` and
 ``next_teardown``, ``compute_stopped`` (hosts, when and why, or null), ``versions`` (the Prefect of the platform's server and of each
 host); without ``--json`` a short table."""
 
@@ -15,6 +15,7 @@ from stack.localcloud import emulator
 from stack.localcloud import hosts as host_containers
 from stack.localcloud.hosts import LABEL_INSTANCE
 from stack.localcloud.images import docker_client
+from stack.proc import StackError
 from stack.settings import StackSettings
 
 
@@ -44,6 +45,7 @@ def collect(settings: StackSettings) -> dict:
         if st.state != "running":
             return report
     report["data_volume"] = data_volume(settings)
+    report["flow_runner_repository"] = flow_runner_repository(settings)
     if settings.target == "local":
         host_containers.record_self_stopped(settings)  # what EC2 would already show
     report["instances"] = aws.project_instances(settings)
@@ -112,6 +114,16 @@ def next_time(cron: str, timezone: str) -> str | None:
     return next(CronSim(cron, dt.datetime.now(ZoneInfo(timezone)))).isoformat()
 
 
+def flow_runner_repository(settings: StackSettings) -> str | None:
+    """The URL of the flow-runner image's ECR repository; None before provision made it."""
+    from stack.localcloud.flow_runner import repository_url
+
+    try:
+        return repository_url(settings)
+    except StackError:
+        return None
+
+
 def data_volume(settings: StackSettings) -> dict | None:
     """The platform database's EBS volume (found by its Name tag), and on local whether
     the named Docker volume that stands in for it exists."""
@@ -143,6 +155,8 @@ def print_table(report: dict) -> None:
     if report.get("data_volume"):
         v = report["data_volume"]
         print(f"data volume {v['name']} {v['id']} {v['size']} GiB ({v['state']})")
+    if report.get("flow_runner_repository"):
+        print(f"flow-runner image repository {report['flow_runner_repository']}")
     if report.get("last_backup"):
         b = report["last_backup"]
         print(f"last backup {b['time']} {b['size']} bytes at {b['location']}")

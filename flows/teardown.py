@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from flows.backup import backup
 from flows.provision import compute_inputs, terraform_init
 from stack import accountsecrets, aws, backups, cloudstate, platform, statebackend, tls
-from stack.localcloud import emulator
+from stack.localcloud import emulator, registry
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
 from stack.lock import stack_lock
@@ -139,6 +139,8 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
                 report.data_removed.append(f"state bucket {statebackend.state_bucket_name(settings)}")
         if settings.target == "local" and host_containers.remove_data_volume(settings, settings.data_volume_name):
             report.data_removed.append(f"volume {settings.data_volume_name}")
+        if settings.target == "local" and registry.down(settings, with_images=True):
+            report.data_removed.append(f"the twin's registry and its images ({registry.volume_name(settings)})")
         if copies := backups.delete_all_local(settings):
             report.data_removed.append(f"{copies} local backup copies")
         log.warning("destroyed the platform's data: %s", ", ".join(report.destroyed + report.data_removed) or "none left")
@@ -146,6 +148,7 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
         log.info("kept the data: volume %s and bucket %s (teardown --all destroys them)",
                  settings.data_volume_name, statebackend.code_bucket_name(settings))
     if stop_emulator and settings.target == "local":
+        registry.down(settings)  # its images stay on their volume, as ECR's would
         emulator.down(settings)
         log.info("emulated cloud stopped")
     report.terraform_processes = compute.processes + data.processes

@@ -109,8 +109,10 @@ class StackSettings(BaseSettings):
     )
     flow_runner_image: str | None = Field(
         None,
-        description="Image of the Docker work pool. Default on local: built here; on aws: Prefect's official "
-                    "image of STACK_PREFECT_VERSION (prefecthq/prefect:<version>-python3.12).",
+        description="Image of the Docker work pool, pulled by the worker hosts. On aws: default Prefect's "
+                    "official image of STACK_PREFECT_VERSION (prefecthq/prefect:<version>-python3.12), or an image you "
+                    "pushed to the stack's ECR repository. On local the image built here, pushed to the stack's "
+                    "repository, is used (this name only tags it on this machine).",
     )
     prefect_version: str | None = Field(
         None, validate_default=True,

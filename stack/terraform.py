@@ -37,14 +37,15 @@ DATA, COMPUTE = "data", "compute"
 ROOT_MODULES = (DATA, COMPUTE)  # in apply order; destroy goes the other way
 # The compute module's variables that come from elsewhere (the data module's outputs, the
 # host image): flows/provision.compute_inputs makes them.
-COMPUTE_INPUTS = ("bucket_arn", "availability_zone", "data_volume_id", "host_image_version")
+COMPUTE_INPUTS = ("bucket_arn", "availability_zone", "data_volume_id", "host_image_version",
+                  "flow_runner_repository_arn")
 OVERRIDE_FILE = "emulator_override.tf"
 PLAN_FILE = "stack.tfplan"
 INIT_STAMP = ".terraform/stack-init.sha256"
 LEGACY_STATE = statebackend.LEGACY_STATE  # where a stack made before remote state kept it
 AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 # Emulated services the stack's resources use.
-EMULATED_SERVICES = ("ec2", "iam", "s3", "sts", "ssm")
+EMULATED_SERVICES = ("ec2", "ecr", "iam", "s3", "sts", "ssm")
 
 # Messages that mean "try again": the emulator restarting, throttling, network blips.
 TRANSIENT_MARKERS = (

@@ -129,13 +129,13 @@ def _names_of(cert: x509.Certificate) -> set[str]:
         str(v) for v in san.get_values_for_type(x509.IPAddress)}
 
 
-def server_certificate_current(settings: StackSettings, names: list[str]) -> bool:
-    """The server certificate exists, names exactly ``names``, is signed by this CA and
-    is not near its end."""
+def server_certificate_current(settings: StackSettings, names: list[str], stem: str = "server") -> bool:
+    """The certificate ``<stem>.pem`` (the platform server's by default) exists, names
+    exactly ``names``, is signed by this CA and is not near its end."""
     d = tls_dir(settings)
-    if not all((d / f).exists() for f in (CA_CERT, SERVER_CERT, SERVER_KEY)):
+    if not all((d / f).exists() for f in (CA_CERT, f"{stem}.pem", f"{stem}.key")):
         return False
-    cert = x509.load_pem_x509_certificate((d / SERVER_CERT).read_bytes())
+    cert = x509.load_pem_x509_certificate((d / f"{stem}.pem").read_bytes())
     ca = x509.load_pem_x509_certificate((d / CA_CERT).read_bytes())
     try:  # signed by this CA's key (every CA of a stack has the same subject)
         ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
@@ -145,11 +145,13 @@ def server_certificate_current(settings: StackSettings, names: list[str]) -> boo
             and cert.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS))
 
 
-def ensure_server_certificate(settings: StackSettings, names: list[str]) -> bool:
-    """Issue the server certificate for ``names`` unless a current one exists (same
-    names, signed by this CA, not near its end). True when it was issued."""
+def ensure_server_certificate(settings: StackSettings, names: list[str], stem: str = "server") -> bool:
+    """Issue a server certificate for ``names``, ``<stem>.pem`` and ``<stem>.key`` in the
+    stack's TLS folder (the platform server's by default; the twin's registry has its
+    own), unless a current one exists (same names, signed by this CA, not near its end).
+    True when it was issued."""
     ensure_ca(settings)
-    if server_certificate_current(settings, names):
+    if server_certificate_current(settings, names, stem):
         return False
     d = tls_dir(settings)
     ca_key = serialization.load_pem_private_key((d / CA_KEY).read_bytes(), password=None)
@@ -174,8 +176,8 @@ def ensure_server_certificate(settings: StackSettings, names: list[str]) -> bool
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    accountsecrets.write_private(d / SERVER_KEY, _key_pem(key).decode())
-    (d / SERVER_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    accountsecrets.write_private(d / f"{stem}.key", _key_pem(key).decode())
+    (d / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
 
 

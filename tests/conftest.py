@@ -78,12 +78,13 @@ def discard_test_stack(settings) -> None:
     import shutil
 
     from stack import controlplane
-    from stack.localcloud import emulator
+    from stack.localcloud import emulator, registry
     from stack.localcloud import hosts as host_containers
     from stack.localcloud.images import docker_client
 
     controlplane.stop(settings)
     host_containers.remove_all(settings)
+    registry.down(settings, with_images=True)
     for volume in docker_client().volumes.list(filters={"label": f"{emulator.LABEL_PROJECT}={settings.name_prefix}"}):
         volume.remove(force=True)
     emulator.down(settings)

@@ -1,22 +1,19 @@
 """The flow-runner image of the Docker work pool.
 
-On local it is built by the image builder and streamed into each worker host's Docker
-engine that lacks it (``docker load`` over the host's exec channel), after configure
-has installed that engine. The stream comes from an archive that ``docker save`` wrote
-once, ahead of time (``save_archive``, while provision runs), or, when there is none,
-straight from ``docker save``: the save costs 5 to 8 CPU-seconds, which configure then
-spends beside its playbook on a machine whose cores the playbook keeps busy. On aws
-it is a registry reference (default: Prefect's official image of the platform's version,
-STACK_PREFECT_VERSION, which installs prefect-aws and s3fs at start through
-EXTRA_PIP_PACKAGES). Either way it holds the platform's Prefect, not the operator's.
+Worker hosts pull it (the prefect_worker role, before the workers start), on both
+targets. On local it is built by the image builder and pushed by configure to the
+stack's ECR repository (the data module's), whose images the twin's registry serves
+(stack/localcloud/registry.py): the worker hosts pull it the way they pull from ECR. On
+aws it is a registry reference (default: Prefect's official image of the platform's
+version, STACK_PREFECT_VERSION, which installs prefect-aws and s3fs at start through
+EXTRA_PIP_PACKAGES; an image pushed to the stack's repository, named by
+STACK_FLOW_RUNNER_IMAGE, is pulled with the instance role). Either way it holds the
+platform's Prefect, not the operator's.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,6 @@ from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
 
 FLOW_RUNNER_PACKAGES = ("prefect", "prefect-aws", "s3fs")
-ARCHIVED_REPO = "stack-flow-runner"  # the builder's repository (images.image_tag)
 
 
 @dataclass(frozen=True)
@@ -83,93 +79,56 @@ def flow_runner_image(settings: StackSettings) -> FlowRunnerImage:
     return FlowRunnerImage(ref)
 
 
-def _in_host(host: str, command: list[str]) -> list[str]:
-    """argv running ``command`` in a host container. The image goes in by docker exec,
-    not SSH: the stand-in for the registry pull a worker does on aws, not part of the
-    path Ansible and backups take (that one is SSH on both targets)."""
-    return ["docker", "exec", "-i", host, *command]
+def repository_name(settings: StackSettings) -> str:
+    """The data module's ECR repository of the flow-runner image (terraform/data/ecr.tf)."""
+    return f"{settings.name_prefix}/flow-runner"
 
 
-def load_into_hosts(settings: StackSettings, image: FlowRunnerImage, hosts: list[str],
-                    skip_without_engine: bool = False) -> list[str]:
-    """Stream the image into each host's Docker engine that lacks it; the hosts it went to.
-    ``skip_without_engine``: pass over a host whose engine does not answer yet (configure
-    starts this beside the playbook, for hosts whose image already has Docker). Local
-    only: on aws the worker pulls the image from its registry."""
-    if settings.target != "local":
-        return []
-    log = get_logger()
-    loaded = []
-    for host in hosts:
-        if skip_without_engine and subprocess.run(_in_host(host, ["docker", "version"]),
-                                                  capture_output=True).returncode != 0:
-            continue
-        probe = subprocess.run(_in_host(host, ["docker", "image", "inspect", image.reference]),
-                               capture_output=True)
-        if probe.returncode == 0:
-            continue
-        load_argv = _in_host(host, ["docker", "load", "--quiet"])
-        archive = archive_path(image.reference)
-        if archive is not None and archive.exists():
-            log.info("streaming image %s into %s (docker load, from %s)", image.reference, host, archive)
-            with archive.open("rb") as tar:
-                load = subprocess.run(load_argv, stdin=tar, capture_output=True)
-            saved, save_err = True, ""
-        else:
-            log.info("streaming image %s into %s (docker save | docker load)", image.reference, host)
-            save = subprocess.Popen(["docker", "save", image.reference], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            load = subprocess.run(load_argv, stdin=save.stdout, capture_output=True)
-            save.stdout.close()
-            save_err = save.stderr.read().decode(errors="replace").strip()
-            saved = save.wait() == 0
-        if not saved or load.returncode != 0:
-            if archive is not None:  # damaged, perhaps: the next load streams from docker save
-                archive.unlink(missing_ok=True)
-            err = save_err or load.stderr.decode(errors="replace").strip()
-            raise StackError(f"could not load image {image.reference} into {host}: {err}; "
-                             f"try: {shlex.join(_in_host(host, ['docker', 'info']))}")
-        loaded.append(host)
-    return loaded
+def repository_url(settings: StackSettings) -> str:
+    """``<account>.dkr.ecr.<region>.amazonaws.com/<prefix>/flow-runner``, as ECR says it."""
+    from botocore.exceptions import ClientError
 
+    from stack import aws
 
-def archive_dir() -> Path:
-    """Machine-wide, like the images: every stack of this machine loads the same ones."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "prefect-aws-stack" / "images"
-
-
-def archive_path(reference: str) -> Path | None:
-    """Where ``docker save`` of ``reference`` is kept: only for the builder's tags, which
-    are content hashes, so an archive never goes stale under its name. A tag a user
-    chose (STACK_FLOW_RUNNER_IMAGE) has none and is streamed live."""
-    repo, _, tag = reference.partition(":")
-    if repo != ARCHIVED_REPO or not tag.isalnum():
-        return None
-    return archive_dir() / f"{repo}-{tag}.tar"
-
-
-def save_archive(image: FlowRunnerImage) -> Path | None:
-    """Write ``docker save`` of the local flow-runner image once, atomically, and remove
-    the archives of earlier builds. Returns the archive, or None for an image it keeps
-    none of (a user's own tag)."""
-    path = archive_path(image.reference)
-    if path is None:
-        return None
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".saving-", suffix=".tar", delete=False) as tmp:
-        partial = Path(tmp.name)
+    name = repository_name(settings)
     try:
-        saved = subprocess.run(["docker", "save", "--output", str(partial), image.reference],
-                               capture_output=True, text=True)
-        if saved.returncode != 0:
-            raise StackError(f"could not save image {image.reference} to {path}: {saved.stderr.strip()}")
-        partial.rename(path)
+        found = aws.client(settings, "ecr").describe_repositories(repositoryNames=[name])["repositories"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
+            raise
+        found = []
+    if not found:
+        raise StackError(f"the flow-runner image's repository {name} does not exist in ECR: "
+                         "python -m flows.provision makes it")
+    return found[0]["repositoryUri"]
+
+
+def publish(settings: StackSettings, image: FlowRunnerImage) -> FlowRunnerImage:
+    """The image as the worker hosts pull it. On local: the built image pushed, under its
+    content tag, to the stack's repository (the twin's registry; nothing is pushed when
+    the repository has that tag already), and named by the repository's URL. On aws: the
+    configured image itself (Prefect's official one by default)."""
+    if settings.target != "local":
+        return image
+    from stack.localcloud import registry
+
+    url = repository_url(settings)
+    tag = flow_runner_identity(settings)["content"].rsplit(":", 1)[1]
+    endpoint = registry.ensure(settings, url)
+    name = repository_name(settings)
+    published = FlowRunnerImage(f"{url}:{tag}")
+    if registry.has_image(settings, endpoint, name, tag):
+        return published
+    pushed_as = f"{endpoint}/{name}:{tag}"
+    client = docker_client()
+    client.images.get(image.reference).tag(pushed_as)
+    try:
+        log = get_logger()
+        log.info("pushing image %s to the stack's repository %s", image.reference, url)
+        done = subprocess.run(["docker", "push", "--quiet", pushed_as], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StackError(f"could not push image {image.reference} to {endpoint} (the stand-in for {url}): "
+                             f"{done.stderr.strip()}; see: docker logs {registry.container_name(settings)}")
     finally:
-        partial.unlink(missing_ok=True)
-    for earlier in path.parent.glob(f"{ARCHIVED_REPO}-*.tar"):
-        if earlier != path:
-            earlier.unlink(missing_ok=True)
-    get_logger().info("saved image %s to %s for configure to stream", image.reference, path)
-    return path
+        client.images.remove(pushed_as)  # only the name: the builder's tag keeps the image
+    return published

@@ -77,6 +77,27 @@ resource "aws_iam_role_policy" "write_backups" {
   policy = data.aws_iam_policy_document.write_backups.json
 }
 
+# Worker hosts pull the flow-runner image (the Docker pool's) from the stack's repository,
+# and from no other. The token call takes no resource.
+data "aws_iam_policy_document" "pull_flow_runner" {
+  statement {
+    sid       = "EcrToken"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "PullFlowRunner"
+    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+    resources = [var.flow_runner_repository_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "pull_flow_runner" {
+  name   = "${var.name_prefix}-pull-flow-runner"
+  role   = aws_iam_role.host["worker"].name
+  policy = data.aws_iam_policy_document.pull_flow_runner.json
+}
+
 # The SSM agent's own calls (Session Manager, inventory, associations), instead of the
 # managed AmazonSSMManagedInstanceCore, which also grants ssm:GetParameter* on every
 # parameter of the account.

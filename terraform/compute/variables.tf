@@ -94,6 +94,16 @@ variable "bucket_arn" {
   }
 }
 
+variable "flow_runner_repository_arn" {
+  description = "ARN of the flow-runner image's ECR repository (an output of the data root module): the worker role may pull from it."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:ecr:[a-z0-9-]+:[0-9]{12}:repository/[a-z0-9._/-]+$", var.flow_runner_repository_arn))
+    error_message = "flow_runner_repository_arn must be an ECR repository ARN such as arn:aws:ecr:us-east-1:123456789012:repository/prefect2/flow-runner."
+  }
+}
+
 variable "availability_zone" {
   description = "Availability zone of every host: the data volume's zone (an output of the data root module)."
   type        = string

@@ -17,3 +17,11 @@ output "data_volume" {
     availability_zone = aws_ebs_volume.data.availability_zone
   }
 }
+
+output "flow_runner_repository" {
+  description = "The flow-runner image's ECR repository: url (where configure pushes and the worker hosts pull) and arn."
+  value = {
+    url = aws_ecr_repository.flow_runner.repository_url
+    arn = aws_ecr_repository.flow_runner.arn
+  }
+}

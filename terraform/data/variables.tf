@@ -73,3 +73,14 @@ variable "bucket_tls_only" {
   type        = bool
   default     = true
 }
+
+variable "flow_runner_images_kept" {
+  description = "How many flow-runner images the repository keeps (older ones expire)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.flow_runner_images_kept >= 2 && var.flow_runner_images_kept <= 100
+    error_message = "flow_runner_images_kept must be between 2 and 100: the current image and the one a rollback returns to."
+  }
+}

@@ -17,7 +17,7 @@ import pytest
 
 from stack import aws, credentials, hostexec
 from stack.ansible import ANSIBLE_DIR, environment
-from stack.localcloud.flow_runner import archive_path, flow_runner_image, load_into_hosts
+from stack.localcloud.flow_runner import flow_runner_image, publish, repository_name, repository_url
 from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
 from stack.pins import pinned_prefect
 from stack.localcloud.images import _ensure_base_image, docker_client, ensure_base_image, image_exists
@@ -150,31 +150,37 @@ def test_configured_hosts_have_prefect_and_the_worker_runs_a_loaded_image(stack)
     assert ran.stdout.strip().startswith("12")
 
 
-def test_the_flow_runner_image_is_loaded_from_its_saved_archive_and_a_damaged_one_is_replaced(stack):
-    """Bootstrap saved the image's archive ahead of time; configure loads it from there. A
-    damaged archive fails with the host named, is removed, and the next load streams
-    straight from docker save."""
+def test_the_flow_runner_image_is_in_the_stacks_repository_and_worker_hosts_pull_it_from_there(stack):
+    """Configure pushed the image to the data module's ECR repository (the twin's registry
+    serves its images under the repository's host name) and the worker host pulled it,
+    trusting the stack's CA for that registry alone; a second push of it is skipped."""
+    from stack.localcloud import registry
+
     s = stack["settings"]
-    image = flow_runner_image(s)
-    archive = archive_path(image.reference)
-    assert archive is not None and archive.stat().st_size > 100_000_000
-    assert sh("docker", "exec", WORKER, "docker", "image", "inspect", image.reference).returncode == 0
-    kept = archive.with_name(archive.name + ".kept")
-    archive.rename(kept)  # put back at the end: other stacks of this machine use it
+    [repo] = aws.client(s, "ecr").describe_repositories(repositoryNames=[repository_name(s)])["repositories"]
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    url = repository_url(s)
+    reference = stack["first_bootstrap"]["configure"]["flow_runner_image"]
+    assert reference.startswith(url + ":"), reference
+    assert sh("docker", "exec", WORKER, "docker", "image", "inspect", reference).returncode == 0
+    host = registry.registry_host(url)
+    assert sh("docker", "exec", WORKER, "test", "-s", f"/etc/docker/certs.d/{host}/ca.crt").returncode == 0
+    # Pulled again from nothing, by the name ECR gives it, over the stack's network.
+    assert sh("docker", "exec", WORKER, "docker", "rmi", reference).returncode == 0
     try:
-        assert sh("docker", "exec", WORKER, "docker", "rmi", image.reference).returncode == 0
-        archive.write_bytes(b"not a tar archive")
-        with pytest.raises(StackError, match=f"could not load image {image.reference} into {WORKER}"):
-            load_into_hosts(s, image, [WORKER])
-        assert not archive.exists()
-        assert load_into_hosts(s, image, [WORKER]) == [WORKER]  # from docker save
-        ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", "--network", "none", image.reference,
+        pulled = sh("docker", "exec", WORKER, "docker", "pull", "--quiet", reference)
+        assert pulled.returncode == 0, pulled.stderr
+        ran = sh("docker", "exec", WORKER, "docker", "run", "--rm", "--network", "none", reference,
                  "python", "-c", "import prefect; print(prefect.__version__)")
         assert ran.stdout.strip() == pinned_prefect(), ran.stderr
     finally:
-        kept.replace(archive)
-        if sh("docker", "exec", WORKER, "docker", "image", "inspect", image.reference).returncode != 0:
-            load_into_hosts(s, image, [WORKER])  # the smoke tests run flows in it
+        if sh("docker", "exec", WORKER, "docker", "image", "inspect", reference).returncode != 0:
+            sh("docker", "exec", WORKER, "docker", "pull", "--quiet", reference)  # the smoke tests run flows in it
+    # The registry holds the tag: publishing it again pushes nothing.
+    endpoint = registry.ensure(s, url)
+    assert registry.has_image(s, endpoint, repository_name(s), reference.rsplit(":", 1)[1])
+    assert not registry.has_image(s, endpoint, repository_name(s), "0000deadbeef")
+    assert publish(s, flow_runner_image(s)).reference == reference
 
 
 def test_a_base_image_build_that_cannot_reach_its_mirror_says_why_and_leaves_no_image():

@@ -41,9 +41,10 @@ def test_teardown_all_leaves_nothing_and_a_second_teardown_does_nothing(stack):
     groups = ec2.describe_security_groups()["SecurityGroups"]
     assert "p2test-platform" not in [g["GroupName"] for g in groups]
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
-    assert "p2test-ec2" not in names
+    assert "p2test-ec2" not in names and "p2test-registry" not in names
     volumes = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True).stdout.split()
-    assert s.data_volume_name not in volumes and not [v for v in volumes if v.startswith("p2test-ec2")]
+    assert s.data_volume_name not in volumes and not [v for v in volumes if v.startswith(("p2test-ec2", "p2test-registry"))]
+    assert aws.client(s, "ecr").describe_repositories()["repositories"] == []
     assert list((s.state_path / "backups").glob("*.dump")) == []
     # The stack's secrets and its Terraform states went with the data.
     assert aws.client(s, "secretsmanager").list_secrets(

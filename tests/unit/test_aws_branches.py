@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 
+import boto3
 import pytest
 from moto import mock_aws
 
 from stack import checks, cloudstate, statebackend, steps, terraform
 from stack.localcloud import emulator
-from stack.localcloud.flow_runner import flow_runner_identity, flow_runner_image, load_into_hosts
+from stack.localcloud.flow_runner import flow_runner_identity, flow_runner_image, publish, repository_url
 from stack.pins import pinned_prefect
 from stack.proc import StackError
 from stack.settings import StackSettings
@@ -26,13 +27,32 @@ def aws_settings(tmp_path, monkeypatch) -> StackSettings:
                          ami_id="ami-0123456789abcdef0", state_dir=tmp_path, name_prefix="p2aws")
 
 
-def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_streamed(aws_settings):
+def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_pushed(aws_settings):
     official = f"prefecthq/prefect:{pinned_prefect()}-python3.12"
     assert flow_runner_identity(aws_settings) == {"reference": official}
     image = flow_runner_image(aws_settings)
     assert image.reference == official
     assert image.extra_pip_packages.startswith("prefect-aws==") and " s3fs==" in image.extra_pip_packages
-    assert load_into_hosts(aws_settings, image, ["p2aws-ec2-1"]) == []
+    assert publish(aws_settings, image) is image  # no Docker engine on the operator's machine
+
+
+def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credential_helper(aws_settings):
+    from flows.configure import image_vars
+
+    with mock_aws():
+        with pytest.raises(StackError, match=r"repository p2aws/flow-runner does not exist in ECR: python -m "
+                                             r"flows.provision makes it"):
+            repository_url(aws_settings)
+        ecr = boto3.client("ecr", region_name="eu-west-1")
+        ecr.create_repository(repositoryName="p2aws/flow-runner", imageTagMutability="IMMUTABLE")
+        url = repository_url(aws_settings)
+    assert url.endswith(".dkr.ecr.eu-west-1.amazonaws.com/p2aws/flow-runner")
+    got = image_vars(aws_settings, "team/image:1", url)
+    assert got == {"prefect_worker_flow_runner_image": "team/image:1", "docker_ecr_registry": url.split("/")[0],
+                   "docker_stack_ca_registry": ""}
+    local = aws_settings.model_copy(update={"target": "local"})
+    assert image_vars(local, "x:1", url)["docker_stack_ca_registry"] == url.split("/")[0]
+    assert image_vars(local, "x:1", url)["docker_ecr_registry"] == ""
 
 
 def test_on_aws_the_official_image_and_its_extra_packages_follow_the_platforms_prefect(aws_settings):

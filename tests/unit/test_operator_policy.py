@@ -101,6 +101,9 @@ TERRAFORM_ACTIONS = {
     "aws_s3_bucket_lifecycle_configuration": ["s3:PutLifecycleConfiguration", "s3:GetLifecycleConfiguration"],
     "aws_ssm_association": ["ssm:CreateAssociation", "ssm:DescribeAssociation", "ssm:DeleteAssociation"],
     "aws_subnet": ["ec2:DescribeSubnets"],  # STACK_SUBNET_ID's VPC
+    "aws_ecr_repository": ["ecr:CreateRepository", "ecr:DescribeRepositories", "ecr:ListTagsForResource",
+                           "ecr:TagResource", "ecr:DeleteRepository"],
+    "aws_ecr_lifecycle_policy": ["ecr:PutLifecyclePolicy", "ecr:GetLifecyclePolicy", "ecr:DeleteLifecyclePolicy"],
     # Computed by Terraform or the provider without an AWS call.
     "aws_iam_policy_document": [],
     "aws_partition": [],

@@ -11,12 +11,13 @@ mock_provider "aws" {
 }
 
 variables {
-  ami_id            = "ami-0123456789abcdef0"
-  operator_cidr     = "203.0.113.7/32"
-  bucket_arn        = "arn:aws:s3:::tftest-flow-code"
-  availability_zone = "us-east-1a"
-  data_volume_id    = "vol-0123456789abcdef0"
-  ssh_public_key    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBYvUOGkx8vjbKrXnPPm1Q+8ZqgQeexamplekey0000 test"
+  ami_id                     = "ami-0123456789abcdef0"
+  operator_cidr              = "203.0.113.7/32"
+  bucket_arn                 = "arn:aws:s3:::tftest-flow-code"
+  availability_zone          = "us-east-1a"
+  data_volume_id             = "vol-0123456789abcdef0"
+  flow_runner_repository_arn = "arn:aws:ecr:us-east-1:123456789012:repository/prefect2/flow-runner"
+  ssh_public_key             = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBYvUOGkx8vjbKrXnPPm1Q+8ZqgQeexamplekey0000 test"
 }
 
 run "one_server_and_n_workers_with_name_and_role_tags" {
@@ -214,4 +215,32 @@ run "a_subnet_given_holds_every_host_with_a_public_ip_and_the_group_in_its_vpc" 
     condition     = aws_security_group.platform.vpc_id == "vpc-0123456789abcdef0"
     error_message = "the security group must be in the subnet's VPC"
   }
+}
+
+run "worker_role_pulls_from_the_stacks_repository_only" {
+  command = plan
+
+  assert {
+    condition     = aws_iam_role_policy.pull_flow_runner.role == "prefect2-us-east-1-worker"
+    error_message = "the pull policy belongs to the worker role"
+  }
+  assert {
+    condition = alltrue([for s in data.aws_iam_policy_document.pull_flow_runner.statement :
+    s.resources == toset(["*"]) ? s.actions == toset(["ecr:GetAuthorizationToken"]) : s.resources == toset([var.flow_runner_repository_arn])])
+    error_message = "only the token call may name every resource; the pulls name the stack's repository"
+  }
+  assert {
+    condition = !anytrue([for s in data.aws_iam_policy_document.pull_flow_runner.statement :
+    anytrue([for a in s.actions : contains(["ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:*"], a)])])
+    error_message = "worker hosts must not push"
+  }
+}
+
+run "a_repository_arn_that_is_not_one_is_refused" {
+  command = plan
+
+  variables {
+    flow_runner_repository_arn = "arn:aws:s3:::not-a-repository"
+  }
+  expect_failures = [var.flow_runner_repository_arn]
 }

@@ -88,3 +88,33 @@ run "a_retention_of_zero_days_is_refused" {
   }
   expect_failures = [var.backup_retention_days]
 }
+
+run "flow_runner_repository_immutable_encrypted_and_pruned" {
+  command = plan
+
+  assert {
+    condition     = aws_ecr_repository.flow_runner.name == "prefect2/flow-runner"
+    error_message = "the repository is named for the stack"
+  }
+  assert {
+    condition     = aws_ecr_repository.flow_runner.image_tag_mutability == "IMMUTABLE"
+    error_message = "a tag must always name what it was built from"
+  }
+  assert {
+    condition     = one(aws_ecr_repository.flow_runner.encryption_configuration).encryption_type == "AES256"
+    error_message = "the repository is encrypted"
+  }
+  assert {
+    condition     = jsondecode(aws_ecr_lifecycle_policy.flow_runner.policy).rules[0].selection.countNumber == 5
+    error_message = "the lifecycle keeps the last flow_runner_images_kept images"
+  }
+}
+
+run "keeping_fewer_than_two_images_is_refused" {
+  command = plan
+
+  variables {
+    flow_runner_images_kept = 1
+  }
+  expect_failures = [var.flow_runner_images_kept]
+}
