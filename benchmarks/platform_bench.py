@@ -527,7 +527,7 @@ def _platform_sections(args: argparse.Namespace, sections: list[str], cases: lis
     env = stack_env(own)
     os.environ.update({k: v for k, v in env.items() if k.startswith("STACK_")})
     from stack import controlplane, platform
-    from stack.localcloud.flow_runner import flow_runner_image
+    from stack.localcloud.flow_runner import published_image
     from stack.settings import load_settings
 
     settings = load_settings()
@@ -547,7 +547,7 @@ def _platform_sections(args: argparse.Namespace, sections: list[str], cases: lis
         with controlplane.client_settings(settings):
             url = platform.operator_api_url(settings)
             hosts = worker_hosts(settings)
-            image = flow_runner_image(settings).reference
+            image = published_image(settings).reference
             if "latency" in sections:
                 for case in cases:
                     report.latency.append(case_latency(

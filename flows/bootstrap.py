@@ -259,7 +259,7 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         url = configured.platform_api_url if configured else platform.operator_api_url(settings)
         # A new or lost data volume leaves an empty database: the latest backup fills it.
         restored = runner.run("restore", restore, only_if_empty=True)
-        # The Docker pool and case 4 use the image configure loaded into the worker hosts.
+        # The Docker pool and case 4 use the image configure had the worker hosts pull.
         image = configured.flow_runner_image if configured else None
         registered = runner.run("register", register, url, image)
         deployed = runner.run("deploy", deploy, url, image)

@@ -42,12 +42,12 @@ class ConfigureReport(BaseModel):
 
 
 def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None,
-              flow_runner_image: str = "", repository_url: str = "") -> dict:
+              image: flow_runner.FlowRunnerImage | None = None, repository_url: str = "") -> dict:
     """Variables of the playbooks. Secrets are not among them: the auth string is read
     on the controller from its 0600 file (group_vars/all.yml), so it never lands in
     ansible-runner's files."""
     return {
-        **image_vars(settings, flow_runner_image, repository_url),
+        **image_vars(settings, image, repository_url),
         # aws: the role mounts this EBS volume; local: the host container already has
         # the named volume at the same path, so the role has nothing to mount.
         "prefect_server_data_volume_id": data_volume_id if settings.target == "aws" and data_volume_id else "",
@@ -59,14 +59,17 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
     }
 
 
-def image_vars(settings: StackSettings, flow_runner_image: str, repository_url: str) -> dict:
+def image_vars(settings: StackSettings, image: flow_runner.FlowRunnerImage | None, repository_url: str) -> dict:
     """The image the worker hosts pull before their workers start, and how their Docker
     reaches the stack's repository: on aws ECR's credential helper with the instance
-    role; on local the twin's registry, whose certificate the stack's CA signed."""
+    role; on local the twin's registry, whose certificate the stack's CA signed. A failed
+    pull of Prefect's official image (Docker Hub: rate limits) does not fail configure:
+    the Docker worker pulls it at the first run."""
     from stack.localcloud.registry import registry_host
 
     host = registry_host(repository_url) if repository_url else ""
-    return {"prefect_worker_flow_runner_image": flow_runner_image,
+    return {"prefect_worker_flow_runner_image": image.reference if image else "",
+            "prefect_worker_flow_runner_image_required": image is None or image.extra_pip_packages is None,
             "docker_ecr_registry": host if settings.target == "aws" else "",
             "docker_stack_ca_registry": host if settings.target == "local" else ""}
 
@@ -164,7 +167,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     # worker hosts pull it (bootstrap's prebuild has usually built it by now).
     repository = flow_runner.repository_url(settings)
     image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings))
-    variables = extravars(settings, ui_api_url, volume_id, image.reference, repository)
+    variables = extravars(settings, ui_api_url, volume_id, image, repository)
     # The server certificate names every address clients use; a replaced server
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.
     reissued = tls.ensure_server_certificate(settings, platform.server_tls_names(settings))

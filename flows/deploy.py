@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from stack import platform, statebackend
-from stack.localcloud.flow_runner import flow_runner_image as current_flow_runner_image
+from stack.localcloud.flow_runner import published_image
 from stack.proc import run
 from stack.lock import exclusive
 from stack.settings import REPO_ROOT, StackSettings, load_settings
@@ -57,7 +57,7 @@ def deploy(settings: StackSettings | None = None, platform_url: str | None = Non
     """Create or update the testflow deployments of every case (on ``platform_url``, the
     Docker case on ``flow_runner_image``: configure's outputs; run alone, the current ones)."""
     settings = settings or load_settings()
-    image = flow_runner_image or current_flow_runner_image(settings).reference
+    image = flow_runner_image or published_image(settings).reference
     log = get_run_logger()
     url = platform_url or platform.operator_api_url(settings)
     staged = stage(settings)

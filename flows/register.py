@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from blocks import definitions
 from stack import platform
 from stack.localcloud.flow_runner import FlowRunnerImage
-from stack.localcloud.flow_runner import flow_runner_image as current_flow_runner_image
+from stack.localcloud.flow_runner import published_image
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
@@ -67,7 +67,7 @@ def register(settings: StackSettings | None = None, platform_url: str | None = N
     Docker pool on ``flow_runner_image``: configure's outputs; run alone, the current ones)."""
     settings = settings or load_settings()
     url = platform_url or platform.operator_api_url(settings)
-    image = FlowRunnerImage.of(flow_runner_image, settings) if flow_runner_image else current_flow_runner_image(settings)
+    image = FlowRunnerImage.of(flow_runner_image or published_image(settings).reference, settings)
     platform.wait_ready(settings, url)
     report = asyncio.run(_register(settings, url, image))
     log = get_run_logger()

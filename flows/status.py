@@ -118,9 +118,11 @@ def flow_runner_repository(settings: StackSettings) -> str | None:
     """The URL of the flow-runner image's ECR repository; None before provision made it."""
     from stack.localcloud.flow_runner import repository_url
 
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         return repository_url(settings)
-    except StackError:
+    except (StackError, BotoCoreError, ClientError):  # e.g. a policy without ecr:DescribeRepositories
         return None
 
 

@@ -25,7 +25,7 @@ from prefect.states import Completed
 from pydantic import BaseModel
 
 from flows.backup import backup
-from flows.provision import compute_inputs, terraform_init
+from flows.provision import compute_inputs, stand_in_repository_arn, terraform_init
 from stack import accountsecrets, aws, backups, cloudstate, platform, statebackend, tls
 from stack.localcloud import emulator, registry
 from stack.localcloud import hosts as host_containers
@@ -100,6 +100,8 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
     # What the last apply gave the compute module; from the data module's outputs when
     # this machine has no working copy (another clone, or .stack/ deleted).
     compute.inputs = compute.last_inputs() or (compute_inputs(settings, data.state_outputs()) if has_data else {})
+    if compute.inputs:
+        compute.inputs.setdefault("flow_runner_repository_arn", stand_in_repository_arn(settings))
     # --all destroys the backups with the data: a backup first would only be destroyed too
     # (and would stop a teardown of a half-made stack whose server was never configured).
     if has_compute and take_backup and not destroy_data and _server_running(settings):
@@ -159,7 +161,8 @@ def confirm_destroy_data(settings: StackSettings, yes: bool) -> None:
     """--all destroys the team's run history: say so, and ask unless --yes."""
     bucket = statebackend.code_bucket_name_or_none(settings) or "of flow code"
     warning = (f"teardown --all destroys the platform's DATA of stack {settings.name_prefix}: the database volume "
-               f"{settings.data_volume_name}, the bucket {bucket} with every backup, "
+               f"{settings.data_volume_name}, the bucket {bucket} with every backup, the flow-runner image "
+               f"repository {settings.name_prefix}/flow-runner with every image in it (yours too), "
                f"and the local backup copies. This cannot be undone.")
     print(f"warning: {warning}", file=sys.stderr)
     if yes:

@@ -6,7 +6,7 @@ run's logs: every command a step runs needs what it lacks. ``prefect deploy`` an
 Ansible get the platform's auth string in their environment, and their output is
 redacted line by line before it reaches a log (the stack's rule: no secret in a log);
 Terraform's ``-json`` output is parsed line by line (``on_line``) into the plan and its
-errors; ``docker load`` and ``pg_dump`` stream binary data. So the project does not
+errors; ``pg_dump`` streams binary data. So the project does not
 depend on prefect-shell."""
 
 from __future__ import annotations

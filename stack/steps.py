@@ -1,7 +1,7 @@
 """What makes a bootstrap step's work still valid: its key and its probe.
 
 A step's key is a hash of the values it uses: its inputs from earlier steps (configure's
-report carries the flow-runner image it loaded; register and deploy take that reference),
+report carries the flow-runner image the worker hosts pulled; register and deploy take that reference),
 the values computed for it here (``STEP_VALUES``: the host image version Terraform gets,
 the flow-runner image's reference and content hash), the settings, and the files the step
 itself consumes (its Terraform, playbooks and roles, prefect.yaml, block definitions, its
@@ -60,7 +60,7 @@ def _configure_values(settings: StackSettings) -> dict:
 
 # Values a step uses that no earlier step hands it, computed from the settings without
 # building anything: provision gives Terraform the host image's version (a new one
-# replaces the instances), configure loads the flow-runner image into the worker hosts
+# replaces the instances), configure has the worker hosts pull the flow-runner image
 # and reports its reference to register and deploy.
 STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
     "provision": _provision_values,
@@ -96,8 +96,8 @@ def _stable(value):
 
 def step_key(step: str, settings: StackSettings, inputs: tuple = (), values: dict | None = None) -> str:
     """The key of ``step`` for these settings and inputs (see the module docstring).
-    ``values``: instead of the step's STEP_VALUES (configure's per-host record leaves out
-    the flow-runner image, which changes no host's configuration)."""
+    ``values``: instead of the step's STEP_VALUES (configure's per-host record passes
+    none: the image the hosts pull is among its playbook's variables already)."""
     h = hashlib.sha256(step.encode())
     for rel in STEP_FILES.get(step, ()):
         _hash_path(h, REPO_ROOT / rel)

@@ -103,6 +103,17 @@ def repository_url(settings: StackSettings) -> str:
     return found[0]["repositoryUri"]
 
 
+def published_image(settings: StackSettings) -> FlowRunnerImage:
+    """The image as the worker hosts know it, without building or pushing anything: on
+    local the stack's repository URL with the image's content tag (what ``publish``
+    pushes); on aws the configured image. What register, deploy and the benchmark use
+    when configure's output is not at hand (run alone)."""
+    if settings.target != "local":
+        return flow_runner_image(settings)
+    tag = flow_runner_identity(settings)["content"].rsplit(":", 1)[1]
+    return FlowRunnerImage(f"{repository_url(settings)}:{tag}")
+
+
 def publish(settings: StackSettings, image: FlowRunnerImage) -> FlowRunnerImage:
     """The image as the worker hosts pull it. On local: the built image pushed, under its
     content tag, to the stack's repository (the twin's registry; nothing is pushed when
@@ -112,11 +123,11 @@ def publish(settings: StackSettings, image: FlowRunnerImage) -> FlowRunnerImage:
         return image
     from stack.localcloud import registry
 
-    url = repository_url(settings)
-    tag = flow_runner_identity(settings)["content"].rsplit(":", 1)[1]
+    published = published_image(settings)
+    url, tag = published.reference.rsplit(":", 1)
     endpoint = registry.ensure(settings, url)
     name = repository_name(settings)
-    published = FlowRunnerImage(f"{url}:{tag}")
+    _remove_old_archives()
     if registry.has_image(settings, endpoint, name, tag):
         return published
     pushed_as = f"{endpoint}/{name}:{tag}"
@@ -132,3 +143,13 @@ def publish(settings: StackSettings, image: FlowRunnerImage) -> FlowRunnerImage:
     finally:
         client.images.remove(pushed_as)  # only the name: the builder's tag keeps the image
     return published
+
+
+def _remove_old_archives() -> None:
+    """``docker save`` archives (about 430 MB each) that earlier versions of the stack kept
+    to stream the image into the hosts; nothing reads them now."""
+    import os
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prefect-aws-stack" / "images"
+    for old in cache.glob("stack-flow-runner-*.tar"):
+        old.unlink(missing_ok=True)

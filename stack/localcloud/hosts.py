@@ -67,7 +67,7 @@ SYSTEMD_RUN_FLAGS = [
 
 # On aws every host has CPUs of its own; here all hosts share this machine's cores. The
 # server host is on the path of everything (configure waits for its API while a worker
-# host loads the flow-runner image; every run talks to it), so when the cores are
+# host pulls the flow-runner image; every run talks to it), so when the cores are
 # saturated it gets four times a worker host's CPU share (Docker's default is 1024).
 SERVER_HOST_CPU_SHARES = 4096
 

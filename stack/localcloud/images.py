@@ -38,7 +38,7 @@ BASE_PACKAGES = ["ca-certificates"]
 # writes these into the image's dpkg and apt configuration, so every image built on the
 # base (hosts, the bake, the flow-runner image) stays slim; each Dockerfile's apt step
 # also drops apt's binary caches (78 MB). The flow-runner image shrank by a fifth (576 to
-# 446 MB), and configure streams it into each worker host. (apt configured without binary
+# 446 MB), and each worker host pulls it. (apt configured without binary
 # caches, as in Debian's images, rebuilds them in memory at every call: the bake's first
 # apt task took 21 s instead of 14 to 15.)
 BASE_DPKG_OPTIONS = [

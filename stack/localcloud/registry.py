@@ -5,11 +5,13 @@ authorization token) but stores no image. This container does: Debian's
 ``docker-registry`` with TLS from the stack's CA, on the stack's network under the
 repository's own host name (``<account>.dkr.ecr.<region>.amazonaws.com``), so the worker
 hosts pull ``<repository url>:<tag>`` exactly as they do from ECR on aws; they trust the
-stack's CA for that name (the prefect_worker role). The operator pushes through a
+stack's CA for that name (the docker role). The operator pushes through a
 loopback port (Docker treats 127.0.0.0/8 registries as its own, without a CA).
 
 Its images live on a named volume: like ECR's, they outlive the compute and the
-emulator; ``teardown --all`` removes them with the rest of the data.
+emulator; ``teardown --all`` removes them with the rest of the data. Unlike ECR it
+enforces neither the repository's immutable tags nor its lifecycle policy (moto keeps
+those as settings): it keeps every image pushed, about 450 MB per change of the image.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ INNER_PORT = 443
 IMAGES_DIR = "/var/lib/docker-registry"  # config.yml's storage root
 TLS_DIR = "/etc/docker/registry/tls"
 CERT_STEM = "registry"                    # registry.pem and registry.key in the stack's TLS folder
+# What a pushed image's manifest may be (an index when the engine pushes several platforms).
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json",
+                  "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json")
 
 
 def container_name(settings: StackSettings) -> str:
@@ -139,8 +145,7 @@ def has_image(settings: StackSettings, endpoint: str, repository: str, tag: str)
     """The registry holds ``repository:tag`` (its manifest answers)."""
     req = urllib.request.Request(
         f"https://{endpoint}/v2/{repository}/manifests/{tag}", method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
-                           "application/vnd.oci.image.manifest.v1+json"})
+        headers={"Accept": ", ".join(MANIFEST_TYPES)})
     try:
         with urllib.request.urlopen(req, timeout=10, context=_context(settings)) as resp:
             return resp.status == 200

@@ -6,8 +6,9 @@
 resource "aws_ecr_repository" "flow_runner" {
   name                 = "${var.name_prefix}/flow-runner"
   image_tag_mutability = "IMMUTABLE"
-  # Every image in it is rebuilt from the repository's files: deleting the data module
-  # (teardown --all, confirmed) loses nothing that cannot be made again.
+  # Deleting the data module (teardown --all, which names the repository in its
+  # confirmation) deletes the images: the stack's own are rebuilt from the repository's
+  # files; one you pushed yourself, you push again.
   force_delete = true
 
   encryption_configuration {

@@ -13,7 +13,8 @@ from moto import mock_aws
 
 from stack import checks, cloudstate, statebackend, steps, terraform
 from stack.localcloud import emulator
-from stack.localcloud.flow_runner import flow_runner_identity, flow_runner_image, publish, repository_url
+from stack.localcloud.flow_runner import (FlowRunnerImage, flow_runner_identity, flow_runner_image, publish,
+                                         repository_url)
 from stack.pins import pinned_prefect
 from stack.proc import StackError
 from stack.settings import StackSettings
@@ -47,12 +48,16 @@ def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credenti
         ecr.create_repository(repositoryName="p2aws/flow-runner", imageTagMutability="IMMUTABLE")
         url = repository_url(aws_settings)
     assert url.endswith(".dkr.ecr.eu-west-1.amazonaws.com/p2aws/flow-runner")
-    got = image_vars(aws_settings, "team/image:1", url)
-    assert got == {"prefect_worker_flow_runner_image": "team/image:1", "docker_ecr_registry": url.split("/")[0],
-                   "docker_stack_ca_registry": ""}
+    own = FlowRunnerImage.of(f"{url}:1", aws_settings)  # pushed there by the team
+    got = image_vars(aws_settings, own, url)
+    assert got == {"prefect_worker_flow_runner_image": f"{url}:1", "prefect_worker_flow_runner_image_required": True,
+                   "docker_ecr_registry": url.split("/")[0], "docker_stack_ca_registry": ""}
+    # Docker Hub's official image: a failed pull (rate limits) is left to the first run's.
+    official = image_vars(aws_settings, flow_runner_image(aws_settings), url)
+    assert official["prefect_worker_flow_runner_image_required"] is False
     local = aws_settings.model_copy(update={"target": "local"})
-    assert image_vars(local, "x:1", url)["docker_stack_ca_registry"] == url.split("/")[0]
-    assert image_vars(local, "x:1", url)["docker_ecr_registry"] == ""
+    assert image_vars(local, own, url)["docker_stack_ca_registry"] == url.split("/")[0]
+    assert image_vars(local, own, url)["docker_ecr_registry"] == ""
 
 
 def test_on_aws_the_official_image_and_its_extra_packages_follow_the_platforms_prefect(aws_settings):
