@@ -116,8 +116,8 @@ def _build_ahead(what: str, build, *args) -> None:
 
 def prebuild_local_images(settings: StackSettings) -> None:
     """Build what new hosts need ahead of time: the baked host image (the hosts step
-    waits for it) and the flow-runner image (configure pushes it to the stack's
-    repository, and the worker hosts pull it); both need only the base image. The bake is the longest build,
+    waits for it) and the flow-runner image, pushed to the stack's repository as soon as
+    provision has made it (the worker hosts pull it there); both need only the base image. The bake is the longest build,
     so it starts at once, beside the emulator's image. The flow-runner image, needed
     last, waits until the emulator's image (preflight waits for that one) is built:
     three builds side by side on two cores made the emulator's image take 43 to 49 s
@@ -131,12 +131,13 @@ def prebuild_local_images(settings: StackSettings) -> None:
 
 def _flow_runner_after_emulator(settings: StackSettings) -> None:
     from stack.localcloud.emulator import ensure_moto_image
-    from stack.localcloud.flow_runner import flow_runner_image
+    from stack.localcloud.flow_runner import flow_runner_image, publish_when_ready
 
     # Waits on the emulator's build when it is under way; builds it first otherwise.
     _build_ahead("emulator's image", ensure_moto_image, docker_client())
     flow_runner_image(settings)
-    ensure_image(docker_client(), "registry")  # the twin's ECR registry, which configure starts
+    ensure_image(docker_client(), "registry")  # the twin's ECR registry
+    publish_when_ready(settings)  # once provision has made the repository
 
 
 def start_prebuild(settings: StackSettings) -> bool:
