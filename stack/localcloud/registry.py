@@ -17,7 +17,9 @@ those as settings): it keeps every image pushed, about 450 MB per change of the 
 from __future__ import annotations
 
 import hashlib
+import io
 import ssl
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -67,9 +69,30 @@ def _running(client: docker.DockerClient, settings: StackSettings, host: str, im
         c.remove(force=True)
         return None
     if c.status != "running":
-        c.start()
+        try:
+            c.start()
+        except docker.errors.APIError:  # e.g. its network was removed: made again
+            c.remove(force=True)
+            return None
         c.reload()
     return c
+
+
+def _tls_archive(tls_folder) -> bytes:
+    """A tar of the folder ``tls/`` with the registry's certificate and key as config.yml
+    names them, to extract in TLS_DIR's parent."""
+    buf = io.BytesIO()
+    folder = TLS_DIR.rsplit("/", 1)[1]
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        entry = tarfile.TarInfo(folder)
+        entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(entry)
+        for src, name, mode in ((f"{CERT_STEM}.pem", "cert.pem", 0o644), (f"{CERT_STEM}.key", "key.pem", 0o600)):
+            data = (tls_folder / src).read_bytes()
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def ensure(settings: StackSettings, repository_url: str, timeout: float = 60) -> str:
@@ -87,18 +110,20 @@ def ensure(settings: StackSettings, repository_url: str, timeout: float = 60) ->
         get_logger().info("starting the registry %s (the stand-in for ECR's) as %s", container_name(settings), host)
         net = ensure_network(client, settings)
         _label_volume(client, settings)
-        c = client.containers.run(
-            image, name=container_name(settings), detach=True,
+        # The certificate and key are copied in, not bind-mounted: the container must start
+        # again with the engine (unless-stopped) whatever becomes of this state directory.
+        c = client.containers.create(
+            image, name=container_name(settings),
             ports={f"{INNER_PORT}/tcp": ("127.0.0.1", None)},  # a free loopback port, read back below
-            volumes={volume_name(settings): {"bind": IMAGES_DIR, "mode": "rw"},
-                     str((d / f"{CERT_STEM}.pem").resolve()): {"bind": f"{TLS_DIR}/cert.pem", "mode": "ro"},
-                     str((d / f"{CERT_STEM}.key").resolve()): {"bind": f"{TLS_DIR}/key.pem", "mode": "ro"}},
+            volumes={volume_name(settings): {"bind": IMAGES_DIR, "mode": "rw"}},
             labels={LABEL_PROJECT: settings.name_prefix, LABEL_ROLE: "registry",
                     "stack.registry-host": host, "stack.registry-cert": cert},
             restart_policy={"Name": "unless-stopped"}, network=net.name,
         )
+        c.put_archive(TLS_DIR.rsplit("/", 1)[0], _tls_archive(d))
         net.disconnect(c)
         net.connect(c, aliases=[host])
+        c.start()
     endpoint = f"127.0.0.1:{_published_port(c)}"
     _wait_answers(settings, endpoint, timeout)
     return endpoint
