@@ -16,6 +16,7 @@ from flows.provision import ProvisionOutputs
 from stack import aws, backups, capacity, platform, statebackend, steps, tls, upgrade
 from stack.ansible import AnsibleError, PlaybookResult, WaitsOnFailedHost, install_vars, run_playbook
 from stack.localcloud import flow_runner
+from stack.localcloud.registry import registry_host
 from stack.lock import exclusive
 from stack.proc import StackError
 from stack.localcloud import emulator
@@ -65,8 +66,6 @@ def image_vars(settings: StackSettings, image: flow_runner.FlowRunnerImage | Non
     role; on local the twin's registry, whose certificate the stack's CA signed. A failed
     pull of Prefect's official image (Docker Hub: rate limits) does not fail configure:
     the Docker worker pulls it at the first run."""
-    from stack.localcloud.registry import registry_host
-
     host = registry_host(repository_url) if repository_url else ""
     return {"prefect_worker_flow_runner_image": image.reference if image else "",
             "prefect_worker_flow_runner_image_required": image is None or image.extra_pip_packages is None,
@@ -166,7 +165,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     # The flow-runner image goes to the stack's repository before the playbook, whose
     # worker hosts pull it (bootstrap's prebuild has usually built it by now).
     repository = flow_runner.repository_url(settings)
-    image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings))
+    image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings), repository)
     variables = extravars(settings, ui_api_url, volume_id, image, repository)
     # The server certificate names every address clients use; a replaced server
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stack.pins import pinned_versions, platform_constraints
+from stack.localcloud import registry
 from stack.localcloud.images import docker_client, ensure_image, image_tag
 from stack.proc import StackError, get_logger
 from stack.settings import StackSettings
@@ -105,15 +106,15 @@ def repository_url(settings: StackSettings) -> str:
     return found[0]["repositoryUri"]
 
 
-def published_image(settings: StackSettings) -> FlowRunnerImage:
+def published_image(settings: StackSettings, url: str | None = None) -> FlowRunnerImage:
     """The image as the worker hosts know it, without building or pushing anything: on
-    local the stack's repository URL with the image's content tag (what ``publish``
-    pushes); on aws the configured image. What register, deploy and the benchmark use
-    when configure's output is not at hand (run alone)."""
+    local the stack's repository URL (``url``, or asked of ECR) with the image's content
+    tag (what ``publish`` pushes); on aws the configured image. What register, deploy
+    and the benchmark use when configure's output is not at hand (run alone)."""
     if settings.target != "local":
         return flow_runner_image(settings)
     tag = flow_runner_identity(settings)["content"].rsplit(":", 1)[1]
-    return FlowRunnerImage(f"{repository_url(settings)}:{tag}")
+    return FlowRunnerImage(f"{url or repository_url(settings)}:{tag}")
 
 
 # One push at a time in this process: bootstrap's prebuild pushes a new stack's image
@@ -124,58 +125,50 @@ _publishing = threading.Lock()
 def publish_when_ready(settings: StackSettings, timeout: float = 900) -> None:
     """Bootstrap's prebuild, on local: push the image as soon as the stack's CA (its
     secrets, made after preflight) and its repository (provision's data module) exist,
-    so that configure of the new hosts does not wait for the push (measured here: 10 to
-    20 s of gzip and TLS on the 2 cores, where streaming the image had cost none of
-    configure's time). Gives up quietly after ``timeout``: configure pushes then."""
+    so that configure of new hosts does not wait for the push (docs/performance.md).
+    Gives up quietly after ``timeout``: configure pushes then."""
     from stack import tls
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if tls.ca_file(settings).exists():
             try:
-                repository_url(settings)
+                url = repository_url(settings)
             except StackError:
                 pass
             else:
-                publish(settings, flow_runner_image(settings))
+                publish(settings, flow_runner_image(settings), url)
                 return
         time.sleep(2)
 
 
-def publish(settings: StackSettings, image: FlowRunnerImage) -> FlowRunnerImage:
-    """The image as the worker hosts pull it. On local: the built image pushed, under its
-    content tag, to the stack's repository (the twin's registry; nothing is pushed when
-    the repository has that tag already), and named by the repository's URL. On aws: the
-    configured image itself (Prefect's official one by default)."""
+def publish(settings: StackSettings, image: FlowRunnerImage, url: str) -> FlowRunnerImage:
+    """The image as the worker hosts pull it. On local: the built ``image`` pushed, under
+    its content tag, to the stack's repository at ``url`` (the twin's registry; nothing
+    is pushed when the repository has that tag already), and named by that URL. On aws:
+    the configured image itself (Prefect's official one by default)."""
     if settings.target != "local":
         return image
-    from stack.localcloud import registry
-
     with _publishing:
-        return _publish(settings, image, registry)
-
-
-def _publish(settings: StackSettings, image: FlowRunnerImage, registry) -> FlowRunnerImage:
-    published = published_image(settings)
-    url, tag = published.reference.rsplit(":", 1)
-    endpoint = registry.ensure(settings, url)
-    name = repository_name(settings)
-    _remove_old_archives()
-    if registry.has_image(settings, endpoint, name, tag):
+        published = published_image(settings, url)
+        tag = published.reference.rsplit(":", 1)[1]
+        endpoint = registry.ensure(settings, url)
+        name = repository_name(settings)
+        _remove_old_archives()
+        if registry.has_image(settings, endpoint, name, tag):
+            return published
+        pushed_as = f"{endpoint}/{name}:{tag}"
+        client = docker_client()
+        client.images.get(image.reference).tag(pushed_as)
+        try:
+            get_logger().info("pushing image %s to the stack's repository %s", image.reference, url)
+            done = subprocess.run(["docker", "push", "--quiet", pushed_as], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise StackError(f"could not push image {image.reference} to {endpoint} (the stand-in for {url}): "
+                                 f"{done.stderr.strip()}; see: docker logs {registry.container_name(settings)}")
+        finally:
+            client.images.remove(pushed_as)  # only the name: the builder's tag keeps the image
         return published
-    pushed_as = f"{endpoint}/{name}:{tag}"
-    client = docker_client()
-    client.images.get(image.reference).tag(pushed_as)
-    try:
-        log = get_logger()
-        log.info("pushing image %s to the stack's repository %s", image.reference, url)
-        done = subprocess.run(["docker", "push", "--quiet", pushed_as], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise StackError(f"could not push image {image.reference} to {endpoint} (the stand-in for {url}): "
-                             f"{done.stderr.strip()}; see: docker logs {registry.container_name(settings)}")
-    finally:
-        client.images.remove(pushed_as)  # only the name: the builder's tag keeps the image
-    return published
 
 
 def _remove_old_archives() -> None:

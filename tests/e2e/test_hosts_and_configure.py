@@ -180,7 +180,7 @@ def test_the_flow_runner_image_is_in_the_stacks_repository_and_worker_hosts_pull
     endpoint = registry.ensure(s, url)
     assert registry.has_image(s, endpoint, repository_name(s), reference.rsplit(":", 1)[1])
     assert not registry.has_image(s, endpoint, repository_name(s), "0000deadbeef")
-    assert publish(s, flow_runner_image(s)).reference == reference
+    assert publish(s, flow_runner_image(s), url).reference == reference
 
 
 def test_a_base_image_build_that_cannot_reach_its_mirror_says_why_and_leaves_no_image():

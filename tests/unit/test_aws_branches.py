@@ -34,7 +34,7 @@ def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_pushed(aw
     image = flow_runner_image(aws_settings)
     assert image.reference == official
     assert image.extra_pip_packages.startswith("prefect-aws==") and " s3fs==" in image.extra_pip_packages
-    assert publish(aws_settings, image) is image  # no Docker engine on the operator's machine
+    assert publish(aws_settings, image, "unused") is image  # no Docker engine on the operator's machine
 
 
 def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credential_helper(aws_settings):
