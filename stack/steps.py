@@ -71,6 +71,11 @@ STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
 # they are left out of the settings a key hashes.
 CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "schedule_timezone", "teardown_grace_minutes",
                           "backup_cron", "safety_stop", "lock_wait_seconds", "control_plane_port"}
+# Settings that reach no input of a step, left out of that step's key. Terraform is
+# given no Prefect version and no worker concurrency (what the hosts boot is
+# host_image_version, in provision's STEP_VALUES): an upgrade or a new concurrency plans
+# nothing, and skips provision's half a minute of Terraform.
+SETTINGS_NOT_READ: dict[str, set[str]] = {"provision": {"prefect_version", "worker_concurrency"}}
 # Fields of step results that differ from run to run without meaning a different product.
 VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts",
                    "upgrade", "started_instances"}
@@ -104,7 +109,8 @@ def step_key(step: str, settings: StackSettings, inputs: tuple = (), values: dic
     if values is None:
         values = STEP_VALUES[step](settings) if step in STEP_VALUES else {}
     h.update(json.dumps(values, sort_keys=True).encode())
-    used = {k: v for k, v in settings.model_dump(mode="json").items() if k not in CONTROL_PLANE_SETTINGS}
+    left_out = CONTROL_PLANE_SETTINGS | SETTINGS_NOT_READ.get(step, set())
+    used = {k: v for k, v in settings.model_dump(mode="json").items() if k not in left_out}
     h.update(json.dumps(used, sort_keys=True).encode())
     if step == "configure":
         # A new auth string must reach the hosts' env files (hashed, never stored); so must

@@ -118,9 +118,10 @@ def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4(stack, r
 
 def test_a_failed_step_stops_bootstrap_and_the_next_one_starts_there(stack, repo_copy):
     # Valid YAML that fails when it runs (a YAML error is refused before anything runs:
-    # tests/unit/test_bad_inputs.py).
-    tasks = repo_copy / "ansible/roles/prefect_worker/tasks/main.yml"
-    tasks.write_text(tasks.read_text() + "\n- name: Fail on purpose\n  ansible.builtin.fail:\n    msg: broken by the test\n")
+    # tests/unit/test_bad_inputs.py), as every host's first task: the failed configure
+    # ends in seconds. (This file is not one the bake reads, so the hosts stay.)
+    tasks = repo_copy / "ansible/roles/base_system/tasks/main.yml"
+    tasks.write_text("- name: Fail on purpose\n  ansible.builtin.fail:\n    msg: broken by the test\n\n" + tasks.read_text())
     failed = run_in(repo_copy, check=False)
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()

@@ -1,5 +1,6 @@
 """The Prefect platform on the hosts, end to end: every runbook case, basic auth, no
-secret in anything the stack wrote, idempotent register and deploy."""
+secret in anything the stack wrote, the pools' job templates. (Register and deploy run
+twice and leave the same objects: tests/e2e/test_provision.py, in the forced bootstrap.)"""
 
 from __future__ import annotations
 
@@ -158,8 +159,8 @@ def test_no_secret_in_logs_artifacts_or_flow_run_logs(stack):
     assert leaks == []
 
 
-def _platform_objects(stack) -> dict:
-    s = stack["settings"]
+def platform_objects(s) -> dict:
+    """What register and deploy make: blocks, pools (their job templates), queues, deployments."""
 
     async def read() -> dict:
         async with platform.prefect_client(s, platform.api_url(s)) as client:
@@ -180,19 +181,16 @@ def _platform_objects(stack) -> dict:
     return asyncio.run(read())
 
 
-def test_register_and_deploy_twice_leave_the_same_objects(stack):
-    before = _platform_objects(stack)
-    assert len(before["deployments"]) == 4 and len(before["pools"]) == 3
+def test_every_pool_starts_its_runs_with_the_engine_and_says_what_it_is_for(stack):
+    objects = platform_objects(stack["settings"])
+    assert len(objects["deployments"]) == 4 and len(objects["pools"]) == 3
     # Every pool starts its flow runs with the engine itself, in one interpreter.
     commands = {name: json.loads(template)["variables"]["properties"]["command"]["default"]
-                for _, name, template in before["pools"]}
+                for _, name, template in objects["pools"]}
     assert set(commands.values()) == {ENGINE_COMMAND}, commands
     # The UI says what each pool is for, and why the operator's is Not Ready between smokes.
-    assert before["pool_descriptions"] == platform.POOL_DESCRIPTIONS
-    assert "Not Ready" in before["pool_descriptions"][platform.OPERATOR_POOL]
-    assert result_json(run_step("flows.register"))["work_pools"]["process"] == ["default", "dev"]
-    run_step("flows.deploy")
-    assert _platform_objects(stack) == before
+    assert objects["pool_descriptions"] == platform.POOL_DESCRIPTIONS
+    assert "Not Ready" in objects["pool_descriptions"][platform.OPERATOR_POOL]
 
 
 def test_control_plane_serves_every_step_and_its_run_button_works(stack):

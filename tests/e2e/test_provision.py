@@ -8,6 +8,7 @@ import pytest
 
 from stack import aws, statebackend
 from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
+from tests.e2e.test_platform import platform_objects
 
 pytestmark = pytest.mark.e2e
 
@@ -96,8 +97,13 @@ def test_second_bootstrap_skips_every_step_and_force_runs_them_all(stack):
     assert second["smoke"]["health_only"] is True
     assert {c["case"] for c in second["smoke"]["cases"]} == {"worker p2test-ec2-1-process", "worker p2test-ec2-1-docker"}
 
+    # --force runs every step again, register and deploy a second time: they leave the
+    # same objects (the same ids, job templates, queues and deployments), none added.
+    objects = platform_objects(stack["settings"])
     forced = result_json(run_step("flows.bootstrap", "--force"))
     assert all(s["outcome"] == "ran" for s in forced["steps"] if s["step"] != "restore"), forced["steps"]
+    assert forced["registration"]["work_pools"]["process"] == ["default", "dev"]
+    assert platform_objects(stack["settings"]) == objects
     assert forced["smoke"]["health_only"] is False
     assert forced["provision"]["applied"] is False
     # Per root module (data, compute): init skipped, one plan, one output, no apply.

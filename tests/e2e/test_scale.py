@@ -100,7 +100,7 @@ def test_two_worker_hosts_share_the_runs_and_scaling_back_crashes_what_was_in_fl
 
     limits, workers = asyncio.run(pools_and_workers(s, url))
     assert limits == {platform.PROCESS_POOL: default, platform.DOCKER_POOL: default}  # the default, one host
-    # The server marks a worker offline after three missed heartbeats (30 s each).
+    # The server marks a worker offline after three missed heartbeats (10 s each here).
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         _, workers = asyncio.run(pools_and_workers(s, url))

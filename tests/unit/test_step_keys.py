@@ -107,3 +107,19 @@ def test_provisions_key_follows_the_terraform_files_not_their_docs_or_tests(tmp_
     with (copy / "terraform" / "data" / "variables.tf").open("a") as f:
         f.write("# a comment\n")
     assert steps.step_key("provision", settings) != before
+
+
+def test_a_new_prefect_version_or_concurrency_keeps_provisions_key_and_changes_configures(tmp_path):
+    """Terraform is given neither: an upgrade plans nothing, so provision is skipped; the
+    hosts' virtualenvs and workers get them through configure."""
+    from stack import steps
+    from stack.settings import StackSettings
+
+    base = dict(target="local", state_dir=tmp_path / "state", name_prefix="keytest")
+    settings = StackSettings(**base)
+    for change in ({"prefect_version": "3.8.8"}, {"worker_concurrency": 2}):
+        changed = StackSettings(**base, **change)
+        assert steps.step_key("provision", changed) == steps.step_key("provision", settings), change
+        assert (steps.step_key("configure", changed, values={})
+                != steps.step_key("configure", settings, values={})), change
+    assert steps.step_key("provision", StackSettings(**base, worker_count=2)) != steps.step_key("provision", settings)
