@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
 from stack import aws, backups, capacity, platform, statebackend, steps, tls, upgrade
-from stack.ansible import AnsibleError, PlaybookResult, WaitsOnFailedHost, install_vars, run_playbook
+from stack.ansible import AnsibleError, HostRecap, PlaybookResult, WaitsOnFailedHost, install_vars, run_playbook
 from stack.localcloud import flow_runner
 from stack.localcloud.registry import registry_host
 from stack.lock import exclusive
@@ -146,11 +146,60 @@ def _read_record(settings: StackSettings) -> dict:
         return {}
 
 
+def recap_row(r: HostRecap) -> dict[str, int]:
+    return {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
+
+
+class HostsUnreachable(AnsibleError):
+    """The playbook could not reach some hosts (or lost its connection to them) and no
+    task failed: worth running again, which configure's task does (its retries)."""
+
+
+def _unreachable_only(task, task_run, state) -> bool:
+    """Prefect's retry condition of apply_playbook: retry a lost connection, never a
+    task that failed (that needs a fix)."""
+    try:
+        state.result()
+    except HostsUnreachable:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is final
+        return False
+    return False
+
+
+@task(name="ansible_playbook", retries=UNREACHABLE_RETRIES, retry_delay_seconds=UNREACHABLE_DELAY_SECONDS,
+      retry_condition_fn=_unreachable_only, cache_policy=NO_CACHE)
+def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limit: str | None,
+                   servers: frozenset[str]) -> tuple[PlaybookResult, int]:
+    """Run ``playbook`` on ``limit`` (None: every host); the result and which attempt it
+    was. A host that could not be reached, or whose connection was lost, fails the
+    attempt with HostsUnreachable, and Prefect runs it again (a host still booting, an
+    SSH connection reset); the hosts that did converge change nothing the second time."""
+    from prefect.runtime import task_run
+
+    attempt = task_run.run_count or 1
+    if attempt > 1:
+        get_run_logger().warning("attempt %d of %d of the playbook (a host was unreachable)", attempt,
+                                 UNREACHABLE_RETRIES + 1)
+    # A server host that failed (its server keeps exiting) stops the worker hosts' wait
+    # for its API at once, rather than after the wait's two minutes.
+    waits = WaitsOnFailedHost(servers, frozenset({WORKER_WAITS_FOR_SERVER}))
+    result = run_playbook(settings, playbook, extravars=variables, limit=limit,
+                          secrets=(platform.auth_string(settings),), waits=waits)
+    create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", description=f"Ansible recap of {playbook}",
+                          table=[{"host": h, **recap_row(r)} for h, r in sorted(result.recap.items())])
+    if result.first_failure or result.status != "successful":
+        host, failed_task, msg = result.first_failure or ("-", playbook, result.status)
+        failure = HostsUnreachable if result.hosts_to_retry() else AnsibleError
+        raise failure(f"configure failed on host {host}, task '{failed_task}': {msg}")
+    return result, attempt
+
+
 @flow(name="configure")
 @exclusive
 def configure(settings: StackSettings | None = None, provisioned: ProvisionOutputs | None = None,
               booted: HostsReport | None = None, playbook: str = PLAYBOOK) -> ConfigureReport:
-    """Configure every host with Ansible; retry unreachable hosts a bounded number of times.
+    """Configure every host with Ansible (its playbook task retries unreachable hosts).
 
     ``provisioned`` and ``booted`` are the earlier steps' outputs (the data volume to
     mount, the hosts just created); run alone, it configures whatever the inventory finds."""
@@ -190,33 +239,12 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
     try:
         recap: dict[str, dict[str, int]] = {}
-        limit = ",".join(scope) if scope else None
-        result: PlaybookResult | None = None
         attempts = 0
-        runs_allowed = 0 if scope == [] else 1 + UNREACHABLE_RETRIES
-        for attempts in range(1, runs_allowed + 1):
-            # A server host that failed (its server keeps exiting) stops the worker hosts'
-            # wait for its API at once, rather than after the wait's two minutes.
-            waits = WaitsOnFailedHost(frozenset(i["name"] for i in running if i["role"] == "server"),
-                                      frozenset({WORKER_WAITS_FOR_SERVER}))
-            result = run_playbook(settings, playbook, extravars=variables, limit=limit,
-                                  secrets=(platform.auth_string(settings),), waits=waits)
-            for host, r in result.recap.items():
-                recap[host] = {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
-            retry = result.hosts_to_retry()
-            if retry and attempts <= UNREACHABLE_RETRIES:
-                limit = ",".join(retry)
-                log.warning("unreachable or lost connection: %s; retrying in %d s (attempt %d of %d)",
-                            limit, UNREACHABLE_DELAY_SECONDS, attempts + 1, UNREACHABLE_RETRIES + 1)
-                time.sleep(UNREACHABLE_DELAY_SECONDS)
-                continue
-            break
-        rows = [{"host": h, **v} for h, v in sorted(recap.items())]
-        create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", table=rows,
-                              description=f"Ansible recap of {playbook}")
-        if result is not None and (result.first_failure or result.status != "successful"):
-            host, task, msg = result.first_failure or ("-", playbook, result.status)
-            raise AnsibleError(f"configure failed on host {host}, task '{task}': {msg}")
+        if scope != []:
+            servers = frozenset(i["name"] for i in running if i["role"] == "server")
+            result, attempts = apply_playbook(settings, playbook, variables, ",".join(scope) if scope else None,
+                                              servers)
+            recap = {host: recap_row(r) for host, r in result.recap.items()}
         if not recap and scope != []:
             raise AnsibleError("the inventory found no hosts: are the instances running and tagged "
                                f"Project={settings.name_prefix}? (python -m flows.status)")

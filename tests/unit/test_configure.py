@@ -4,6 +4,8 @@ again for lost ids. No hosts, no Ansible run, no Docker."""
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_a_scale_out_configures_only_the_new_hosts_a_scale_in_none_and_anything_else_all():
     from flows.configure import hosts_needing_playbook as scope
@@ -180,3 +182,46 @@ def test_real_ansible_stops_a_wait_on_a_failed_host(tmp_path):
     assert left() == []
     assert result.first_failure == ("srv", "Fail on the awaited host", "the server keeps exiting")
     assert result.recap["srv"].failed == 1 and result.hosts_to_retry() == []  # a failed task: no retry
+
+
+def test_the_playbook_task_runs_again_while_hosts_are_unreachable_and_never_after_a_failed_task(monkeypatch):
+    """Prefect's own retries (flows/configure.py apply_playbook): a run with an
+    unreachable host is retried, a failed task stops at once with the host, task and
+    message. Runs the real task (and Prefect's retry machinery) with a scripted playbook."""
+    import flows.configure as configure
+    from stack.ansible import AnsibleError, HostRecap, PlaybookResult
+    from stack.settings import StackSettings
+
+    dark = PlaybookResult("site.yml", "failed", recap={"s": HostRecap(ok=5), "w": HostRecap(unreachable=1)},
+                          unreachable_hosts=["w"])
+    fine = PlaybookResult("site.yml", "successful", recap={"s": HostRecap(ok=5), "w": HostRecap(ok=7, changed=2)})
+    broken = PlaybookResult("site.yml", "failed", recap={"s": HostRecap(ok=3, failed=1)},
+                            first_failure=("s", "Install nginx", "No package matching 'ngnix'"))
+    script: list[PlaybookResult] = []
+    calls: list[str | None] = []
+
+    def scripted(settings, playbook, extravars, limit, secrets, waits):
+        calls.append(limit)
+        return script.pop(0)
+
+    monkeypatch.setattr(configure, "run_playbook", scripted)
+    monkeypatch.setattr(configure.platform, "auth_string", lambda s: "not-a-secret")
+    monkeypatch.setattr(configure, "create_table_artifact", lambda **kw: None)
+    task = configure.apply_playbook.with_options(retry_delay_seconds=0)
+
+    def run_it():
+        return task(StackSettings(name_prefix="retrytest"), "site.yml", {}, None, frozenset({"s"}))
+
+    script[:] = [dark, dark, fine]
+    result, attempt = run_it()
+    assert (result, attempt, len(calls)) == (fine, 3, 3)
+
+    script[:], calls[:] = [broken, fine], []
+    with pytest.raises(AnsibleError, match="host s, task 'Install nginx': No package matching 'ngnix'"):
+        run_it()
+    assert len(calls) == 1
+
+    script[:], calls[:] = [dark] * (configure.UNREACHABLE_RETRIES + 1), []
+    with pytest.raises(configure.HostsUnreachable):
+        run_it()
+    assert len(calls) == configure.UNREACHABLE_RETRIES + 1
