@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import tempfile
+import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -24,6 +28,8 @@ from stack.oncalendar import host_timers
 from stack.settings import StackSettings, load_settings
 
 PLAYBOOK = "site.yml"
+# Builds the flow-runner image on a worker host (STACK_FLOW_RUNNER_BUILD=host; aws).
+BUILD_PLAYBOOK = "flow_runner_image.yml"
 # The worker role's task that waits for the server's API (ansible/roles/prefect_worker).
 WORKER_WAITS_FOR_SERVER = "Wait until the Prefect API answers from this host"
 # Which machines the last successful configure converged, and with what configuration.
@@ -170,7 +176,7 @@ def _unreachable_only(task, task_run, state) -> bool:
 @task(name="ansible_playbook", retries=UNREACHABLE_RETRIES, retry_delay_seconds=UNREACHABLE_DELAY_SECONDS,
       retry_condition_fn=_unreachable_only, cache_policy=NO_CACHE)
 def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limit: str | None,
-                   servers: frozenset[str]) -> tuple[PlaybookResult, int]:
+                   servers: frozenset[str], secrets: tuple[str, ...] = ()) -> tuple[PlaybookResult, int]:
     """Run ``playbook`` on ``limit`` (None: every host); the result and which attempt it
     was. A host that could not be reached, or whose connection was lost, fails the
     attempt with HostsUnreachable, and Prefect runs it again (a host still booting, an
@@ -185,7 +191,7 @@ def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limi
     # for its API at once, rather than after the wait's two minutes.
     waits = WaitsOnFailedHost(servers, frozenset({WORKER_WAITS_FOR_SERVER}))
     result = run_playbook(settings, playbook, extravars=variables, limit=limit,
-                          secrets=(platform.auth_string(settings),), waits=waits)
+                          secrets=(platform.auth_string(settings), *secrets), waits=waits)
     create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", description=f"Ansible recap of {playbook}",
                           table=[{"host": h, **recap_row(r)} for h, r in sorted(result.recap.items())])
     if result.first_failure or result.status != "successful":
@@ -193,6 +199,37 @@ def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limi
         failure = HostsUnreachable if result.hosts_to_retry() else AnsibleError
         raise failure(f"configure failed on host {host}, task '{failed_task}': {msg}")
     return result, attempt
+
+
+def build_flow_runner_image(settings: StackSettings, image: flow_runner.FlowRunnerImage, repository: str,
+                            variables: dict, running: list[dict]) -> None:
+    """The stack's flow-runner image built on the first worker host and pushed to the
+    stack's repository, unless the repository has its tag (a new image: a new Prefect,
+    new pins, a changed Dockerfile). The push logs in with the operator's ECR token,
+    handed to Ansible in a 0600 file deleted after the run (never in its variables,
+    environment or logs): the instance role may only pull."""
+    log = get_run_logger()
+    tag = image.reference.rsplit(":", 1)[1]
+    if flow_runner.in_repository(settings, repository, tag):
+        return
+    workers = sorted(i["name"] for i in running if i["role"] == "worker")
+    if not workers:
+        raise StackError(f"the flow-runner image {image.reference} is not in the stack's repository and no worker "
+                         "host runs to build it: python -m flows.bootstrap makes the hosts first")
+    if settings.target == "local":
+        flow_runner.ensure_docker_hub_stand_in(settings, repository)
+    user, password = flow_runner.registry_login(settings)
+    log.info("building the flow-runner image %s on %s: the repository lacks it", image.reference, workers[0])
+    started = time.monotonic()
+    fd, name = tempfile.mkstemp(dir=settings.state_path, prefix=".registry-token-")
+    try:
+        with os.fdopen(fd, "w") as f:  # mkstemp makes it 0600
+            f.write(password)
+        build_vars = {**variables, **flow_runner.host_build_vars(settings, image, repository, Path(name), user)}
+        apply_playbook(settings, BUILD_PLAYBOOK, build_vars, workers[0], frozenset(), secrets=(password,))
+    finally:
+        os.unlink(name)
+    log.info("built and pushed %s on %s in %.0f s", image.reference, workers[0], time.monotonic() - started)
 
 
 @flow(name="configure")
@@ -212,9 +249,13 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     volume_id = provisioned.data_volume.id if provisioned else None
     platform.make_stack_secrets(settings)  # made once per stack (run alone, configure may be first)
     # The flow-runner image goes to the stack's repository before the playbook, whose
-    # worker hosts pull it (bootstrap's prebuild has usually built it by now).
+    # worker hosts pull it: pushed from here (local; bootstrap's prebuild has usually
+    # built it by now), or built on a worker host below (aws).
     repository = flow_runner.repository_url(settings)
-    image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings), repository)
+    if flow_runner.builds_on_host(settings):
+        image = flow_runner.published_image(settings, repository)
+    else:
+        image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings), repository)
     variables = extravars(settings, ui_api_url, volume_id, image, repository)
     # The server certificate names every address clients use; a replaced server
     # instance (new IPs on aws) gets a new one, and the playbook delivers it.
@@ -234,6 +275,8 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
                  "settings and files", ", ".join(scope))
     elif scope == []:
         log.info("every host was configured with the same settings and files: no playbook to run")
+    if flow_runner.builds_on_host(settings):
+        build_flow_runner_image(settings, image, repository, variables, running)
     server_is_new = booted is not None and platform.server_host(settings) in booted.created
     upgraded = _prepare_upgrade(settings, change, ui_api_url, server_is_new) if change.is_upgrade else None
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded

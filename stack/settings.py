@@ -109,10 +109,17 @@ class StackSettings(BaseSettings):
     )
     flow_runner_image: str | None = Field(
         None,
-        description="Image of the Docker work pool, pulled by the worker hosts. On aws: default Prefect's "
-                    "official image of STACK_PREFECT_VERSION (prefecthq/prefect:<version>-python3.12), or an image you "
-                    "pushed to the stack's ECR repository. On local the image built here, pushed to the stack's "
-                    "repository, is used (this name only tags it on this machine).",
+        description="Image of the Docker work pool, pulled by the worker hosts. Default: the image the stack "
+                    "builds and pushes to its ECR repository. On aws you may name an image of your own instead "
+                    "(pushed to that repository, or any the worker hosts can pull); on local this name only tags "
+                    "the image built here.",
+    )
+    flow_runner_build: Literal["operator", "host"] | None = Field(
+        None,
+        description="Where the stack builds the flow-runner image when its repository lacks it: `host`, on the "
+                    "first worker host, pushed with the operator's short-lived ECR token (aws, and the only choice "
+                    "there: no Docker engine needed here); `operator`, on this machine's Docker engine (the "
+                    "default on local). `host` on local takes the aws path on the twin.",
     )
     prefect_version: str | None = Field(
         None, validate_default=True,
@@ -300,6 +307,12 @@ class StackSettings(BaseSettings):
             raise ValueError(
                 f"availability_zone: {self.availability_zone} is not in region {self.region}; use one like {self.region}a"
             )
+        if self.target == "aws" and self.flow_runner_build == "operator":
+            raise ValueError(
+                "flow_runner_build: on aws the stack builds the flow-runner image on a worker host (this machine "
+                "needs no Docker engine); unset STACK_FLOW_RUNNER_BUILD, or name your own image in "
+                "STACK_FLOW_RUNNER_IMAGE"
+            )
         if self.target == "local" and self.ssh_user != "admin":
             raise ValueError(
                 f"ssh_user: the emulated hosts' login user is admin (cloud-init's default user in their image), "
@@ -323,6 +336,10 @@ class StackSettings(BaseSettings):
         return self
 
     # --- derived values ---------------------------------------------------------------
+    @property
+    def effective_flow_runner_build(self) -> str:
+        return self.flow_runner_build or ("operator" if self.target == "local" else "host")
+
     @property
     def effective_operator_cidr(self) -> str:
         return self.operator_cidr or "127.0.0.1/32"

@@ -131,13 +131,14 @@ def prebuild_local_images(settings: StackSettings) -> None:
 
 def _flow_runner_after_emulator(settings: StackSettings) -> None:
     from stack.localcloud.emulator import ensure_moto_image
-    from stack.localcloud.flow_runner import flow_runner_image, publish_when_ready
+    from stack.localcloud.flow_runner import builds_on_host, flow_runner_image, publish_when_ready
 
     # Waits on the emulator's build when it is under way; builds it first otherwise.
     _build_ahead("emulator's image", ensure_moto_image, docker_client())
-    flow_runner_image(settings)
     ensure_image(docker_client(), "registry")  # the twin's ECR registry
-    publish_when_ready(settings)  # once provision has made the repository
+    if not builds_on_host(settings):  # else a worker host builds it, in configure
+        flow_runner_image(settings)
+        publish_when_ready(settings)  # once provision has made the repository
 
 
 def start_prebuild(settings: StackSettings) -> bool:

@@ -90,30 +90,52 @@ def _host_has_image(host: str, image: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_a_changed_flow_runner_image_reaches_the_docker_pool_and_case_4(stack, repo_copy):
+def test_a_changed_flow_runner_image_is_built_on_a_worker_host_and_reaches_the_docker_pool_and_case_4(
+        stack, repo_copy):
     """The bug of issue 27: configure loaded a new image, register and deploy were skipped
     (their keys did not hash it), so the pool kept the old tag and case 4 failed on the
     next new worker host, which has only the new one. The pool and case 4's deployment
     now name the new tag. (A worker host created later gets the current image and runs
-    case 4: tests/e2e/test_durability.py, the lost-machines test.)"""
+    case 4: tests/e2e/test_durability.py, the lost-machines test.)
+
+    The new image is made the way aws makes it (STACK_FLOW_RUNNER_BUILD=host): the
+    repository lacks its tag, so the first worker host builds it on Debian (the twin's
+    registry stands in for Docker Hub) and pushes it with the operator's ECR token, which
+    is left nowhere: not in the state directory (Ansible's artifacts), not on the host."""
     from stack import aws
+    from stack.localcloud.flow_runner import registry_login, repository_url
 
     s = stack["settings"]
     old_image = stack["first_bootstrap"]["configure"]["flow_runner_image"]
     dockerfile = repo_copy / "stack/localcloud/images/flow-runner/Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "# one line more: a new content hash, a new tag\n")
 
-    report = result_json(run_in(repo_copy))
+    proc = run_step("flows.bootstrap", cwd=repo_copy, env=clean_env(**TEST_STACK_ENV, STACK_FLOW_RUNNER_BUILD="host"))
+    report = result_json(proc)
     got = outcomes(report)
     new_image = report["configure"]["flow_runner_image"]
-    assert new_image != old_image
+    assert new_image != old_image and new_image.startswith(repository_url(s) + ":host-"), new_image
     assert (got["configure"], got["register"], got["deploy"]) == ("ran", "ran", "ran"), got
     assert _docker_images_in_use(stack) == (new_image, new_image)
     worker = next(i for i in aws.running_hosts(s, "worker"))["name"]
+    assert f"building the flow-runner image {new_image} on {worker}" in proc.stderr
     assert _host_has_image(worker, new_image)
+    assert subprocess.run(["docker", "image", "inspect", new_image], capture_output=True).returncode != 0, \
+        "the operator's machine built the image"
     cases = {c["case"]: c for c in report["smoke"]["cases"]}
     assert report["smoke"]["health_only"] is False
     assert cases["case4-s3-docker"]["ok"] is True, cases["case4-s3-docker"]
+
+    _, token = registry_login(s)
+    holding = [str(p) for p in s.state_path.rglob("*") if p.is_file() and not p.is_symlink()
+               and "terraform-plugin-cache" not in p.parts and token.encode() in p.read_bytes()]
+    assert holding == []
+    on_host = subprocess.run(["docker", "exec", worker, "grep", "-rls", token, "/root", "/tmp", "/var/tmp"],
+                             capture_output=True, text=True)
+    assert on_host.stdout == "", on_host.stdout
+    left = subprocess.run(["docker", "exec", worker, "sh", "-c", "ls -d /tmp/ansible.*-push /var/tmp/flow-runner-build"],
+                          capture_output=True, text=True)
+    assert left.stdout == "", f"the push's login or build folder is left on {worker}: {left.stdout}"
 
 
 def test_a_failed_step_stops_bootstrap_and_the_next_one_starts_there(stack, repo_copy):

@@ -13,8 +13,8 @@ from moto import mock_aws
 
 from stack import checks, cloudstate, statebackend, steps, terraform
 from stack.localcloud import emulator
-from stack.localcloud.flow_runner import (FlowRunnerImage, flow_runner_identity, flow_runner_image, publish,
-                                         repository_url)
+from stack.localcloud.flow_runner import (FlowRunnerImage, flow_runner_identity, flow_runner_image, official_image,
+                                         publish, repository_url)
 from stack.pins import pinned_prefect
 from stack.proc import StackError
 from stack.settings import StackSettings
@@ -28,13 +28,48 @@ def aws_settings(tmp_path, monkeypatch) -> StackSettings:
                          ami_id="ami-0123456789abcdef0", state_dir=tmp_path, name_prefix="p2aws")
 
 
-def test_on_aws_the_docker_pool_uses_the_official_image_and_nothing_is_pushed(aws_settings):
-    official = f"prefecthq/prefect:{pinned_prefect()}-python3.12"
-    assert flow_runner_identity(aws_settings) == {"reference": official}
-    image = flow_runner_image(aws_settings)
-    assert image.reference == official
-    assert image.extra_pip_packages.startswith("prefect-aws==") and " s3fs==" in image.extra_pip_packages
-    assert publish(aws_settings, image, "unused") is image  # no Docker engine on the operator's machine
+def test_on_aws_the_stacks_image_is_built_on_a_worker_host_and_named_by_its_repository(aws_settings):
+    from stack.localcloud.flow_runner import builds_on_host, host_build_base, host_build_tag, published_image
+
+    url = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/p2aws/flow-runner"
+    tag = host_build_tag(aws_settings)
+    assert builds_on_host(aws_settings) and flow_runner_identity(aws_settings) == {"content": tag, "built_on": "host"}
+    assert published_image(aws_settings, url) == FlowRunnerImage(f"{url}:{tag}")  # nothing installed at start
+    assert host_build_base(aws_settings, url) == "debian:bookworm-slim"
+    with pytest.raises(StackError, match="built on a worker host, not here"):
+        flow_runner_image(aws_settings)  # no Docker engine on the operator's machine
+    # The same inputs give the same tag on the twin, whose registry stands in for Docker Hub.
+    local = aws_settings.model_copy(update={"target": "local", "flow_runner_build": "host"})
+    assert host_build_tag(local) == tag and builds_on_host(local)
+    assert host_build_base(local, url) == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/library/debian:bookworm-slim"
+    assert host_build_tag(aws_settings.model_copy(update={"prefect_version": "3.8.8"})) != tag
+    # A team's own image is used as it is: nothing is built.
+    own = aws_settings.model_copy(update={"flow_runner_image": f"{url}:ours"})
+    assert not builds_on_host(own) and flow_runner_identity(own) == {"reference": f"{url}:ours"}
+    assert publish(own, flow_runner_image(own), url).reference == f"{url}:ours"
+
+
+def test_on_aws_an_operator_build_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="flow_runner_build: on aws the stack builds the flow-runner image on a "
+                                         "worker host"):
+        StackSettings(target="aws", region="eu-west-1", operator_cidr="203.0.113.0/24", state_dir=tmp_path,
+                      ami_id="ami-0123456789abcdef0", name_prefix="p2aws", flow_runner_build="operator")
+
+
+def test_the_push_logs_in_with_the_operators_ecr_token_and_looks_for_the_tag_in_ecr(aws_settings):
+    from stack.localcloud.flow_runner import in_repository, registry_login
+
+    with mock_aws():
+        ecr = boto3.client("ecr", region_name="eu-west-1")
+        url = ecr.create_repository(repositoryName="p2aws/flow-runner")["repository"]["repositoryUri"]
+        user, password = registry_login(aws_settings)
+        assert user == "AWS" and password
+        assert in_repository(aws_settings, url, "host-0123456789ab") is False
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "config": {}, "layers": []}
+        ecr.put_image(repositoryName="p2aws/flow-runner", imageManifest=json.dumps(manifest),
+                      imageTag="host-0123456789ab")
+        assert in_repository(aws_settings, url, "host-0123456789ab") is True
 
 
 def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credential_helper(aws_settings):
@@ -53,7 +88,7 @@ def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credenti
     assert got == {"prefect_worker_flow_runner_image": f"{url}:1", "prefect_worker_flow_runner_image_required": True,
                    "docker_ecr_registry": url.split("/")[0], "docker_stack_ca_registry": ""}
     # Docker Hub's official image: a failed pull (rate limits) is left to the first run's.
-    official = image_vars(aws_settings, flow_runner_image(aws_settings), url)
+    official = image_vars(aws_settings, FlowRunnerImage.of(official_image(aws_settings), aws_settings), url)
     assert official["prefect_worker_flow_runner_image_required"] is False
     local = aws_settings.model_copy(update={"target": "local"})
     assert image_vars(local, own, url)["docker_stack_ca_registry"] == url.split("/")[0]
@@ -62,7 +97,7 @@ def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credenti
 
 def test_on_aws_the_official_image_and_its_extra_packages_follow_the_platforms_prefect(aws_settings):
     settings = aws_settings.model_copy(update={"prefect_version": "3.8.8"})
-    image = flow_runner_image(settings)
+    image = FlowRunnerImage.of(official_image(settings), settings)
     assert image.reference == "prefecthq/prefect:3.8.8-python3.12"
     # prefect-aws of 3.8.8's lock, not of constraints.txt
     lock = (steps.REPO_ROOT / "locks" / "prefect-3.8.8.txt").read_text()
