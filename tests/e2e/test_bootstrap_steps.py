@@ -36,12 +36,18 @@ def run_in(copy: Path, *args: str, check: bool = True):
     return run_step("flows.bootstrap", *args, cwd=copy, check=check)
 
 
-def test_a_changed_role_reruns_configure_and_not_what_it_does_not_feed(stack, repo_copy):
+def test_a_changed_role_reruns_configure_which_changes_nothing_and_not_what_it_does_not_feed(stack, repo_copy):
     defaults = repo_copy / "ansible/roles/base_system/defaults/main.yml"
     defaults.write_text(defaults.read_text() + "# a comment changes the role's files, not what it does\n")
     report = result_json(run_in(repo_copy))
     got = outcomes(report)
     assert (got["provision"], got["hosts"], got["configure"]) == ("skipped", "skipped", "ran"), got
+    # The whole playbook ran again on every host, a second time on configured hosts: it
+    # changed nothing (the roles are idempotent).
+    assert set(report["configure"]["recap"]) == {"p2test-ec2-0", "p2test-ec2-1"}
+    for host, recap in report["configure"]["recap"].items():
+        assert recap["changed"] == 0 and recap["failed"] == 0 and recap["unreachable"] == 0, (host, recap)
+        assert recap["ok"] > 0, (host, recap)
     # configure's outputs (platform URL, flow-runner image reference) did not change:
     # register and deploy keep their keys. configure changed no task on a host, so a
     # health check (every worker online) stands in for the full smoke.

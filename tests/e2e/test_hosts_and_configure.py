@@ -191,15 +191,6 @@ def test_a_base_image_build_that_cannot_reach_its_mirror_says_why_and_leaves_no_
     assert not image_exists(client, tag)  # no half-made image is kept
 
 
-def test_second_configure_changes_nothing(stack):
-    report = result_json(run_step("flows.configure"))
-    assert set(report["recap"]) == {SERVER, WORKER}
-    for host, recap in report["recap"].items():
-        assert recap["changed"] == 0, (host, recap)
-        assert recap["failed"] == 0 and recap["unreachable"] == 0
-        assert recap["ok"] > 0
-
-
 def test_a_configure_killed_halfway_leaves_no_secret_of_its_environment(stack):
     """ansible-runner records the playbook's environment in its artifacts: the stack gives
     it one without secrets (the AWS SDK asks the operator's process for its keys, see
