@@ -30,6 +30,9 @@ from stack.settings import StackSettings, load_settings
 PLAYBOOK = "site.yml"
 # Builds the flow-runner image on a worker host (STACK_FLOW_RUNNER_BUILD=host; aws).
 BUILD_PLAYBOOK = "flow_runner_image.yml"
+# The operator's ECR token for that build's push, in a 0600 file of the state directory
+# for the run's length.
+REGISTRY_TOKEN_PREFIX = ".registry-token-"
 # The worker role's task that waits for the server's API (ansible/roles/prefect_worker).
 WORKER_WAITS_FOR_SERVER = "Wait until the Prefect API answers from this host"
 # Which machines the last successful configure converged, and with what configuration.
@@ -218,17 +221,19 @@ def build_flow_runner_image(settings: StackSettings, image: flow_runner.FlowRunn
                          "host runs to build it: python -m flows.bootstrap makes the hosts first")
     if settings.target == "local":
         flow_runner.ensure_docker_hub_stand_in(settings, repository)
+    for left in settings.state_path.glob(f"{REGISTRY_TOKEN_PREFIX}*"):  # by a configure that was killed
+        left.unlink(missing_ok=True)
     user, password = flow_runner.registry_login(settings)
     log.info("building the flow-runner image %s on %s: the repository lacks it", image.reference, workers[0])
     started = time.monotonic()
-    fd, name = tempfile.mkstemp(dir=settings.state_path, prefix=".registry-token-")
+    fd, name = tempfile.mkstemp(dir=settings.state_path, prefix=REGISTRY_TOKEN_PREFIX)
     try:
         with os.fdopen(fd, "w") as f:  # mkstemp makes it 0600
             f.write(password)
         build_vars = {**variables, **flow_runner.host_build_vars(settings, image, repository, Path(name), user)}
         apply_playbook(settings, BUILD_PLAYBOOK, build_vars, workers[0], frozenset(), secrets=(password,))
     finally:
-        os.unlink(name)
+        Path(name).unlink(missing_ok=True)
     log.info("built and pushed %s on %s in %.0f s", image.reference, workers[0], time.monotonic() - started)
 
 

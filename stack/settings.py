@@ -307,7 +307,7 @@ class StackSettings(BaseSettings):
             raise ValueError(
                 f"availability_zone: {self.availability_zone} is not in region {self.region}; use one like {self.region}a"
             )
-        if self.target == "aws" and self.flow_runner_build == "operator":
+        if self.target == "aws" and self.flow_runner_build == "operator" and not self.flow_runner_image:
             raise ValueError(
                 "flow_runner_build: on aws the stack builds the flow-runner image on a worker host (this machine "
                 "needs no Docker engine); unset STACK_FLOW_RUNNER_BUILD, or name your own image in "

@@ -74,16 +74,22 @@ def builds_on_host(settings: StackSettings) -> bool:
     return settings.effective_flow_runner_build == "host"
 
 
+def _uv_package() -> str:
+    """The uv that installs the image's packages: constraints.txt's pin (the operator's)."""
+    return pinned_versions(("uv",))[0]
+
+
 def host_build_tag(settings: StackSettings) -> str:
-    """The tag of the image a worker host builds: a hash of its Dockerfile, base, packages
-    and constraints (the host's uv is among the constraints' pins), the same on both
-    targets."""
+    """The tag of the image a worker host builds: a hash of its Dockerfile, the base's
+    name (not its content: Docker Hub moves bookworm-slim under the same name), the
+    packages, their constraints and the uv that installs them; the same on both targets."""
     import hashlib
 
     h = hashlib.sha256()
     h.update(dockerfile().read_bytes())
     h.update(platform_constraints(settings.prefect_version).read_bytes())
-    h.update(json.dumps({"base": HOST_BUILD_BASE, **_build_args(settings)}, sort_keys=True).encode())
+    h.update(json.dumps({"base": HOST_BUILD_BASE, "uv": _uv_package(), **_build_args(settings)},
+                        sort_keys=True).encode())
     return f"host-{h.hexdigest()[:12]}"
 
 
@@ -107,6 +113,7 @@ def host_build_vars(settings: StackSettings, image: "FlowRunnerImage", url: str,
         "flow_runner_image_registry": registry.registry_host(url),
         "flow_runner_image_registry_user": user,
         "flow_runner_image_password_file": str(password_file),
+        "flow_runner_image_uv_package": _uv_package(),
     }
 
 

@@ -139,7 +139,7 @@ def test_a_changed_flow_runner_image_is_built_on_a_worker_host_and_reaches_the_d
     on_host = subprocess.run(["docker", "exec", worker, "grep", "-rls", token, "/root", "/tmp", "/var/tmp"],
                              capture_output=True, text=True)
     assert on_host.stdout == "", on_host.stdout
-    left = subprocess.run(["docker", "exec", worker, "sh", "-c", "ls -d /tmp/ansible.*-push /var/tmp/flow-runner-build"],
+    left = subprocess.run(["docker", "exec", worker, "ls", "-d", "/var/tmp/flow-runner-build"],
                           capture_output=True, text=True)
     assert left.stdout == "", f"the push's login or build folder is left on {worker}: {left.stdout}"
 
