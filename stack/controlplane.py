@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stack.proc import StackError, get_logger
-from stack.settings import StackSettings
+from stack.settings import REPO_ROOT, StackSettings
 
 
 def _home(settings: StackSettings) -> Path:
@@ -90,8 +91,11 @@ def _our_process(pid_file: Path, module: str) -> int | None:
 
 
 def settings_fingerprint(settings: StackSettings) -> str:
-    """What the runner serves depends on the settings: a change means a restart."""
-    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+    """What the runner serves depends on the settings and on the checkout it runs in (each
+    flow run loads its flow from the runner's working directory): a change of either, a
+    command run from another clone of the repository, means a restart."""
+    served = {"settings": settings.model_dump(mode="json"), "checkout": str(REPO_ROOT)}
+    return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Keys a shell holds for a while (an STS or SSO session's): a runner that lives for days
@@ -128,12 +132,13 @@ def ensure_runner(settings: StackSettings) -> None:
     if pid is not None:
         if stamp.exists() and stamp.read_text() == fingerprint:
             return
-        get_logger().info("the settings changed since the control-plane runner started; restarting it")
+        get_logger().info("the settings or the checkout changed since the control-plane runner started; "
+                          "restarting it")
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
     env = runner_env(settings, dict(os.environ))
     with open(home / "runner.log", "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=str(Path(__file__).parent.parent),
+        proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=str(REPO_ROOT),
                                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
     pid_file.write_text(str(proc.pid))

@@ -79,3 +79,18 @@ def test_the_keys_file_an_older_version_wrote_is_removed(tmp_path):
     legacy.write_text("[stack]\naws_access_key_id = AKIAOLD\naws_secret_access_key = old\n")
     with credentials.served(settings):
         assert not legacy.exists()
+
+
+def test_the_control_plane_runner_restarts_for_new_settings_or_another_checkout(tmp_path, monkeypatch):
+    """Each flow run of the runner loads its flow from the runner's working directory: a
+    command run from another clone (or with other settings) restarts it there, so the
+    Run buttons and the nightly teardown never run another checkout's code."""
+    from stack import controlplane
+    from stack.settings import StackSettings
+
+    settings = StackSettings(name_prefix="cptest", state_dir=tmp_path)
+    here = controlplane.settings_fingerprint(settings)
+    assert controlplane.settings_fingerprint(StackSettings(name_prefix="cptest", state_dir=tmp_path)) == here
+    assert controlplane.settings_fingerprint(settings.model_copy(update={"worker_count": 2})) != here
+    monkeypatch.setattr(controlplane, "REPO_ROOT", tmp_path / "another-clone")
+    assert controlplane.settings_fingerprint(settings) != here
