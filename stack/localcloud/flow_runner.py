@@ -82,7 +82,9 @@ def _uv_package() -> str:
 def host_build_tag(settings: StackSettings) -> str:
     """The tag of the image a worker host builds: a hash of its Dockerfile, the base's
     name (not its content: Docker Hub moves bookworm-slim under the same name), the
-    packages, their constraints and the uv that installs them; the same on both targets."""
+    packages, their constraints and the uv that installs them; the same on both targets.
+    Not images.image_tag: that hashes this machine's uv binary (a build-context extra),
+    which differs with the operator's OS, where the host installs the same pinned uv."""
     import hashlib
 
     h = hashlib.sha256()
@@ -101,7 +103,7 @@ def host_build_base(settings: StackSettings, url: str) -> str:
     return f"{registry.registry_host(url)}/{name}:{tag}"
 
 
-def host_build_vars(settings: StackSettings, image: "FlowRunnerImage", url: str, password_file: Path,
+def host_build_vars(settings: StackSettings, image: FlowRunnerImage, url: str, password_file: Path,
                     user: str) -> dict:
     """The flow_runner_image role's variables (ansible/roles/flow_runner_image)."""
     return {
