@@ -29,11 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from stack.steps import STEPS
 from stack.settings import REPO_ROOT
 
 # The benchmark stack's settings (prefix, state directory, ports): one place for both benchmarks.
 from benchmarks.platform_bench import BENCH_ENV  # noqa: E402
-STEP_ORDER = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
+STEP_ORDER = STEPS  # stack/steps.py holds the one list
 
 
 def step(module: str, *args: str, cwd: Path = REPO_ROOT) -> tuple[dict | list, float]:

@@ -48,6 +48,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from stack import statebackend
+from stack.steps import STEPS
 from stack.settings import REPO_ROOT, StackSettings
 
 BENCH_ENV = {
@@ -65,7 +66,7 @@ SECTIONS = ("bootstrap", "latency", "defaults", "throughput", "memory")
 # (benchmarks/stack_bench.py, benchmarks/durability_bench.py): not in the default run.
 OWN_STACK_SECTIONS = ("steps", "durability")
 WORKER_CASES = ("case2-local-storage", "case3-s3-process", "case4-s3-docker")
-STEP_ORDER = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
+STEP_ORDER = STEPS  # stack/steps.py holds the one list
 FLOOR_TARGET = 1.5
 PREFECT_DEFAULT_QUERY_SECONDS = 10   # PREFECT_WORKER_QUERY_SECONDS when nobody sets it
 SCALE_TARGET = 1.8

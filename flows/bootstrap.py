@@ -29,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.filesystems import LocalFileSystem
 from pydantic import BaseModel
 
+from flows.bake import BakeReport, bake
 from flows.configure import ConfigureReport, configure
 from flows.deploy import DeployReport, deploy
 from flows.hosts import HostsReport, hosts
@@ -55,6 +56,7 @@ class StepOutcome(BaseModel):
 
 class BootstrapReport(BaseModel):
     preflight: PreflightReport
+    bake: BakeReport
     provision: ProvisionOutputs
     hosts: HostsReport
     configure: ConfigureReport
@@ -74,6 +76,10 @@ def summarize(step: str, result: BaseModel) -> str:
     match step:
         case "preflight":
             return f"{r.target} in {r.region}, account {r.account}"
+        case "bake":
+            if r.method != "ami":
+                return "stock AMI" if r.method == "stock" else "container image (the hosts step bakes it)"
+            return f"{'baked' if r.built else 'found'} {r.ami_id}"
         case "provision":
             return f"{len(r.instances)} instances, " + ("applied" if r.applied else "no changes") + \
                 ("; the emulated cloud had restarted" if r.cloud_was_lost else "")
@@ -209,6 +215,7 @@ def full_smoke_needed(failed_before: list[str], outcomes: dict[str, StepOutcome]
     if failed_before:
         return True
     ran = {s for s, o in outcomes.items() if o.outcome == "ran"}
+    # (A bake that ran changes no running host: new instances come with provision.)
     if ran & {"provision", "hosts", "restore", "register", "deploy"}:
         return True
     return "configure" in ran and configured is not None and configured.changed > 0
@@ -253,7 +260,9 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
             # A host that powered itself off (its safety stop) is a stopped instance, as
             # EC2 would show it: provision's probe then fails and provision starts it.
             host_containers.record_self_stopped(settings)
-        provisioned = runner.run("provision", provision)
+        # The AMI new instances boot (found by its key, or baked on a builder instance).
+        baked = runner.run("bake", bake)
+        provisioned = runner.run("provision", provision, baked)
         booted = runner.run("hosts", hosts, provisioned)
         configured = runner.run("configure", configure, provisioned, booted)
         url = configured.platform_api_url if configured else platform.operator_api_url(settings)
@@ -278,7 +287,7 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
     if only:
         return None
     report = BootstrapReport(
-        preflight=checked, provision=provisioned, hosts=booted, configure=configured, restore=restored,
+        preflight=checked, bake=baked, provision=provisioned, hosts=booted, configure=configured, restore=restored,
         registration=registered, deployments=deployed, smoke=smoked, platform_api_url=url,
         control_plane_url=settings.control_plane_api_url.removesuffix("/api"), steps=rows,
         seconds={r.step: r.seconds for r in rows},

@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from flows.hosts import HostsReport
 from flows.provision import ProvisionOutputs
 from stack import aws, backups, capacity, platform, statebackend, steps, tls, upgrade
-from stack.ansible import AnsibleError, HostRecap, PlaybookResult, WaitsOnFailedHost, install_vars, run_playbook
+from stack.ansible import (UNREACHABLE_DELAY_SECONDS, UNREACHABLE_RETRIES, AnsibleError, HostRecap, HostsUnreachable,
+                           PlaybookResult, WaitsOnFailedHost, install_vars, retry_if_unreachable, run_playbook)
 from stack.localcloud import flow_runner
 from stack.localcloud.registry import registry_host
 from stack.lock import exclusive
@@ -37,8 +38,6 @@ REGISTRY_TOKEN_PREFIX = ".registry-token-"
 WORKER_WAITS_FOR_SERVER = "Wait until the Prefect API answers from this host"
 # Which machines the last successful configure converged, and with what configuration.
 CONFIGURED_FILE = "configured-hosts.json"
-UNREACHABLE_RETRIES = 3
-UNREACHABLE_DELAY_SECONDS = 5
 
 
 class ConfigureReport(BaseModel):
@@ -159,25 +158,8 @@ def recap_row(r: HostRecap) -> dict[str, int]:
     return {"ok": r.ok, "changed": r.changed, "failed": r.failed, "unreachable": r.unreachable}
 
 
-class HostsUnreachable(AnsibleError):
-    """The playbook could not reach some hosts (or lost its connection to them) and no
-    task failed: worth running again, which configure's task does (its retries)."""
-
-
-def _unreachable_only(task, task_run, state) -> bool:
-    """Prefect's retry condition of apply_playbook: retry a lost connection, never a
-    task that failed (that needs a fix)."""
-    try:
-        state.result()
-    except HostsUnreachable:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is final
-        return False
-    return False
-
-
 @task(name="ansible_playbook", retries=UNREACHABLE_RETRIES, retry_delay_seconds=UNREACHABLE_DELAY_SECONDS,
-      retry_condition_fn=_unreachable_only, cache_policy=NO_CACHE)
+      retry_condition_fn=retry_if_unreachable, cache_policy=NO_CACHE)
 def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limit: str | None,
                    servers: frozenset[str], secrets: tuple[str, ...] = ()) -> tuple[PlaybookResult, int]:
     """Run ``playbook`` on ``limit`` (None: every host); the result and which attempt it

@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from stack import aws, cloudstate, platform, statebackend
+from flows.bake import BakeReport
+from stack import aws, bake, cloudstate, platform, statebackend
 from stack.localcloud import hosts as host_containers
 from stack.proc import CommandError, StackError
 from stack.lock import exclusive
@@ -183,10 +184,12 @@ def stand_in_repository_arn(settings: StackSettings) -> str:
     return f"arn:aws:ecr:{settings.region}:000000000000:repository/{settings.name_prefix}/flow-runner"
 
 
-def compute_inputs(settings: StackSettings, data_outputs: dict) -> dict:
-    """The compute module's variables that come from the data module's outputs."""
+def compute_inputs(settings: StackSettings, data_outputs: dict, ami_id: str) -> dict:
+    """The compute module's variables that come from the data module's outputs, and the
+    AMI new instances boot (the bake step's)."""
     volume = data_outputs["data_volume"]
     inputs = {
+        "ami_id": ami_id,
         "bucket_arn": data_outputs["bucket_arn"],
         "availability_zone": volume["availability_zone"],
         "data_volume_id": volume["id"],
@@ -200,8 +203,10 @@ def compute_inputs(settings: StackSettings, data_outputs: dict) -> dict:
 
 @flow(name="provision")
 @exclusive
-def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
-    """Create or update the stack's AWS resources: the data module, then the compute module."""
+def provision(settings: StackSettings | None = None, baked: BakeReport | None = None) -> ProvisionOutputs:
+    """Create or update the stack's AWS resources: the data module, then the compute module.
+    ``baked``: the bake step's report, whose AMI new instances boot (run on its own,
+    provision looks the AMI up)."""
     settings = settings or load_settings()
     log = get_run_logger()
     cloud_was_lost = cloudstate.forget_if_lost(settings)
@@ -219,7 +224,8 @@ def provision(settings: StackSettings | None = None) -> ProvisionOutputs:
     started = aws.start_stopped_instances(settings)
     if started:
         log.info("started the stopped instances %s again (same instances, their disks kept)", ", ".join(started))
-    compute_tf = Terraform(settings, COMPUTE, inputs=compute_inputs(settings, data))
+    ami_id = baked.ami_id if baked else bake.hosts_ami(settings)
+    compute_tf = Terraform(settings, COMPUTE, inputs=compute_inputs(settings, data, ami_id))
     compute = apply_root_module(settings, compute_tf)
     cloudstate.record(settings)
     outputs = ProvisionOutputs(

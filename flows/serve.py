@@ -13,6 +13,7 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from flows.backup import backup
+from flows.bake import bake
 from flows.bootstrap import bootstrap
 from flows.configure import configure
 from flows.deploy import deploy
@@ -33,7 +34,7 @@ def deployments(settings):
     def scheduled(cron: str) -> list:
         return [Cron(cron, timezone=tz)] if cron else []
 
-    steps = [bootstrap, preflight, provision, hosts, configure, restore, register, deploy, smoke_test]
+    steps = [bootstrap, preflight, bake, provision, hosts, configure, restore, register, deploy, smoke_test]
     out = [f.to_deployment(name=f"{tag}-{f.name}", tags=[tag]) for f in steps]
     out.append(teardown.to_deployment(
         name=f"{tag}-nightly-teardown", tags=[tag], schedules=scheduled(settings.nightly_teardown_cron),

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from flows.backup import backup
 from flows.provision import compute_inputs, stand_in_repository_arn, terraform_init
-from stack import accountsecrets, aws, backups, cloudstate, platform, statebackend, tls
+from stack import accountsecrets, aws, backups, bake, cloudstate, platform, statebackend, tls
 from stack.localcloud import emulator, registry
 from stack.localcloud import hosts as host_containers
 from stack.proc import StackError
@@ -99,7 +99,8 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
     has_data = cloud_up and data.has_state()
     # What the last apply gave the compute module; from the data module's outputs when
     # this machine has no working copy (another clone, or .stack/ deleted).
-    compute.inputs = compute.last_inputs() or (compute_inputs(settings, data.state_outputs()) if has_data else {})
+    compute.inputs = compute.last_inputs() or (
+        compute_inputs(settings, data.state_outputs(), settings.effective_ami_id) if has_data else {})
     if compute.inputs:
         compute.inputs.setdefault("flow_runner_repository_arn", stand_in_repository_arn(settings))
     # --all destroys the backups with the data: a backup first would only be destroyed too
@@ -132,6 +133,10 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
             report.destroyed.append(DATA)
             statebackend.forget_code_bucket_name(settings)  # a new stack of this prefix names its own
         if cloud_up:
+            # The baked AMIs (and a builder an interrupted bake left): Terraform made none.
+            bake.remove_builders(settings)
+            if amis := bake.deregister(settings, bake.project_amis(settings)):
+                report.data_removed.append(f"baked AMIs {', '.join(amis)}")
             if deleted := accountsecrets.delete_all(settings):
                 report.data_removed.append(f"secrets {', '.join(deleted)}")
             # Their caches too, or the next command would store the old values again.
@@ -139,6 +144,9 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
                 shutil.rmtree(cache, ignore_errors=True) if cache.is_dir() else cache.unlink(missing_ok=True)
             if statebackend.delete_state_bucket(settings):
                 report.data_removed.append(f"state bucket {statebackend.state_bucket_name(settings)}")
+        if settings.target == "local":
+            host_containers.remove_builder(settings)
+            host_containers.remove_ami_images(settings, keep=set())
         if settings.target == "local" and host_containers.remove_data_volume(settings, settings.data_volume_name):
             report.data_removed.append(f"volume {settings.data_volume_name}")
         if settings.target == "local" and registry.down(settings, with_images=True):

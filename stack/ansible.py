@@ -27,6 +27,28 @@ class AnsibleError(StackError):
     """A playbook failed on a host; names the host, the task and the message."""
 
 
+# How often a playbook that could not reach a host runs again (a Prefect task's retries).
+UNREACHABLE_RETRIES = 3
+UNREACHABLE_DELAY_SECONDS = 5
+
+
+class HostsUnreachable(AnsibleError):
+    """The playbook could not reach some hosts (or lost its connection to them) and no
+    task failed: worth running again, which the tasks that run playbooks do (their retries)."""
+
+
+def retry_if_unreachable(task, task_run, state) -> bool:
+    """Prefect's retry condition of the tasks that run playbooks: retry a lost connection, never a
+    task that failed (that needs a fix)."""
+    try:
+        state.result()
+    except HostsUnreachable:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is final
+        return False
+    return False
+
+
 @dataclass
 class HostRecap:
     ok: int = 0

@@ -50,6 +50,7 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
                     "ssh_host": tags.get(SSH_HOST_TAG) or inst.get("PublicIpAddress"),
                     "ssh_port": int(tags.get(SSH_PORT_TAG) or 22),
                     "key_name": inst.get("KeyName"),
+                    "image_id": inst.get("ImageId"),
                     "state_reason": inst.get("StateTransitionReason") or "",
                     # Powered off from inside (the safety stop): EC2 says so on aws; on
                     # local the twin's tag when it recorded the stop.

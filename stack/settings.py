@@ -93,9 +93,18 @@ class StackSettings(BaseSettings):
     ssh_user: str = Field("admin", description="Login user of the AMI (cloud-init's default user), for SSH.")
     host_image: Literal["baked", "stock"] = Field(
         "baked",
-        description="local: what new hosts boot, `baked` (the roles' install tasks done ahead of time, like a baked "
-                    "AMI) or `stock` (plain Debian, like a stock AMI: configure installs everything over SSH). "
-                    "A change replaces the instances.",
+        description="What new hosts boot: `baked` (the roles' install tasks done ahead of time, see STACK_BAKE) or "
+                    "`stock` (STACK_AMI_ID as it is; plain Debian on local: configure installs everything over "
+                    "SSH). Running hosts keep what they booted (configure installs the difference); on local a "
+                    "switch between the two replaces them.",
+    )
+    bake: Literal["container", "ami"] | None = Field(
+        None,
+        description="How the baked host image is made: `ami`, as on aws (a builder instance from STACK_AMI_ID, the "
+                    "roles' install tasks over SSH, EC2 CreateImage; provision gives new instances that AMI), the "
+                    "default and only choice on aws; `container`, the local default (a build container committed as "
+                    "the hosts' image, ahead of time, beside provision). `ami` on local takes the aws path on the "
+                    "twin.",
     )
     emulator_port: int = Field(4566, ge=1024, le=65535, description="Loopback port of moto.")
     control_plane_port: int = Field(
@@ -313,6 +322,11 @@ class StackSettings(BaseSettings):
                 "needs no Docker engine); unset STACK_FLOW_RUNNER_BUILD, or name your own image in "
                 "STACK_FLOW_RUNNER_IMAGE"
             )
+        if self.target == "aws" and self.bake == "container":
+            raise ValueError(
+                "bake: on aws the baked host image is an AMI (a container image boots no EC2 instance); unset "
+                "STACK_BAKE, or set STACK_HOST_IMAGE=stock to boot STACK_AMI_ID as it is"
+            )
         if self.target == "local" and self.ssh_user != "admin":
             raise ValueError(
                 f"ssh_user: the emulated hosts' login user is admin (cloud-init's default user in their image), "
@@ -339,6 +353,14 @@ class StackSettings(BaseSettings):
     @property
     def effective_flow_runner_build(self) -> str:
         return self.flow_runner_build or ("operator" if self.target == "local" else "host")
+
+    @property
+    def effective_bake(self) -> str | None:
+        """How the hosts' baked image is made (``ami`` or ``container``); None when hosts
+        boot the stock image (STACK_HOST_IMAGE=stock)."""
+        if self.host_image == "stock":
+            return None
+        return self.bake or ("container" if self.target == "local" else "ami")
 
     @property
     def effective_operator_cidr(self) -> str:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from stack import aws, capacity, cloudstate, platform, smoke, statebackend, tls
 from stack.settings import REPO_ROOT, StackSettings
 
-STEPS = ("preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
+STEPS = ("preflight", "bake", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke")
 # Steps that always run: preflight (cheap checks), restore (one query unless the
 # database is empty) and smoke (the full smoke, or a quick health check when nothing
 # before it ran).
@@ -33,6 +33,8 @@ ALWAYS_RUN = ("preflight", "restore", "smoke")
 # whole). What a step gets through a computed value (an image built from files) is keyed
 # by that value instead: STEP_VALUES and the inputs.
 STEP_FILES: dict[str, tuple[str, ...]] = {
+    # What the AMI bake reads besides its own code is in its key (STEP_VALUES).
+    "bake": ("flows/bake.py", "stack/bake.py"),
     # The root modules' .tf files only: their README and terraform tests change no plan.
     "provision": ("terraform/*/*.tf", "flows/provision.py", "stack/terraform.py"),
     "hosts": ("flows/hosts.py", "stack/localcloud/hosts.py", "stack/localcloud/bake.py", "stack/localcloud/images/host"),
@@ -50,6 +52,12 @@ def _provision_values(settings: StackSettings) -> dict:
     return {"host_image_version": host_image_version(settings)}
 
 
+def _bake_values(settings: StackSettings) -> dict:
+    from stack.bake import bake_key
+
+    return {"bake_key": bake_key(settings) if settings.effective_bake == "ami" else None}
+
+
 def _configure_values(settings: StackSettings) -> dict:
     from stack.localcloud.flow_runner import flow_runner_identity
     from stack.oncalendar import host_timers
@@ -63,6 +71,7 @@ def _configure_values(settings: StackSettings) -> dict:
 # replaces the instances), configure has the worker hosts pull the flow-runner image
 # and reports its reference to register and deploy.
 STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {
+    "bake": _bake_values,
     "provision": _provision_values,
     "configure": _configure_values,
 }
@@ -77,7 +86,8 @@ CONTROL_PLANE_SETTINGS = {"nightly_teardown_cron", "schedule_timezone", "teardow
 # nothing, and skips provision's half a minute of Terraform.
 SETTINGS_NOT_READ: dict[str, set[str]] = {"provision": {"prefect_version", "worker_concurrency"}}
 # Fields of step results that differ from run to run without meaning a different product.
-VOLATILE_FIELDS = {"applied", "terraform_processes", "cloud_was_lost", "recap", "changed", "attempts",
+VOLATILE_FIELDS = {"built", "seconds", "deregistered", "applied", "terraform_processes", "cloud_was_lost", "recap",
+                   "changed", "attempts",
                    "upgrade", "started_instances"}
 
 
@@ -125,6 +135,23 @@ def step_key(step: str, settings: StackSettings, inputs: tuple = (), values: dic
 
 # --- probes: cheap checks that what a step made still exists --------------------------
 # Each takes the settings and the step's last result.
+def bake_probe(settings: StackSettings, baked) -> bool:
+    """The AMI it found or made is still there (the emulator forgets its AMIs when it
+    restarts; someone may deregister one), with the twin's image of it on local."""
+    if baked.method != "ami":
+        return True
+    from stack import bake
+
+    found = bake.find_ami(settings, baked.key or "")
+    if found is None or found["ImageId"] != baked.ami_id:
+        return False
+    if settings.target == "local":
+        from stack.localcloud import hosts as host_containers
+
+        return host_containers.ami_image_exists(settings, baked.key or "")
+    return True
+
+
 def provision_probe(settings: StackSettings, provisioned) -> bool:
     """The instances it made are running (and the emulated cloud did not forget them)."""
     if cloudstate.emulator_lost_state(settings):
@@ -211,6 +238,7 @@ def deploy_probe(settings: StackSettings, deployed) -> bool:
 
 
 PROBES: dict[str, Callable[..., bool]] = {
+    "bake": bake_probe,
     "provision": provision_probe,
     "hosts": hosts_probe,
     "configure": lambda settings, configured: (

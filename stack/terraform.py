@@ -36,8 +36,8 @@ TERRAFORM_SOURCE = REPO_ROOT / "terraform"
 DATA, COMPUTE = "data", "compute"
 ROOT_MODULES = (DATA, COMPUTE)  # in apply order; destroy goes the other way
 # The compute module's variables that come from elsewhere (the data module's outputs, the
-# host image): flows/provision.compute_inputs makes them.
-COMPUTE_INPUTS = ("bucket_arn", "availability_zone", "data_volume_id", "host_image_version",
+# AMI of the bake step, the host image): flows/provision.compute_inputs makes them.
+COMPUTE_INPUTS = ("ami_id", "bucket_arn", "availability_zone", "data_volume_id", "host_image_version",
                   "flow_runner_repository_arn")
 OVERRIDE_FILE = "emulator_override.tf"
 PLAN_FILE = "stack.tfplan"

@@ -12,7 +12,6 @@ only new host containers start from a new bake.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import threading
@@ -21,36 +20,17 @@ from pathlib import Path
 
 import docker.errors
 
-from stack.ansible import ANSIBLE_DIR, install_vars, run_playbook
+from stack.ansible import install_vars, run_playbook
+from stack.bake import BAKE_PLAYBOOK, bake_digest
 from stack.localcloud.images import build_lock, docker_client, ensure_image, image_exists, note_current
-from stack.pins import platform_constraints
 from stack.proc import StackError, get_logger
-from stack.settings import REPO_ROOT, StackSettings
+from stack.settings import StackSettings
 
 BAKED_REPO = "stack-host-baked"
-BAKE_PLAYBOOK = "bake.yml"
-
-
-def bake_inputs(settings: StackSettings) -> list[Path]:
-    """Every file the bake reads: its playbook, the roles' install tasks and defaults
-    (with the installed_packages role they include), the platform's pins (constraints.txt,
-    or the lock of STACK_PREFECT_VERSION), and the Ansible configuration."""
-    files = [ANSIBLE_DIR / BAKE_PLAYBOOK, ANSIBLE_DIR / "ansible.cfg", platform_constraints(settings.prefect_version),
-             ANSIBLE_DIR / "roles" / "installed_packages" / "tasks" / "main.yml"]
-    for role in sorted((ANSIBLE_DIR / "roles").iterdir()):
-        files += [f for f in (role / "tasks" / "install.yml", role / "defaults" / "main.yml") if f.exists()]
-    return files
 
 
 def baked_image_tag(settings: StackSettings, stock_tag: str) -> str:
-    h = hashlib.sha256(stock_tag.encode())
-    for f in bake_inputs(settings):
-        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
-    # The variables, less the constraints file's absolute path (its content is hashed
-    # above): the same bake serves every checkout of the project, wherever it lives.
-    variables = {k: v for k, v in install_vars(settings).items() if k != "base_system_constraints_file"}
-    h.update(json.dumps(variables, sort_keys=True).encode())
-    return f"{BAKED_REPO}:{h.hexdigest()[:12]}"
+    return f"{BAKED_REPO}:{bake_digest(settings, stock_tag)}"
 
 
 def ensure_baked_host_image(settings: StackSettings) -> str:
@@ -125,7 +105,10 @@ def prebuild_local_images(settings: StackSettings) -> None:
     runner = threading.Thread(target=_build_ahead, args=("flow-runner image", _flow_runner_after_emulator, settings),
                               daemon=True, name="prebuild-flow-runner")
     runner.start()
-    _build_ahead("host image", host_image, settings)
+    if settings.effective_bake == "ami":  # flows.bake boots its builder from the stock host image
+        _build_ahead("host image", ensure_image, docker_client(), "host")
+    else:
+        _build_ahead("host image", host_image, settings)
     runner.join()
 
 

@@ -144,7 +144,7 @@ def ssh_port(container) -> int | None:
 
 
 def _create(settings: StackSettings, image: str, instance: dict, data_volume: str | None,
-            launch: LaunchData) -> None:
+            launch: LaunchData, kind: str = "host") -> None:
     name = instance["name"]
     # A new machine for this instance id makes new host keys at its first boot (cloud-init):
     # forget the old machine's, filed under the instance id, or SSH refuses the new one.
@@ -158,7 +158,7 @@ def _create(settings: StackSettings, image: str, instance: dict, data_volume: st
             # Comes back with the Docker engine, like an instance after a host reboot;
             # one that powered itself off stays down (RESTART_POLICY).
             "--restart", RESTART_POLICY,
-            "--label", f"{LABEL_PROJECT}={settings.name_prefix}", "--label", f"{LABEL_ROLE}=host",
+            "--label", f"{LABEL_PROJECT}={settings.name_prefix}", "--label", f"{LABEL_ROLE}={kind}",
             "--label", f"{LABEL_INSTANCE}={instance['id']}", "--label", f"stack.host-role={instance['role']}",
             # sshd on a loopback port named here, not left to Docker: a restart keeps it.
             "-p", f"127.0.0.1:{free_loopback_port()}:{SSH_INNER_PORT}",
@@ -201,7 +201,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
     client = docker_client()
     log = get_logger()
     # Baked only when a host container is to be created (a bake takes minutes, once).
-    latest_bake = baked_image_tag(settings, image_tag("host")) if settings.host_image == "baked" else None
+    latest_bake = baked_image_tag(settings, image_tag("host")) if settings.effective_bake == "container" else None
     ensure_network(client, settings)
     if data_volume:
         ensure_data_volume(client, settings, data_volume)
@@ -231,7 +231,7 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
             if not wants_running:
                 continue  # a stopped instance that never had a container: nothing to stop
             log.info("creating host container %s for %s (%s)", name, inst["id"], inst["role"])
-            _create(settings, host_image(settings), inst, data_volume if inst["role"] == "server" else None,
+            _create(settings, image_for_instance(settings, inst), inst, data_volume if inst["role"] == "server" else None,
                     launch_data(inst))
             report.created.append(name)
         elif wants_running and c.status != "running":
@@ -322,3 +322,114 @@ def remove_all(settings: StackSettings) -> list[str]:
         _remove(client, c, with_volume=True)
         names.append(name)
     return names
+
+
+# --- the AMI bake's twin (stack/bake.py, flows/bake.py) -------------------------------
+# The builder instance is a host container (labelled a builder, so the hosts step leaves
+# it alone); CreateImage's AMI is its commit, tagged with the bake key; an instance of
+# that AMI boots from the commit.
+AMI_IMAGE_REPO = "stack-host-ami"
+LABEL_BUILDER = "bake-builder"
+
+
+def ami_image_tag(settings: StackSettings, key: str) -> str:
+    """The twin's image of the stack's AMI baked with ``key`` (one per stack, as AMIs are
+    per account: a teardown --all of another stack never takes it)."""
+    return f"{AMI_IMAGE_REPO}:{settings.name_prefix}-{key}"
+
+
+def ami_image_exists(settings: StackSettings, key: str) -> bool:
+    from stack.localcloud.images import image_exists
+
+    return image_exists(docker_client(), ami_image_tag(settings, key))
+
+
+def image_for_instance(settings: StackSettings, instance: dict) -> str:
+    """What a new host container of ``instance`` boots: with STACK_BAKE=ami the image of
+    its AMI (the committed builder of a baked AMI, the stock host image for any other);
+    else the baked or stock host image (STACK_HOST_IMAGE)."""
+    if settings.effective_bake != "ami":
+        return host_image(settings)
+    from stack import aws
+    from stack.bake import BAKE_KEY_TAG
+    from stack.localcloud.images import ensure_image
+
+    images = aws.client(settings, "ec2").describe_images(ImageIds=[instance["image_id"]])["Images"]
+    tags = {t["Key"]: t["Value"] for t in (images[0].get("Tags", []) if images else [])}
+    if BAKE_KEY_TAG not in tags:
+        return ensure_image(docker_client(), "host")  # a stock AMI boots the stock host image
+    image = ami_image_tag(settings, tags[BAKE_KEY_TAG])
+    if not ami_image_exists(settings, tags[BAKE_KEY_TAG]):
+        raise StackError(f"the host image of AMI {instance['image_id']} ({image}) is gone from this machine's "
+                         "Docker engine; run python -m flows.bake to bake it again")
+    return image
+
+
+def boot_builder(settings: StackSettings, instance: dict, launch: LaunchData) -> int:
+    """Boot the bake's builder instance from the stock host image (what the stock AMI is);
+    the loopback port of its sshd."""
+    from stack.localcloud.images import ensure_image
+
+    remove_builder(settings)
+    _create(settings, ensure_image(docker_client(), "host"), instance, None, launch, kind=LABEL_BUILDER)
+    wait_booted(instance["name"])
+    port = ssh_port(docker_client().containers.get(instance["name"]))
+    assert port is not None  # _create always publishes sshd
+    return port
+
+
+def commit_builder(settings: StackSettings, name: str, key: str) -> str:
+    """The builder container as the AMI's host image (CreateImage on the twin)."""
+    container = docker_client().containers.get(name)
+    repository, tag = ami_image_tag(settings, key).split(":")
+    container.commit(repository=repository, tag=tag, changes=['CMD ["/sbin/init"]'],
+                     message=f"ansible/bake.yml on the builder {name}")
+    return ami_image_tag(settings, key)
+
+
+def remove_builder(settings: StackSettings) -> list[str]:
+    """Remove the project's builder containers and their Docker volumes."""
+    client = docker_client()
+    found = client.containers.list(all=True, filters={"label": [f"{LABEL_PROJECT}={settings.name_prefix}",
+                                                                f"{LABEL_ROLE}={LABEL_BUILDER}"]})
+    for c in found:
+        _remove(client, c, with_volume=True)
+    return [c.name for c in found]
+
+
+def register_lost_ami(settings: StackSettings, key: str) -> dict | None:
+    """The emulator keeps no state across a restart, so it forgets the AMIs EC2 would
+    keep: when the host image of the bake ``key`` is still here, register it again (a new
+    AMI id, the same tags). None when there is no such image."""
+    from stack import aws, bake
+
+    if not ami_image_exists(settings, key):
+        return None
+    ec2 = aws.client(settings, "ec2")
+    ami_id = ec2.register_image(Name=bake.ami_name(settings, key), Description="registered again by the twin",
+                                RootDeviceName="/dev/xvda", Architecture="x86_64",
+                                VirtualizationType="hvm")["ImageId"]
+    ec2.create_tags(Resources=[ami_id], Tags=[{"Key": "Name", "Value": bake.ami_name(settings, key)},
+                                              {"Key": "Project", "Value": settings.name_prefix},
+                                              {"Key": bake.BAKE_KEY_TAG, "Value": key}])
+    get_logger().info("the emulated cloud had forgotten the AMI of bake %s: registered its host image again as %s",
+                      key, ami_id)
+    return bake.find_ami(settings, key)
+
+
+def remove_ami_images(settings: StackSettings, keep: set[str | None]) -> list[str]:
+    """Remove the stack's AMI host images whose bake key is not in ``keep`` (their AMIs
+    were deregistered), unless a container still runs one."""
+    client = docker_client()
+    removed = []
+    kept = {ami_image_tag(settings, k) for k in keep if k}
+    for image in client.images.list(name=AMI_IMAGE_REPO):
+        for tag in image.tags:
+            if not tag.startswith(f"{AMI_IMAGE_REPO}:{settings.name_prefix}-") or tag in kept:
+                continue
+            try:
+                client.images.remove(tag)
+                removed.append(tag)
+            except docker.errors.APIError:  # a container uses it: kept until it goes
+                pass
+    return removed

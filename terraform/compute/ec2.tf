@@ -111,6 +111,10 @@ resource "aws_instance" "host" {
 
   lifecycle {
     replace_triggered_by = [terraform_data.host_image]
+    # A new AMI (a new bake) is for new instances: a running host keeps what it booted
+    # and configure installs the difference, after draining and a backup when Prefect
+    # changes. Replacing the server here would skip both.
+    ignore_changes = [ami]
   }
 }
 

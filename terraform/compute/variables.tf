@@ -32,7 +32,7 @@ variable "instance_type" {
 }
 
 variable "ami_id" {
-  description = "AMI of every host (a Debian or Ubuntu image of the region)."
+  description = "AMI of new hosts (a Debian image of the region, or the stack's bake of one). Running hosts keep theirs."
   type        = string
 
   validation {

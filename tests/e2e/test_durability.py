@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from stack import aws, platform, statebackend
-from tests.conftest import result_json, run_step
+from stack import aws, bake, platform, statebackend
+from stack.localcloud import hosts as host_containers
+from tests.conftest import TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
 SERVER = "p2test-ec2-0"
@@ -268,7 +269,10 @@ def test_hosts_stop_themselves_when_the_teardown_does_not_come_and_bootstrap_sta
     assert_case3_ran(report)
 
 
-def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back(stack):
+def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back_on_a_baked_ami(stack):
+    """The morning on aws: the nightly teardown left no instance; bootstrap bakes the AMI
+    (STACK_BAKE=ami, the aws path on the twin: a builder instance, bake.yml over SSH,
+    CreateImage) and the new instances boot from it, with everything installed."""
     s = stack["settings"]
     before = platform_records(s)
     down = result_json(run_step("flows.teardown"))
@@ -280,13 +284,41 @@ def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back(stack):
     assert container_state(SERVER) == "absent"
     assert sh("docker", "volume", "inspect", s.data_volume_name).returncode == 0  # the data is kept
 
-    report = result_json(run_step("flows.bootstrap"))
+    ami_env = clean_env(**TEST_STACK_ENV, STACK_BAKE="ami")
+    report = result_json(run_step("flows.bootstrap", env=ami_env, timeout=2400))
     # The compute module had no resources left: created in one apply; the data module
     # kept its volume and bucket, so it was planned (no changes) and not applied.
     assert report["provision"]["created_in_one_apply"] == ["compute"]
     assert report["restore"]["restored"] is False  # the data volume still had it all
     assert_nothing_lost(before, s)
     assert_case3_ran(report)
+
+    baked = report["bake"]
+    print(f"bake: {baked['seconds']} s; steps {report['seconds']}")
+    assert baked["method"] == "ami" and baked["built"] is True and baked["key"] == bake.bake_key(
+        s.model_copy(update={"bake": "ami"}))
+    instances = aws.project_instances(s, states=("running",))
+    assert len(instances) == 2 and {i["image_id"] for i in instances} == {baked["ami_id"]}
+    image = host_containers.ami_image_tag(s, baked["key"])
+    for i in instances:  # the twin boots an instance of the AMI from the committed builder
+        assert sh("docker", "inspect", "-f", "{{.Config.Image}}", i["name"]).stdout.strip() == image
+    assert sh("docker", "run", "--rm", "--entrypoint", "test", image, "-x", "/opt/prefect/venv/bin/prefect").returncode \
+        == 0  # the Prefect virtualenv was baked in, like the packages and PostgreSQL
+    # The builder, its key pair and its security group are gone; nothing of its first boot
+    # stayed in the image (cloud-init ran again on each host, as a new instance).
+    ec2 = aws.client(s, "ec2")
+    mine = [{"Name": f"tag:{bake.BUILDER_TAG}", "Values": [s.name_prefix]}]
+    assert {i["State"]["Name"] for r in ec2.describe_instances(Filters=mine)["Reservations"] for i in r["Instances"]} \
+        == {"terminated"}
+    assert ec2.describe_security_groups(Filters=mine)["SecurityGroups"] == []
+    assert ec2.describe_key_pairs(Filters=mine)["KeyPairs"] == []
+    assert sh("docker", "ps", "-a", "-q", "--filter", f"name={bake.builder_name(s)}").stdout.strip() == ""
+    for i in instances:
+        assert sh("docker", "exec", i["name"], "cloud-init", "query", "instance_id").stdout.strip() == i["id"]
+
+    # Nothing changed since: the next bake finds the AMI by its key and makes nothing.
+    again = result_json(run_step("flows.bake", env=ami_env))
+    assert (again["ami_id"], again["built"]) == (baked["ami_id"], False)
 
 
 def test_lost_machines_are_made_again_and_the_data_restored_from_the_latest_backup(stack):

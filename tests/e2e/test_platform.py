@@ -212,7 +212,7 @@ def test_control_plane_serves_every_step_and_its_run_button_works(stack):
             return names, run
 
     names, run = asyncio.run(go())
-    for step in ("bootstrap", "preflight", "provision", "hosts", "configure", "restore", "register", "deploy",
+    for step in ("bootstrap", "preflight", "bake", "provision", "hosts", "configure", "restore", "register", "deploy",
                  "smoke", "nightly-teardown", "backup"):
         assert f"p2test-{step}" in names
     assert run.state.is_completed(), run.state

@@ -32,7 +32,7 @@ def answers() -> dict[tuple[str, str], subprocess.CompletedProcess]:
 
 
 def test_every_step_module_has_an_entry_point():
-    assert {"preflight", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke",
+    assert {"preflight", "bake", "provision", "hosts", "configure", "restore", "register", "deploy", "smoke",
             "bootstrap", "teardown", "backup", "status", "controlplane", "serve"} <= set(STEP_MODULES)
 
 

@@ -189,6 +189,7 @@ def test_the_playbook_task_runs_again_while_hosts_are_unreachable_and_never_afte
     unreachable host is retried, a failed task stops at once with the host, task and
     message. Runs the real task (and Prefect's retry machinery) with a scripted playbook."""
     import flows.configure as configure
+    from stack import ansible
     from stack.ansible import AnsibleError, HostRecap, PlaybookResult
     from stack.settings import StackSettings
 
@@ -221,7 +222,7 @@ def test_the_playbook_task_runs_again_while_hosts_are_unreachable_and_never_afte
         run_it()
     assert len(calls) == 1
 
-    script[:], calls[:] = [dark] * (configure.UNREACHABLE_RETRIES + 1), []
-    with pytest.raises(configure.HostsUnreachable):
+    script[:], calls[:] = [dark] * (ansible.UNREACHABLE_RETRIES + 1), []
+    with pytest.raises(ansible.HostsUnreachable):
         run_it()
-    assert len(calls) == configure.UNREACHABLE_RETRIES + 1
+    assert len(calls) == ansible.UNREACHABLE_RETRIES + 1
