@@ -47,6 +47,7 @@ def test_the_bake_key_follows_the_stock_ami_and_the_prefect_version_and_nothing_
 
 def test_the_builder_gets_its_own_key_pair_and_group_and_all_three_go_afterwards(aws_settings):
     ec2 = aws.client(aws_settings, "ec2")
+    ec2.import_key_pair(KeyName="p2bake-operator", PublicKeyMaterial=PUBLIC_KEY.encode())  # the compute module's
     builder = bake.launch_builder(aws_settings, PUBLIC_KEY)
     assert builder["name"] == "p2bake-bake" and builder["state"] == "running" and builder["ssh_port"] == 22
     inst = ec2.describe_instances(InstanceIds=[builder["id"]])["Reservations"][0]["Instances"][0]
@@ -65,6 +66,7 @@ def test_the_builder_gets_its_own_key_pair_and_group_and_all_three_go_afterwards
     assert ec2.describe_security_groups(Filters=mine)["SecurityGroups"] == []
     assert ec2.describe_key_pairs(Filters=mine)["KeyPairs"] == []
     assert bake.remove_builders(aws_settings) == []  # twice is fine
+    assert [p["KeyName"] for p in ec2.describe_key_pairs()["KeyPairs"]] == ["p2bake-operator"]  # not the stack's
 
 
 def test_the_ami_is_found_by_its_key_and_only_the_newest_two_and_those_in_use_are_kept(aws_settings):
