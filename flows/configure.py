@@ -219,6 +219,40 @@ def build_flow_runner_image(settings: StackSettings, image: flow_runner.FlowRunn
     log.info("built and pushed %s on %s in %.0f s", image.reference, workers[0], time.monotonic() - started)
 
 
+# Configure's parts besides the playbooks, each a task run of its own in the UI (with its
+# logs); the playbooks' task (apply_playbook) is the one that retries.
+@task(name="publish_flow_runner_image", cache_policy=NO_CACHE)
+def publish_flow_runner_image(settings: StackSettings) -> tuple[str, flow_runner.FlowRunnerImage]:
+    """The stack's repository and the flow-runner image the worker hosts pull from it:
+    pushed from here (local; bootstrap's prebuild has usually built it by now), or named
+    by the tag a worker host builds below (aws)."""
+    repository = flow_runner.repository_url(settings)
+    if flow_runner.builds_on_host(settings):
+        return repository, flow_runner.published_image(settings, repository)
+    return repository, flow_runner.publish(settings, flow_runner.flow_runner_image(settings), repository)
+
+
+@task(name="server_certificate", cache_policy=NO_CACHE)
+def server_certificate(settings: StackSettings) -> bool:
+    """The server certificate names every address clients use; a replaced server instance
+    (new IPs on aws) gets a new one, and the playbook delivers it. Whether it was issued."""
+    reissued = tls.ensure_server_certificate(settings, platform.server_tls_names(settings))
+    if reissued:
+        get_run_logger().info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
+    return reissued
+
+
+@task(name="end_runs_of_gone_hosts", cache_policy=NO_CACHE)
+def end_runs_of_gone_hosts(settings: StackSettings, api_url: str, workers: list[str]) -> list[str]:
+    """Runs left unfinished on a worker host that was removed (a scale-in) or replaced can
+    never end: they end Crashed now that the platform knows its hosts."""
+    crashed = asyncio.run(platform.crash_runs_of_gone_hosts(settings, api_url, workers))
+    if crashed:
+        get_run_logger().warning("marked %d runs Crashed: their worker host is gone (%s)", len(crashed),
+                                 ", ".join(crashed))
+    return crashed
+
+
 @flow(name="configure")
 @exclusive
 def configure(settings: StackSettings | None = None, provisioned: ProvisionOutputs | None = None,
@@ -236,19 +270,10 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     volume_id = provisioned.data_volume.id if provisioned else None
     platform.make_stack_secrets(settings)  # made once per stack (run alone, configure may be first)
     # The flow-runner image goes to the stack's repository before the playbook, whose
-    # worker hosts pull it: pushed from here (local; bootstrap's prebuild has usually
-    # built it by now), or built on a worker host below (aws).
-    repository = flow_runner.repository_url(settings)
-    if flow_runner.builds_on_host(settings):
-        image = flow_runner.published_image(settings, repository)
-    else:
-        image = flow_runner.publish(settings, flow_runner.flow_runner_image(settings), repository)
+    # worker hosts pull it.
+    repository, image = publish_flow_runner_image(settings)
     variables = extravars(settings, ui_api_url, volume_id, image, repository)
-    # The server certificate names every address clients use; a replaced server
-    # instance (new IPs on aws) gets a new one, and the playbook delivers it.
-    reissued = tls.ensure_server_certificate(settings, platform.server_tls_names(settings))
-    if reissued:
-        log.info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
+    reissued = server_certificate(settings)
     key = configuration_key(settings, variables)
     running = aws.running_hosts(settings)
     identities = host_identities(settings, running)
@@ -289,12 +314,7 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     upgrade.record_version(settings)
     if upgrade.resume_pools_paused_by_upgrade(settings, ui_api_url):
         log.info("resumed the work pools %s (paused for the upgrade)", ", ".join(upgrade.HOST_POOLS))
-    # Runs left unfinished on a worker host that was removed (a scale-in) or replaced can
-    # never end: they end Crashed now that the platform knows its hosts.
-    workers = [i["name"] for i in running if i["role"] == "worker"]
-    crashed = asyncio.run(platform.crash_runs_of_gone_hosts(settings, ui_api_url, workers))
-    if crashed:
-        log.warning("marked %d runs Crashed: their worker host is gone (%s)", len(crashed), ", ".join(crashed))
+    end_runs_of_gone_hosts(settings, ui_api_url, [i["name"] for i in running if i["role"] == "worker"])
     changed = sum(v["changed"] for v in recap.values())
     log.info("configured %d hosts, %d changes", len(recap), changed)
     if upgraded:

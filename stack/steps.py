@@ -177,6 +177,19 @@ def hosts_probe(settings: StackSettings, booted) -> bool:
     return bool(booted.hosts) and set(by_name) == set(booted.hosts.values())
 
 
+def flow_runner_image_present(settings: StackSettings, reference: str | None) -> bool:
+    """The image a worker host built and pushed is still in the stack's repository. ECR's
+    lifecycle policy keeps only the last few images, so after enough image changes (a
+    Prefect version tried and left) the one in use may expire; configure then builds it
+    again, or a worker host made later could not pull it."""
+    from stack.localcloud import flow_runner
+
+    if not reference or not flow_runner.builds_on_host(settings):
+        return True
+    url, _, tag = reference.rpartition(":")
+    return flow_runner.in_repository(settings, url, tag)
+
+
 def platform_ready(settings: StackSettings) -> bool:
     return platform.ready(settings, platform.operator_api_url(settings))
 
@@ -242,7 +255,8 @@ PROBES: dict[str, Callable[..., bool]] = {
     "provision": provision_probe,
     "hosts": hosts_probe,
     "configure": lambda settings, configured: (
-        platform_ready(settings) and tls.server_certificate_current(settings, platform.server_tls_names(settings))),
+        platform_ready(settings) and tls.server_certificate_current(settings, platform.server_tls_names(settings))
+        and flow_runner_image_present(settings, getattr(configured, "flow_runner_image", None))),
     "register": register_probe,
     "deploy": deploy_probe,
 }

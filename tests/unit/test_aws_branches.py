@@ -65,11 +65,17 @@ def test_the_push_logs_in_with_the_operators_ecr_token_and_looks_for_the_tag_in_
         user, password = registry_login(aws_settings)
         assert user == "AWS" and password
         assert in_repository(aws_settings, url, "host-0123456789ab") is False
+        # Configure's probe too: an image expired by ECR's lifecycle policy makes configure
+        # run (and build it again); a team's own image is not the stack's to check.
+        assert steps.flow_runner_image_present(aws_settings, f"{url}:host-0123456789ab") is False
+        own = aws_settings.model_copy(update={"flow_runner_image": f"{url}:ours"})
+        assert steps.flow_runner_image_present(own, f"{url}:ours") is True
         manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                     "config": {}, "layers": []}
         ecr.put_image(repositoryName="p2aws/flow-runner", imageManifest=json.dumps(manifest),
                       imageTag="host-0123456789ab")
         assert in_repository(aws_settings, url, "host-0123456789ab") is True
+        assert steps.flow_runner_image_present(aws_settings, f"{url}:host-0123456789ab") is True
 
 
 def test_on_aws_worker_hosts_pull_from_the_stacks_ecr_registry_with_the_credential_helper(aws_settings):

@@ -91,13 +91,14 @@ def test_a_bootstrap_removes_earlier_images_no_container_uses(monkeypatch):
 def test_the_baked_image_tag_is_the_same_for_every_checkout(monkeypatch):
     """The bake hashes what goes into it, not where the project lives: a clone elsewhere
     (CI, a worktree) reuses the same image instead of baking its own."""
+    from stack import bake as digest
     from stack.localcloud import bake
 
     settings = load_settings()
     here = bake.baked_image_tag(settings, "stack-host:x")
-    real = bake.install_vars(settings)
+    real = digest.install_vars(settings)
     moved = {**real, "base_system_constraints_file": "/elsewhere/prefect-aws-stack/constraints.txt"}
-    monkeypatch.setattr(bake, "install_vars", lambda s: moved)
+    monkeypatch.setattr(digest, "install_vars", lambda s: moved)
     assert bake.baked_image_tag(settings, "stack-host:x") == here
-    monkeypatch.setattr(bake, "install_vars", lambda s: {**moved, "base_system_uv_package": "uv==0.0.1"})
+    monkeypatch.setattr(digest, "install_vars", lambda s: {**moved, "base_system_uv_package": "uv==0.0.1"})
     assert bake.baked_image_tag(settings, "stack-host:x") != here

@@ -46,9 +46,10 @@ def test_terraform_destroy_reuses_the_inputs_of_the_last_apply(tmp_path):
 
     settings = StackSettings(state_dir=tmp_path)
     ssh_public_key(settings, create=True)  # provision makes it before Terraform runs
-    tf = Terraform(settings, COMPUTE, inputs={"data_volume_id": "vol-0123456789abcdef0"})
+    inputs = {"ami_id": "ami-0123456789abcdef0", "data_volume_id": "vol-0123456789abcdef0"}
+    tf = Terraform(settings, COMPUTE, inputs=inputs)
     tf.prepare()
-    assert Terraform(settings, COMPUTE).last_inputs() == {"data_volume_id": "vol-0123456789abcdef0"}
+    assert Terraform(settings, COMPUTE).last_inputs() == inputs
 
 
 def test_an_applys_own_planning_is_read_as_its_plan():
