@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from stack import aws
+from stack import aws, platform
 from stack import bake as ami_bake
 from stack.ansible import (UNREACHABLE_DELAY_SECONDS, UNREACHABLE_RETRIES, AnsibleError, HostsUnreachable,
                            install_vars, retry_if_unreachable, run_playbook)
@@ -56,6 +56,7 @@ def _bake_ami(settings: StackSettings, key: str) -> str:
     """Builder up, playbook, CreateImage; the builder and its key pair and group always go."""
     log = get_run_logger()
     ami_bake.remove_builders(settings)  # what an interrupted bake left
+    ami_bake.deregister(settings, ami_bake.failed_amis(settings, key))  # its name is this bake's
     try:
         builder = ami_bake.launch_builder(settings, ssh_public_key(settings))
         log.info("builder %s (%s) started from %s", builder["name"], builder["id"], settings.effective_ami_id)
@@ -68,11 +69,21 @@ def _bake_ami(settings: StackSettings, key: str) -> str:
             host_containers.commit_builder(settings, builder["name"], key)  # what CreateImage captures
         return ami_bake.create_ami(settings, builder["id"], key)
     finally:
+        _remove_builders(settings)
+
+
+def _remove_builders(settings: StackSettings) -> None:
+    """The builder, its key pair and group gone. A failure here is logged, not raised: it
+    must not hide the bake's own error, and the next bake (or teardown --all) removes them."""
+    try:
         if settings.target == "local":
             from stack.localcloud import hosts as host_containers
 
             host_containers.remove_builder(settings)
         ami_bake.remove_builders(settings)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("could not remove the AMI builder %s yet (%s); the next bake or teardown --all "
+                                 "removes it", ami_bake.builder_name(settings), exc)
 
 
 def _boot_twin_builder(settings: StackSettings, builder: dict) -> dict:
@@ -98,6 +109,7 @@ def bake(settings: StackSettings | None = None) -> BakeReport:
                  if method == "stock" else "the hosts step bakes the hosts' container image (STACK_BAKE=container)")
         return BakeReport(method=method, ami_id=settings.effective_ami_id)
     started = time.monotonic()
+    platform.make_stack_secrets(settings)  # the builder's key pair is the stack's key (run alone, bake may be first)
     key = ami_bake.bake_key(settings)
     found = ami_bake.find_ami(settings, key)
     if settings.target == "local":
@@ -114,6 +126,7 @@ def bake(settings: StackSettings | None = None) -> BakeReport:
         ami_id = found["ImageId"]
         if found.get("State") == "pending":  # an interrupted bake's CreateImage
             ami_bake.wait_available(settings, ami_id)
+        _remove_builders(settings)  # an interrupted bake may have left its builder running
         log.info("AMI %s is baked from the same stock AMI, roles and pins (%s=%s)", ami_id, ami_bake.BAKE_KEY_TAG, key)
     else:
         log.info("baking an AMI from %s (%s=%s)", settings.effective_ami_id, ami_bake.BAKE_KEY_TAG, key)

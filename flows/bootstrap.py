@@ -252,7 +252,7 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
         # A stack without hosts (new, or after the nightly teardown) needs the hosts'
         # images: preflight starts building them, and they build while Terraform runs.
         checked = runner.run("preflight", preflight, prebuild_host_images=True)
-        if only in (None, "provision", "configure"):
+        if only in (None, "bake", "provision", "configure"):
             # Made (or read from the account) before any step's key is computed: a key
             # reads the secrets' caches and makes nothing; --only smoke needs none of this.
             platform.make_stack_secrets(settings)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from stack import aws
@@ -100,7 +101,7 @@ def project_amis(settings: StackSettings) -> list[dict]:
 def find_ami(settings: StackSettings, key: str) -> dict | None:
     """The stack's AMI baked with ``key`` (available, or still being made), or None."""
     for image in project_amis(settings):
-        if image["tags"].get(BAKE_KEY_TAG) == key and image.get("State") in ("available", "pending"):
+        if image["tags"].get(BAKE_KEY_TAG) == key and image.get("State") in USABLE:
             return image
     return None
 
@@ -161,9 +162,20 @@ def deregister(settings: StackSettings, images: list[dict]) -> list[str]:
     return gone
 
 
+USABLE = ("available", "pending")
+
+
 def superseded_amis(settings: StackSettings, amis: list[dict], in_use: set[str]) -> list[dict]:
-    """The baked AMIs to deregister: all but the newest KEEP_AMIS and any an instance runs."""
-    return [a for a in amis[KEEP_AMIS:] if a["ImageId"] not in in_use]
+    """The baked AMIs to deregister: all but the newest KEEP_AMIS usable ones and any an
+    instance runs (a failed CreateImage's AMI goes too)."""
+    keep = {a["ImageId"] for a in [a for a in amis if a.get("State") in USABLE][:KEEP_AMIS]} | in_use
+    return [a for a in amis if a["ImageId"] not in keep]
+
+
+def failed_amis(settings: StackSettings, key: str) -> list[dict]:
+    """The stack's AMIs of ``key`` that CreateImage did not make usable (failed): their
+    name would make the next CreateImage of that key fail as a duplicate."""
+    return [a for a in project_amis(settings) if a["tags"].get(BAKE_KEY_TAG) == key and a.get("State") not in USABLE]
 
 
 def amis_in_use(settings: StackSettings) -> set[str]:
@@ -215,23 +227,39 @@ def builder_instance(settings: StackSettings, instance_id: str) -> dict:
             "ssh_port": int(tags.get(aws.SSH_PORT_TAG) or 22)}
 
 
-def remove_builders(settings: StackSettings) -> list[str]:
+def remove_builders(settings: StackSettings, group_wait: float = 180) -> list[str]:
     """Terminate the stack's builder instances (this bake's, or one an interrupted bake
     left) and delete their key pair and security group once they are gone."""
     ec2 = aws.client(settings, "ec2")
     mine = [{"Name": f"tag:{BUILDER_TAG}", "Values": [settings.name_prefix]}]
-    ids = [i["InstanceId"] for r in ec2.describe_instances(Filters=mine + [
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]
-        for i in r["Instances"]]
-    if ids:
-        ec2.terminate_instances(InstanceIds=ids)
+    found = [i["InstanceId"] for r in ec2.describe_instances(Filters=mine + [
+        {"Name": "instance-state-name", "Values": ["pending", "running", "shutting-down", "stopping", "stopped"]}])[
+        "Reservations"] for i in r["Instances"]]
+    if found:
+        ec2.terminate_instances(InstanceIds=found)
         # A security group in use by an instance cannot be deleted.
-        ec2.get_waiter("instance_terminated").wait(InstanceIds=ids)
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=found)
     for group in ec2.describe_security_groups(Filters=mine)["SecurityGroups"]:
-        ec2.delete_security_group(GroupId=group["GroupId"])
+        _delete_group(ec2, group["GroupId"], group_wait)
     for pair in ec2.describe_key_pairs(Filters=mine)["KeyPairs"]:
         ec2.delete_key_pair(KeyName=pair["KeyName"])
-    return ids
+    return found
+
+
+def _delete_group(ec2, group_id: str, wait: float) -> None:
+    """EC2 may hold a terminated instance's network interface, and so its group, for a
+    while after it reports it terminated (DependencyViolation): try again until ``wait``."""
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            ec2.delete_security_group(GroupId=group_id)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "DependencyViolation" or time.monotonic() > deadline:
+                raise
+            time.sleep(10)
 
 
 def builder_inventory(settings: StackSettings, builder: dict, path: Path) -> Path:

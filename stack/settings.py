@@ -322,7 +322,7 @@ class StackSettings(BaseSettings):
                 "needs no Docker engine); unset STACK_FLOW_RUNNER_BUILD, or name your own image in "
                 "STACK_FLOW_RUNNER_IMAGE"
             )
-        if self.target == "aws" and self.bake == "container":
+        if self.target == "aws" and self.bake == "container" and self.host_image == "baked":
             raise ValueError(
                 "bake: on aws the baked host image is an AMI (a container image boots no EC2 instance); unset "
                 "STACK_BAKE, or set STACK_HOST_IMAGE=stock to boot STACK_AMI_ID as it is"

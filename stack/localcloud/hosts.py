@@ -25,6 +25,7 @@ here; only ``teardown --all`` does that. Containers restart with the Docker engi
 from __future__ import annotations
 
 import io
+import re
 import socket
 import subprocess
 import tarfile
@@ -423,9 +424,11 @@ def remove_ami_images(settings: StackSettings, keep: set[str | None]) -> list[st
     client = docker_client()
     removed = []
     kept = {ami_image_tag(settings, k) for k in keep if k}
+    # The whole tag: a stack prefixed "prefect2-dev" is not "prefect2"'s.
+    mine = re.compile(rf"{AMI_IMAGE_REPO}:{re.escape(settings.name_prefix)}-[0-9a-f]{{12}}")
     for image in client.images.list(name=AMI_IMAGE_REPO):
         for tag in image.tags:
-            if not tag.startswith(f"{AMI_IMAGE_REPO}:{settings.name_prefix}-") or tag in kept:
+            if not mine.fullmatch(tag) or tag in kept:
                 continue
             try:
                 client.images.remove(tag)

@@ -92,6 +92,11 @@ def test_the_ami_is_found_by_its_key_and_only_the_newest_two_and_those_in_use_ar
 
     amis = bake.project_amis(aws_settings)
     assert [a["ImageId"] for a in amis] == made[::-1]  # newest first
+    # A failed CreateImage's AMI is never among those kept, and the next bake of its key
+    # removes it (its name would make CreateImage fail as a duplicate).
+    failed = {**amis[1], "State": "failed"}
+    assert [a["ImageId"] for a in bake.superseded_amis(aws_settings, [amis[0], failed, *amis[2:]], set())] == \
+        [made[2], made[0]]
     old = bake.superseded_amis(aws_settings, amis, in_use={made[0]})
     assert [a["ImageId"] for a in old] == [made[1]]  # made[0] runs on a host: kept
     first_snapshots = bake._snapshots(old[0])
