@@ -104,3 +104,18 @@ def test_the_ami_is_found_by_its_key_and_only_the_newest_two_and_those_in_use_ar
     assert bake.find_ami(aws_settings, "aaaaaaaaaaa2") is None
     assert ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": first_snapshots}])["Snapshots"] == []
     assert [a["ImageId"] for a in bake.project_amis(aws_settings)] == [made[3], made[2], made[0]]
+
+
+def test_in_a_subnet_of_its_own_the_builder_and_its_group_go_into_that_subnets_vpc(aws_settings):
+    """An account without a default VPC (STACK_SUBNET_ID): the builder goes into the given
+    subnet, its group into that subnet's VPC, with a public IP to reach it by SSH."""
+    ec2 = aws.client(aws_settings, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24", AvailabilityZone="us-east-1b")["Subnet"]["SubnetId"]
+    settings = aws_settings.model_copy(update={"subnet_id": subnet, "availability_zone": "us-east-1b"})
+    builder = bake.launch_builder(settings, PUBLIC_KEY)
+    inst = ec2.describe_instances(InstanceIds=[builder["id"]])["Reservations"][0]["Instances"][0]
+    assert inst["SubnetId"] == subnet and inst["Placement"]["AvailabilityZone"] == "us-east-1b"
+    groups = [g["GroupId"] for g in inst["NetworkInterfaces"][0]["Groups"]]
+    assert [g["VpcId"] for g in ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]] == [vpc]
+    bake.remove_builders(settings)
