@@ -168,8 +168,9 @@ def test_only_smoke_runs_only_smoke(stack):
     import json
 
     got = {r["step"]: r["outcome"] for r in json.loads(table)}
-    assert got == {"preflight": "not run", "provision": "not run", "hosts": "not run", "configure": "not run",
-                   "restore": "not run", "register": "not run", "deploy": "not run", "smoke": "ran"}
+    assert got == {"preflight": "not run", "bake": "not run", "provision": "not run", "hosts": "not run",
+                   "configure": "not run", "restore": "not run", "register": "not run", "deploy": "not run",
+                   "smoke": "ran"}
     assert "5/5 cases passed" in proc.stderr
 
 

@@ -91,8 +91,9 @@ def test_code_bucket_is_encrypted_private_and_versioned(stack):
 def test_second_bootstrap_skips_every_step_and_force_runs_them_all(stack):
     second = result_json(run_step("flows.bootstrap"))
     outcomes = {s["step"]: s["outcome"] for s in second["steps"]}
-    assert outcomes == {"preflight": "ran", "provision": "skipped", "hosts": "skipped", "configure": "skipped",
-                        "restore": "skipped", "register": "skipped", "deploy": "skipped", "smoke": "ran"}
+    assert outcomes == {"preflight": "ran", "bake": "skipped", "provision": "skipped", "hosts": "skipped",
+                        "configure": "skipped", "restore": "skipped", "register": "skipped", "deploy": "skipped",
+                        "smoke": "ran"}
     # Nothing changed: a health check (every worker online) instead of the five cases.
     assert second["smoke"]["health_only"] is True
     assert {c["case"] for c in second["smoke"]["cases"]} == {"worker p2test-ec2-1-process", "worker p2test-ec2-1-docker"}
@@ -123,8 +124,8 @@ def test_unknown_step_is_one_line_naming_the_valid_ones():
     proc = run_step("flows.bootstrap", "--only", "provisoin", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: python -m flows.bootstrap: --only 'provisoin': no such step; use one of preflight, provision, hosts, configure, restore, "
-        "register, deploy, smoke; see --help"]
+        "error: python -m flows.bootstrap: --only 'provisoin': no such step; use one of preflight, bake, provision, hosts, "
+        "configure, restore, register, deploy, smoke; see --help"]
 
 
 def test_status_lists_instances_with_their_hosts_and_the_prefect_each_runs(stack):
