@@ -137,6 +137,7 @@ def ensure_runner(settings: StackSettings) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
     env = runner_env(settings, dict(os.environ))
+    home.mkdir(parents=True, exist_ok=True)  # a state directory deleted while the control plane ran
     with open(home / "runner.log", "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=str(REPO_ROOT),
                                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
