@@ -73,7 +73,8 @@ class StackSettings(BaseSettings):
         False, description="Explicit opt-in to open the Prefect API (4200) to 0.0.0.0/0."
     )
     ami_id: str | None = Field(
-        None, description="AMI of every host. Default on local: an AMI moto knows; required on aws."
+        None, description="The stock AMI: the AMI bake's builder starts from it and new hosts boot the AMI baked from it "
+                    "(STACK_HOST_IMAGE=stock: this AMI itself). Default on local: an AMI moto knows; required on aws."
     )
     bucket_name: str | None = Field(
         None, description="S3 bucket for flow code and backups/. Default: <prefix>-flow-code-<account id>-<region>; "

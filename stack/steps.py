@@ -2,8 +2,8 @@
 
 A step's key is a hash of the values it uses: its inputs from earlier steps (configure's
 report carries the flow-runner image the worker hosts pulled; register and deploy take that reference),
-the values computed for it here (``STEP_VALUES``: the host image version Terraform gets,
-the flow-runner image's reference and content hash), the settings, and the files the step
+the values computed for it here (``STEP_VALUES``: the bake key of an AMI bake, the host
+image version Terraform gets, the flow-runner image's reference and content hash), the settings, and the files the step
 itself consumes (its Terraform, playbooks and roles, prefect.yaml, block definitions, its
 own flow module). Bootstrap skips a step when the key equals that of its last successful
 run (Prefect's task cache, results persisted on the control plane side in the state
@@ -67,7 +67,7 @@ def _configure_values(settings: StackSettings) -> dict:
 
 
 # Values a step uses that no earlier step hands it, computed from the settings without
-# building anything: provision gives Terraform the host image's version (a new one
+# building anything: the bake hashes what an AMI bake reads, provision gives Terraform the host image's version (a new one
 # replaces the instances), configure has the worker hosts pull the flow-runner image
 # and reports its reference to register and deploy.
 STEP_VALUES: dict[str, Callable[[StackSettings], dict]] = {

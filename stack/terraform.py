@@ -108,8 +108,8 @@ def detect_plugin_mirror(settings: StackSettings) -> Path | None:
 
 def host_image_version(settings: StackSettings) -> str:
     """What the hosts boot besides the AMI: the host image on local (a new one, or a
-    switch between the baked and the stock one, replaces the instances, as a new AMI
-    would); nothing on aws, where the AMI says it all."""
+    switch between the baked and the stock one, replaces the instances; a new AMI does not: the
+    compute module ignores it); nothing on aws."""
     if settings.target != "local":
         return ""
     from stack.localcloud import images

@@ -4,7 +4,7 @@ Prefect virtualenv), installed ahead of time, the way teams bake an AMI.
 It is made by running ``ansible/bake.yml`` (the roles' own ``tasks/install.yml``) against
 a build container of the stock host image and committing the result, so the roles stay
 the one source of truth: configure on a baked host runs the same tasks and finds them
-done, and on aws the same roles install everything on a stock AMI. The tag hashes the
+done, and on aws the same playbook bakes an AMI on a builder instance (stack/bake.py). The tag hashes the
 stock image, the files the bake reads and the pinned packages, so an unchanged bake is
 never redone. Hosts that already run keep their image (configure applies a difference);
 only new host containers start from a new bake.

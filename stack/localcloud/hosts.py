@@ -247,8 +247,8 @@ def reconcile(settings: StackSettings, instances: list[dict], data_volume: str |
         else:
             if wants_running and latest_bake and latest_bake not in c.image.tags:
                 # A new bake only speeds up new hosts: this one keeps what it booted and
-                # configure installs the difference. (A new stock host image, like a new
-                # AMI, replaces the instances in provision.)
+                # configure installs the difference. (A new stock host image replaces the
+                # instances in provision.)
                 log.info("host container %s was booted from an older baked image than %s; configure "
                          "applies the difference", name, latest_bake)
             report.unchanged.append(name)

@@ -69,7 +69,7 @@ resource "aws_key_pair" "operator" {
   public_key = var.ssh_public_key
 }
 
-# Replacing this replaces every instance, the way a new AMI would (see host_image_version).
+# Replacing this replaces every instance (see host_image_version); a new AMI does not (ignore_changes below).
 resource "terraform_data" "host_image" {
   input = var.host_image_version
 }

@@ -32,7 +32,7 @@ variable "instance_type" {
 }
 
 variable "ami_id" {
-  description = "AMI of new hosts (a Debian image of the region, or the stack's bake of one). Running hosts keep theirs."
+  description = "AMI of new hosts (a Debian or Ubuntu image of the region, or the stack's bake of one). Running hosts keep theirs."
   type        = string
 
   validation {
@@ -131,7 +131,7 @@ variable "data_device_name" {
 }
 
 variable "host_image_version" {
-  description = "Version of what the hosts boot when that is not the AMI (the emulated cloud's host image). A change replaces the instances, as a new AMI would; the data volume is re-attached."
+  description = "Version of what the hosts boot when that is not the AMI (the emulated cloud's host image). A change replaces the instances (a new AMI does not); the data volume is re-attached."
   type        = string
   default     = ""
 }
