@@ -71,7 +71,7 @@ def test_settings():
 
 def discard_test_stack(settings) -> None:
     """The test stack gone, without a teardown: its control plane stopped, its host
-    containers and their volumes, its data volume, the emulator (the cloud, Terraform's
+    containers and their volumes, the images of its baked AMIs, its data volume, the emulator (the cloud, Terraform's
     state, the backups and the secrets live there) and its state directory emptied. Only
     what carries the test stack's prefix. ``flows.teardown --all`` took about 100 s of
     Terraform for the same end; test_teardown tests the real teardown."""
@@ -84,6 +84,10 @@ def discard_test_stack(settings) -> None:
 
     controlplane.stop(settings)
     host_containers.remove_all(settings)
+    # The AMI bake's builder and the images of its AMIs (the emulator forgets the AMIs, and
+    # a bake would register a kept image again instead of baking).
+    host_containers.remove_builder(settings)
+    host_containers.remove_ami_images(settings, keep=set())
     registry.down(settings, with_images=True)
     for volume in docker_client().volumes.list(filters={"label": f"{emulator.LABEL_PROJECT}={settings.name_prefix}"}):
         volume.remove(force=True)
