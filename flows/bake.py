@@ -24,6 +24,7 @@ from stack import aws, platform
 from stack import bake as ami_bake
 from stack.ansible import (UNREACHABLE_DELAY_SECONDS, UNREACHABLE_RETRIES, AnsibleError, HostsUnreachable,
                            install_vars, retry_if_unreachable, run_playbook)
+from stack.localcloud import hosts as host_containers
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 from stack.terraform import ssh_public_key
@@ -64,8 +65,6 @@ def _bake_ami(settings: StackSettings, key: str) -> str:
             builder = _boot_twin_builder(settings, builder)
         bake_playbook(settings, builder)
         if settings.target == "local":
-            from stack.localcloud import hosts as host_containers
-
             host_containers.commit_builder(settings, builder["name"], key)  # what CreateImage captures
         return ami_bake.create_ami(settings, builder["id"], key)
     finally:
@@ -77,8 +76,6 @@ def _remove_builders(settings: StackSettings) -> None:
     must not hide the bake's own error, and the next bake (or teardown --all) removes them."""
     try:
         if settings.target == "local":
-            from stack.localcloud import hosts as host_containers
-
             host_containers.remove_builder(settings)
         ami_bake.remove_builders(settings)
     except Exception as exc:  # noqa: BLE001
@@ -89,8 +86,6 @@ def _remove_builders(settings: StackSettings) -> None:
 def _boot_twin_builder(settings: StackSettings, builder: dict) -> dict:
     """The twin's instance: a host container booted by cloud-init from the builder's key
     pair, its sshd on a loopback port recorded in the instance's tags."""
-    from stack.localcloud import hosts as host_containers
-
     user_data, keys = aws.launch_data(settings, builder)
     port = host_containers.boot_builder(settings, builder, host_containers.LaunchData(user_data, keys))
     aws.record_ssh_endpoints(settings, {builder["id"]: port})
@@ -113,8 +108,6 @@ def bake(settings: StackSettings | None = None) -> BakeReport:
     key = ami_bake.bake_key(settings)
     found = ami_bake.find_ami(settings, key)
     if settings.target == "local":
-        from stack.localcloud import hosts as host_containers
-
         if found is not None and not host_containers.ami_image_exists(settings, key):
             log.info("the twin's image of AMI %s is gone: baking it again", found["ImageId"])
             ami_bake.deregister(settings, [found])
@@ -136,8 +129,6 @@ def bake(settings: StackSettings | None = None) -> BakeReport:
     old = ami_bake.superseded_amis(settings, amis, ami_bake.amis_in_use(settings) | {ami_id})
     deregistered = ami_bake.deregister(settings, old)
     if settings.target == "local":
-        from stack.localcloud import hosts as host_containers
-
         host_containers.remove_ami_images(settings, keep={a["tags"].get(ami_bake.BAKE_KEY_TAG) for a in amis
                                                           if a not in old})
     if deregistered:

@@ -33,32 +33,34 @@ def project_instances(settings: StackSettings, states=("pending", "running", "st
     ec2 = client(settings, "ec2")
     filters = [{"Name": "tag:Project", "Values": [settings.name_prefix]},
                {"Name": "instance-state-name", "Values": list(states)}]
-    out = []
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-        for res in page["Reservations"]:
-            for inst in res["Instances"]:
-                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                out.append({
-                    "id": inst["InstanceId"],
-                    "name": tags.get("Name", inst["InstanceId"]),
-                    "role": tags.get("Role", ""),
-                    "state": inst["State"]["Name"],
-                    "private_ip": inst.get("PrivateIpAddress"),
-                    "public_ip": inst.get("PublicIpAddress"),
-                    # Where SSH reaches it: the loopback port the hosts step recorded on
-                    # the emulated cloud, the public IP on port 22 on aws.
-                    "ssh_host": tags.get(SSH_HOST_TAG) or inst.get("PublicIpAddress"),
-                    "ssh_port": int(tags.get(SSH_PORT_TAG) or 22),
-                    "key_name": inst.get("KeyName"),
-                    "image_id": inst.get("ImageId"),
-                    "state_reason": inst.get("StateTransitionReason") or "",
-                    # Powered off from inside (the safety stop): EC2 says so on aws; on
-                    # local the twin's tag when it recorded the stop.
-                    "stopped_by_itself": inst["State"]["Name"] in ("stopping", "stopped") and (
-                        inst.get("StateReason", {}).get("Code") == "Client.InstanceInitiatedShutdown"
-                        or SELF_STOP_TAG in tags),
-                })
+    out = [instance_dict(inst) for page in ec2.get_paginator("describe_instances").paginate(Filters=filters)
+           for res in page["Reservations"] for inst in res["Instances"]]
     return sorted(out, key=lambda i: i["name"])
+
+
+def instance_dict(inst: dict) -> dict:
+    """One instance of DescribeInstances as the stack reads it (its tags, where SSH reaches it)."""
+    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+    return {
+        "id": inst["InstanceId"],
+        "name": tags.get("Name", inst["InstanceId"]),
+        "role": tags.get("Role", ""),
+        "state": inst["State"]["Name"],
+        "private_ip": inst.get("PrivateIpAddress"),
+        "public_ip": inst.get("PublicIpAddress"),
+        # Where SSH reaches it: the loopback port the hosts step recorded on the emulated
+        # cloud, the public IP on port 22 on aws.
+        "ssh_host": tags.get(SSH_HOST_TAG) or inst.get("PublicIpAddress"),
+        "ssh_port": int(tags.get(SSH_PORT_TAG) or 22),
+        "key_name": inst.get("KeyName"),
+        "image_id": inst.get("ImageId"),
+        "state_reason": inst.get("StateTransitionReason") or "",
+        # Powered off from inside (the safety stop): EC2 says so on aws; on local the
+        # twin's tag when it recorded the stop.
+        "stopped_by_itself": inst["State"]["Name"] in ("stopping", "stopped") and (
+            inst.get("StateReason", {}).get("Code") == "Client.InstanceInitiatedShutdown"
+            or SELF_STOP_TAG in tags),
+    }
 
 
 def record_ssh_endpoints(settings: StackSettings, ports: dict[str, int], address: str = "127.0.0.1") -> None:

@@ -124,13 +124,18 @@ def wait_available(settings: StackSettings, ami_id: str) -> None:
     aws.client(settings, "ec2").get_waiter("image_available").wait(ImageIds=[ami_id], WaiterConfig=IMAGE_WAIT)
 
 
+def ami_tags(settings: StackSettings, key: str) -> list[dict]:
+    """The tags of a baked AMI and its snapshots (the twin's re-registered ones too)."""
+    return [{"Key": "Name", "Value": ami_name(settings, key)}, {"Key": "Project", "Value": settings.name_prefix},
+            {"Key": BAKE_KEY_TAG, "Value": key}, {"Key": "BakedFrom", "Value": settings.effective_ami_id}]
+
+
 def create_ami(settings: StackSettings, instance_id: str, key: str) -> str:
     """CreateImage of the builder, tagged with the bake key (the image and its snapshots);
     returns once the AMI is available. EC2 reboots the builder first (NoReboot false), so
     the snapshot is of a cleanly written file system."""
     ec2 = aws.client(settings, "ec2")
-    tags = [{"Key": "Name", "Value": ami_name(settings, key)}, {"Key": "Project", "Value": settings.name_prefix},
-            {"Key": BAKE_KEY_TAG, "Value": key}, {"Key": "BakedFrom", "Value": settings.effective_ami_id}]
+    tags = ami_tags(settings, key)
     ami_id = ec2.create_image(InstanceId=instance_id, Name=ami_name(settings, key), NoReboot=False,
                               Description=f"Prefect platform host of {settings.name_prefix}: ansible/{BAKE_PLAYBOOK} "
                                           f"on {settings.effective_ami_id}",
@@ -218,13 +223,8 @@ def launch_builder(settings: StackSettings, public_key: str) -> dict:
 
 def builder_instance(settings: StackSettings, instance_id: str) -> dict:
     """The builder as stack/aws.py describes instances (name, address, port)."""
-    ec2 = aws.client(settings, "ec2")
-    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-    return {"id": instance_id, "name": builder_name(settings), "role": "bake", "state": inst["State"]["Name"],
-            "key_name": inst.get("KeyName"),
-            "ssh_host": tags.get(aws.SSH_HOST_TAG) or inst.get("PublicIpAddress"),
-            "ssh_port": int(tags.get(aws.SSH_PORT_TAG) or 22)}
+    inst = aws.client(settings, "ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {**aws.instance_dict(inst), "role": "bake"}
 
 
 def remove_builders(settings: StackSettings, group_wait: float = 180) -> list[str]:

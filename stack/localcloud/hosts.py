@@ -410,9 +410,7 @@ def register_lost_ami(settings: StackSettings, key: str) -> dict | None:
     ami_id = ec2.register_image(Name=bake.ami_name(settings, key), Description="registered again by the twin",
                                 RootDeviceName="/dev/xvda", Architecture="x86_64",
                                 VirtualizationType="hvm")["ImageId"]
-    ec2.create_tags(Resources=[ami_id], Tags=[{"Key": "Name", "Value": bake.ami_name(settings, key)},
-                                              {"Key": "Project", "Value": settings.name_prefix},
-                                              {"Key": bake.BAKE_KEY_TAG, "Value": key}])
+    ec2.create_tags(Resources=[ami_id], Tags=bake.ami_tags(settings, key))
     get_logger().info("the emulated cloud had forgotten the AMI of bake %s: registered its host image again as %s",
                       key, ami_id)
     return bake.find_ami(settings, key)
