@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,9 @@ TEST_STACK_ENV = {
     "STACK_PLATFORM_PORT": "4301",
     "STACK_CONFIG_FILE": "/nonexistent/stack.toml",  # a user's stack.toml must not leak in
     "STACK_NIGHTLY_TEARDOWN_CRON": "",  # no scheduled teardown in the middle of a test run
+    # The server host's backup timer stays armed (a test checks it), on a day no test run
+    # meets: a backup of its own in the middle of a test would be the "latest" one.
+    "STACK_BACKUP_CRON": "0 2 29 2 *",
 }
 
 
@@ -43,10 +47,14 @@ def run_step(module: str, *args: str, env: dict[str, str] | None = None, check: 
              timeout: float = 1800, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``python -m <module>`` the way a user does (in ``cwd``, a copy of the repository
     if given); stdout holds its JSON result."""
+    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env or clean_env(**TEST_STACK_ENV),
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
+    # Where a slow test spends its time (shown with -s, or with a failure's captured output).
+    print(f"[step] python -m {module} {' '.join(args)}: {time.monotonic() - started:.1f} s, exit {proc.returncode}",
+          file=sys.stderr)
     if check and proc.returncode != 0:
         pytest.fail(f"python -m {module} exited {proc.returncode}\n--- stderr tail ---\n{proc.stderr[-4000:]}")
     return proc
@@ -65,7 +73,7 @@ def test_settings():
     return StackSettings(
         name_prefix=env["STACK_NAME_PREFIX"], state_dir=Path(env["STACK_STATE_DIR"]),
         emulator_port=int(env["STACK_EMULATOR_PORT"]), control_plane_port=int(env["STACK_CONTROL_PLANE_PORT"]),
-        platform_port=int(env["STACK_PLATFORM_PORT"]),
+        platform_port=int(env["STACK_PLATFORM_PORT"]), backup_cron=env["STACK_BACKUP_CRON"],
     )
 
 

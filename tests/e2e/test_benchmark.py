@@ -35,9 +35,3 @@ def test_one_case_of_the_benchmark_runs_and_its_json_has_the_schema(stack):
     assert {"p2test-ec2-0", "p2test-ec2-1", "p2test-aws"} <= set(report.peak_memory_mib)
     assert all(v > 0 for v in report.peak_memory_mib.values())
     assert report.bootstrap == {} and report.throughput == []
-
-
-def test_the_benchmark_refuses_a_section_it_does_not_know():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "latncy"], cwd=REPO,
-                          env=clean_env(**TEST_STACK_ENV), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "unknown section or case: latncy" in proc.stderr

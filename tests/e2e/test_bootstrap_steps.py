@@ -205,8 +205,22 @@ def _flows_run_between(api: str, start, end) -> list[str]:
     return asyncio.run(go())
 
 
-def test_run_button_of_configure_runs_only_configure(stack):
+def _deployment_names(api: str) -> set[str]:
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(api=api) as client:
+            return {d.name for d in await client.read_deployments()}
+
+    return asyncio.run(go())
+
+
+def test_control_plane_serves_every_step_and_the_run_button_of_configure_runs_only_configure(stack):
     s = stack["settings"]
+    names = _deployment_names(s.control_plane_api_url)
+    for step in ("bootstrap", "preflight", "bake", "provision", "hosts", "configure", "restore", "register", "deploy",
+                 "smoke", "nightly-teardown", "backup"):
+        assert f"p2test-{step}" in names
     run = _run_deployment_and_wait(s.control_plane_api_url, "configure/p2test-configure")
     assert run.state.is_completed(), run.state
     # Only configure ran: no other step's flow started while it ran.

@@ -269,11 +269,18 @@ def test_hosts_stop_themselves_when_the_teardown_does_not_come_and_bootstrap_sta
     assert_case3_ran(report)
 
 
-def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back_on_a_baked_ami(stack):
-    """The morning on aws: the nightly teardown left no instance; bootstrap bakes the AMI
+def test_the_morning_after_the_nightly_teardown_bakes_the_ami_and_restores_a_lost_data_volume(stack):
+    """The morning on aws, with a disk lost overnight. The nightly teardown backs up the
+    platform, destroys the compute and keeps the data volume; here that volume is then
+    lost too (its disk gone with everything on it). Bootstrap bakes the AMI
     (STACK_BAKE=ami, the aws path on the twin: a builder instance, bake.yml over SSH,
-    CreateImage) and the new instances boot from it, with everything installed."""
+    CreateImage), the new instances boot from it with everything installed, and the
+    platform is restored from the teardown's backup before anything registers: nothing
+    lost, every case runs. (A kept data volume under new instances, which needs no
+    restore, is the reboot test's above: moto forgets the instances and bootstrap makes
+    new ones on the same volume.)"""
     s = stack["settings"]
+    worker = next(i["name"] for i in aws.running_hosts(s, "worker"))
     before = platform_records(s)
     down = result_json(run_step("flows.teardown"))
     assert down["scope"] == "compute" and down["destroyed"] == ["compute"]
@@ -281,17 +288,32 @@ def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back_on_a_bak
     key = down["backup"].split("/", 3)[3]
     assert aws.client(s, "s3").head_object(Bucket=statebackend.code_bucket_name(s), Key=key)["ContentLength"] > 0
     assert aws.project_instances(s, states=("pending", "running", "stopping", "stopped")) == []
-    assert container_state(SERVER) == "absent"
-    assert sh("docker", "volume", "inspect", s.data_volume_name).returncode == 0  # the data is kept
+    assert container_state(SERVER) == "absent" and container_state(worker) == "absent"
+    assert sh("docker", "volume", "inspect", s.data_volume_name).returncode == 0  # the teardown kept the data
+    assert sh("docker", "volume", "rm", s.data_volume_name).returncode == 0  # and then the disk was lost
 
     ami_env = clean_env(**TEST_STACK_ENV, STACK_BAKE="ami")
-    report = result_json(run_step("flows.bootstrap", env=ami_env, timeout=2400))
+    proc = run_step("flows.bootstrap", env=ami_env, timeout=2400)
+    report = result_json(proc)
     # The compute module had no resources left: created in one apply; the data module
-    # kept its volume and bucket, so it was planned (no changes) and not applied.
+    # kept its volume (in EC2) and bucket, so it was planned (no changes) and not applied.
     assert report["provision"]["created_in_one_apply"] == ["compute"]
-    assert report["restore"]["restored"] is False  # the data volume still had it all
+    assert sorted(report["hosts"]["created"]) == sorted([SERVER, worker])
+    # The empty database was found and the teardown's backup restored before register.
+    assert report["restore"]["restored"] is True
+    assert report["restore"]["backup"]["location"] == down["backup"]
+    assert "restoring" in proc.stderr and "backup exists" in proc.stderr
     assert_nothing_lost(before, s)
     assert_case3_ran(report)
+    # Every case ran, the Docker one included: its worker was restarted after the restore,
+    # so it used the restored pool's job template, not the default one it made on the
+    # empty database (that run's container could not reach the server).
+    cases = {c["case"]: c for c in report["smoke"]["cases"]}
+    assert cases["case4-s3-docker"]["state"] == "COMPLETED", cases["case4-s3-docker"]
+    assert active_since(worker, "prefect-worker-docker") >= active_since(SERVER, "prefect-server")
+    image = report["configure"]["flow_runner_image"]
+    held = sh("docker", "exec", worker, "docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert held == [image], f"the new worker host holds {held}, the pool names {image}"
 
     baked = report["bake"]
     print(f"bake: {baked['seconds']} s; steps {report['seconds']}")
@@ -320,41 +342,6 @@ def test_teardown_keeps_the_data_and_bootstrap_brings_the_platform_back_on_a_bak
     again = result_json(run_step("flows.bake", env=ami_env))
     assert (again["ami_id"], again["built"]) == (baked["ami_id"], False)
 
-
-def test_lost_machines_are_made_again_and_the_data_restored_from_the_latest_backup(stack):
-    """Both hosts are lost with their disks: the server with its data volume, the worker
-    with its Docker volume (the teardown test above covers the data volume kept across a
-    teardown). Bootstrap re-creates both for the same instances on empty disks, finds the
-    latest backup and restores it before anything registers; the new worker host gets
-    the current flow-runner image, the one the Docker pool names (issue 27: a host made
-    after an image change has only the new tag), and every case runs."""
-    from stack.localcloud.hosts import docker_volume
-
-    s = stack["settings"]
-    worker = next(i["name"] for i in aws.running_hosts(s, "worker"))
-    before = platform_records(s)
-    taken = result_json(run_step("flows.backup"))
-    for host, volume in ((SERVER, s.data_volume_name), (worker, docker_volume(worker))):
-        assert sh("docker", "rm", "-f", host).returncode == 0
-        assert sh("docker", "volume", "rm", volume).returncode == 0, volume
-    proc = run_step("flows.bootstrap")
-    report = result_json(proc)
-    assert sorted(report["hosts"]["created"]) == sorted([SERVER, worker])
-    assert report["restore"]["restored"] is True
-    assert report["restore"]["backup"]["location"] == taken["location"]
-    assert "restoring" in proc.stderr and "backup exists" in proc.stderr
-    assert_nothing_lost(before, s)
-    assert_case3_ran(report)
-    # Every case ran, the Docker one included: its worker was restarted after the restore,
-    # so it used the restored pool's job template, not the default one it made on the
-    # empty database (that run's container could not reach the server).
-    cases = {c["case"]: c for c in report["smoke"]["cases"]}
-    assert cases["case4-s3-docker"]["state"] == "COMPLETED", cases["case4-s3-docker"]
-    assert active_since(worker, "prefect-worker-docker") >= active_since(SERVER, "prefect-server")
-    image = report["configure"]["flow_runner_image"]
-    held = sh("docker", "exec", worker, "docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    assert held == [image], f"the new worker host holds {held}, the pool names {image}"
-
     status = result_json(run_step("flows.status", "--json"))
     assert status["data_volume"]["name"] == s.data_volume_name and status["data_volume"]["size"] == s.data_volume_size
-    assert status["last_backup"]["location"] == taken["location"] and status["last_backup"]["size"] > 0
+    assert status["last_backup"]["location"] == down["backup"] and status["last_backup"]["size"] > 0

@@ -193,31 +193,6 @@ def test_every_pool_starts_its_runs_with_the_engine_and_says_what_it_is_for(stac
     assert "Not Ready" in objects["pool_descriptions"][platform.OPERATOR_POOL]
 
 
-def test_control_plane_serves_every_step_and_its_run_button_works(stack):
-    """The runner on the control plane serves each step; running one from there works."""
-    from prefect.client.orchestration import PrefectClient
-
-    s = stack["settings"]
-
-    async def go():
-        async with PrefectClient(api=s.control_plane_api_url) as client:
-            names = {d.name for d in await client.read_deployments()}
-            dep = await client.read_deployment_by_name("smoke/p2test-smoke")
-            run = await client.create_flow_run_from_deployment(dep.id)
-            for _ in range(600):
-                run = await client.read_flow_run(run.id)
-                if run.state and run.state.is_final():
-                    break
-                await asyncio.sleep(0.5)
-            return names, run
-
-    names, run = asyncio.run(go())
-    for step in ("bootstrap", "preflight", "bake", "provision", "hosts", "configure", "restore", "register", "deploy",
-                 "smoke", "nightly-teardown", "backup"):
-        assert f"p2test-{step}" in names
-    assert run.state.is_completed(), run.state
-
-
 def test_the_server_host_backs_itself_up_on_its_own_timer_without_the_operator(stack):
     """The nightly backup is a systemd timer on the server host: its service dumps the
     database into the bucket with the host's own credentials (no operator SSH or address)."""

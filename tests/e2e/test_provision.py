@@ -120,14 +120,6 @@ def test_second_bootstrap_skips_every_step_and_force_runs_them_all(stack):
     assert status["control_plane_api_url"] == "http://127.0.0.1:4300/api"
 
 
-def test_unknown_step_is_one_line_naming_the_valid_ones():
-    proc = run_step("flows.bootstrap", "--only", "provisoin", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "error: python -m flows.bootstrap: --only 'provisoin': no such step; use one of preflight, bake, provision, hosts, "
-        "configure, restore, register, deploy, smoke; see --help"]
-
-
 def test_status_lists_instances_with_their_hosts_and_the_prefect_each_runs(stack):
     status = json.loads(run_step("flows.status", "--json").stdout)
     assert status["target"] == "local"

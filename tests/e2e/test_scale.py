@@ -76,9 +76,11 @@ def test_two_worker_hosts_share_the_runs_and_scaling_back_crashes_what_was_in_fl
     assert [r.state.type.value for r in runs] == ["COMPLETED"] * BURST
     assert {ran_on(r) for r in runs} == set(two), "the burst did not spread over both worker hosts"
 
-    # A run caught in flight on the host that goes away: freeze that host mid-run.
+    # A run caught in flight on the host that goes away: freeze that host mid-run. As many
+    # runs as the burst, so that the first host's workers cannot take them all (with 4,
+    # one host's slots held every one of them, and no run ever went to the other).
     leaving = two[-1]
-    ids = asyncio.run(submit(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], 4))
+    ids = asyncio.run(submit(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], BURST))
     in_flight = None
     deadline = time.monotonic() + 120
     while in_flight is None and time.monotonic() < deadline:

@@ -50,7 +50,8 @@ CASES = [
     Case("aws-without-cidr", "STACK_OPERATOR_CIDR", env={"STACK_TARGET": "aws", "STACK_AMI_ID": "ami-0123456789abcdef0"}),
     # command-line options
     Case("unknown-option", "unrecognized arguments: --dry-run", argv=("flows.bootstrap", "--dry-run")),
-    Case("unknown-step", "no such step", argv=("flows.bootstrap", "--only", "provisoin")),
+    Case("unknown-step", "--only 'provisoin': no such step; use one of preflight, bake, provision, hosts, configure, "
+         "restore, register, deploy, smoke; see --help", argv=("flows.bootstrap", "--only", "provisoin")),
     Case("from-and-only", "--from and --only do not go together", argv=("flows.bootstrap", "--from", "hosts", "--only", "smoke")),
     Case("teardown-unknown-option", "unrecognized arguments: --everything", argv=("flows.teardown", "--everything")),
     Case("restore-missing-value", "--backup: expected one argument", argv=("flows.restore", "--backup")),

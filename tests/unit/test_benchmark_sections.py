@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from benchmarks import durability_bench, platform_bench, stack_bench
-from tests.conftest import REPO
+from tests.conftest import REPO, clean_env
 
 
 def test_the_own_stack_sections_run_after_the_platforms_with_the_shared_options(monkeypatch):
@@ -27,3 +27,9 @@ def test_a_section_that_needs_its_own_stack_is_refused_on_the_current_one():
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--on-current-stack", "--sections", "latency,durability"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "durability build the benchmark's own stack" in proc.stderr, proc.stderr
+
+
+def test_the_benchmark_refuses_a_section_it_does_not_know():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "latncy"], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown section or case: latncy" in proc.stderr

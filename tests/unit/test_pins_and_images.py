@@ -102,3 +102,13 @@ def test_the_baked_image_tag_is_the_same_for_every_checkout(monkeypatch):
     assert bake.baked_image_tag(settings, "stack-host:x") == here
     monkeypatch.setattr(digest, "install_vars", lambda s: {**moved, "base_system_uv_package": "uv==0.0.1"})
     assert bake.baked_image_tag(settings, "stack-host:x") != here
+
+
+def test_a_base_image_build_that_cannot_reach_its_mirror_says_why_and_leaves_no_image():
+    from stack.localcloud.images import _ensure_base_image, docker_client, image_exists
+
+    client = docker_client()
+    tag = "stack-base:unreachable-mirror-test"
+    with pytest.raises(StackError, match=r"from http://127\.0\.0\.1:9/debian: E: Failed to fetch"):
+        _ensure_base_image(client, tag, "http://127.0.0.1:9/debian")
+    assert not image_exists(client, tag)  # no half-made image is kept
