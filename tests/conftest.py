@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -117,19 +118,54 @@ def stack(test_settings):
     discard_test_stack(test_settings)
 
 
-# Tests marked ``teardown_last`` change or destroy the shared stack, so they run after all
-# others, in this order: faults the platform survives, the stack scaled, then destroyed;
-# last, a stack made anew on stock hosts and an older Prefect, upgraded and rolled back.
+# The order of a whole run. First the end-to-end tests that leave the shared stack as it
+# was (SHARED_STACK_ORDER), then the tests that need no stack, then those marked
+# ``teardown_last``, which change or destroy the shared stack (TEARDOWN_LAST_ORDER):
+# faults the platform survives, the stack scaled, then destroyed; last, a stack made anew
+# on stock hosts and an older Prefect, upgraded and rolled back. Within a module, tests
+# run in the order they are written.
+SHARED_STACK_ORDER = ("test_benchmark", "test_bootstrap_steps", "test_browser", "test_control_plane",
+                      "test_hosts_and_configure", "test_platform", "test_provision", "test_remote_state")
 TEARDOWN_LAST_ORDER = ("test_durability", "test_scale", "test_teardown", "test_upgrade")
+
+# --- Work started early in the fast lane ---------------------------------------------------
+# The fast lane's slowest work is CPU-bound commands: ansible-lint, and some forty
+# ``python -m flows.<step>`` runs that each start Python and import Prefect. When no
+# end-to-end test is selected, a test module's ``start_early()`` runs in the background
+# from the moment the tests are collected, on the core the in-process tests leave idle, and
+# its module fixture takes the result with ``early_result``. In the full suite it runs when
+# its module comes, as before: beside the stack's bootstrap it would only slow that down.
+_early: dict[str, Future] = {}
+_background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="early")
+
+
+def pytest_collection_finish(session):
+    if any(item.get_closest_marker("e2e") for item in session.items):
+        return
+    for module in {item.module for item in session.items if hasattr(item, "module")}:
+        if callable(start := getattr(module, "start_early", None)):
+            _early[module.__name__] = _background.submit(start)
+
+
+def early_result(module_name: str, start):
+    """What ``start()`` returns: from the background run begun at collection, or run now."""
+    future = _early.pop(module_name, None)
+    return future.result() if future else start()
 
 
 def pytest_collection_modifyitems(items):
     def order(item) -> tuple[int, int]:
-        if item.get_closest_marker("teardown_last") is None:
-            return (0, 0)
         module = item.module.__name__.rsplit(".", 1)[-1]
-        if module not in TEARDOWN_LAST_ORDER:
-            raise pytest.UsageError(f"{module} is marked teardown_last: put it in TEARDOWN_LAST_ORDER (tests/conftest.py)")
-        return (1, TEARDOWN_LAST_ORDER.index(module))
+        if item.get_closest_marker("teardown_last") is not None:
+            if module not in TEARDOWN_LAST_ORDER:
+                raise pytest.UsageError(f"{module} is marked teardown_last: put it in TEARDOWN_LAST_ORDER "
+                                        "(tests/conftest.py)")
+            return (2, TEARDOWN_LAST_ORDER.index(module))
+        if item.get_closest_marker("e2e") is not None:
+            if module not in SHARED_STACK_ORDER:
+                raise pytest.UsageError(f"{module} is marked e2e: put it in SHARED_STACK_ORDER (tests/conftest.py), "
+                                        "or mark it teardown_last if it changes the shared stack")
+            return (0, SHARED_STACK_ORDER.index(module))
+        return (1, 0)
 
     items.sort(key=order)

@@ -7,17 +7,19 @@ the damaged auth file, unchanged), and that no container of that prefix exists."
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, clean_env
+from tests.conftest import REPO, clean_env, early_result
 
 PREFIX = "p2bad"
 
@@ -118,15 +120,21 @@ def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, Path(env["STACK_STATE_DIR"])
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    # The case folders are made here, one after the other: pytest creates its base
-    # temporary folder on first use, and threads racing to create it failed with "is
-    # not a normalized and relative path" whenever these tests ran first.
-    folders = {c.id: tmp_path_factory.mktemp(c.id) for c in CASES}
+def start_early() -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Every case, four at a time, each in a folder of its own (removed at exit)."""
+    base = Path(tempfile.mkdtemp(prefix="p2bad-cases-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    folders = {c.id: base / c.id for c in CASES}
+    for folder in folders.values():
+        folder.mkdir()
     with ThreadPoolExecutor(max_workers=4) as pool:
         done = pool.map(lambda c: run_case(c, folders[c.id]), CASES)
         return {c.id: d for c, d in zip(CASES, done)}
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    return early_result(__name__, start_early)
 
 
 def test_there_are_at_least_twenty_cases():

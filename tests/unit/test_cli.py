@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import early_result
+
 REPO = Path(__file__).resolve().parents[2]
 # Every flow module with an entry point (testflow is the user's flow, not a step).
 STEP_MODULES = sorted(p.stem for p in (REPO / "flows").glob("*.py")
@@ -50,9 +52,13 @@ def _answers(calls: list[tuple[str, str]]) -> dict[tuple[str, str], subprocess.C
     return {(m, a): subprocess.CompletedProcess([f"flows.{m}", a], *answered[f"flows.{m} {a}"]) for m, a in calls}
 
 
+def start_early() -> dict[tuple[str, str], subprocess.CompletedProcess]:
+    return _answers([(m, a) for m in STEP_MODULES for a in ("--help", "--dry-run")])
+
+
 @pytest.fixture(scope="module")
 def answers() -> dict[tuple[str, str], subprocess.CompletedProcess]:
-    return _answers([(m, a) for m in STEP_MODULES for a in ("--help", "--dry-run")])
+    return early_result(__name__, start_early)
 
 
 def test_every_step_module_has_an_entry_point():
