@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,9 +38,10 @@ TEST_STACK_ENV = {
 }
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The process environment without any STACK_* of the user's, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STACK_") and k != "PREFECT_API_URL"}
+def clean_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The process environment (or ``base``) without any STACK_* of the user's, plus ``extra``."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("STACK_") and k != "PREFECT_API_URL"}
     env.update(extra)
     return env
 
@@ -129,28 +131,40 @@ SHARED_STACK_ORDER = ("test_benchmark", "test_bootstrap_steps", "test_browser", 
 TEARDOWN_LAST_ORDER = ("test_durability", "test_scale", "test_teardown", "test_upgrade")
 
 # --- Work started early in the fast lane ---------------------------------------------------
-# The fast lane's slowest work is CPU-bound commands: ansible-lint, and some forty
+# The fast lane's slowest work is CPU-bound commands: ansible-lint, and some thirty
 # ``python -m flows.<step>`` runs that each start Python and import Prefect. When no
-# end-to-end test is selected, a test module's ``start_early()`` runs in the background
-# from the moment the tests are collected, on the core the in-process tests leave idle, and
-# its module fixture takes the result with ``early_result``. In the full suite it runs when
-# its module comes, as before: beside the stack's bootstrap it would only slow that down.
+# end-to-end test is selected, a test module's ``start_early(env)`` runs in the background
+# from the moment the tests are collected, on the core the in-process tests leave idle,
+# if a selected test uses the fixture the module names in ``EARLY_FIXTURE``; that fixture
+# takes the result with ``early_result``. ``env`` is the process environment as it was at
+# collection: tests change os.environ while the background runs. In the full suite the
+# work runs when its module comes, as before: beside the stack's bootstrap it would only
+# slow that down.
 _early: dict[str, Future] = {}
 _background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="early")
+EARLY_STOP = threading.Event()  # set when the session ends: early work not begun is skipped
 
 
 def pytest_collection_finish(session):
-    if any(item.get_closest_marker("e2e") for item in session.items):
+    if session.config.option.collectonly or any(item.get_closest_marker("e2e") for item in session.items):
         return
-    for module in {item.module for item in session.items if hasattr(item, "module")}:
-        if callable(start := getattr(module, "start_early", None)):
-            _early[module.__name__] = _background.submit(start)
+    env = dict(os.environ)
+    for item in session.items:
+        module = getattr(item, "module", None)
+        fixture = getattr(module, "EARLY_FIXTURE", None)
+        if fixture in getattr(item, "fixturenames", ()) and module.__name__ not in _early:
+            _early[module.__name__] = _background.submit(module.start_early, env)
+
+
+def pytest_sessionfinish(session):
+    EARLY_STOP.set()
+    _background.shutdown(wait=False, cancel_futures=True)
 
 
 def early_result(module_name: str, start):
-    """What ``start()`` returns: from the background run begun at collection, or run now."""
+    """What ``start(env)`` returns: from the background run begun at collection, or run now."""
     future = _early.pop(module_name, None)
-    return future.result() if future else start()
+    return future.result() if future else start(dict(os.environ))
 
 
 def pytest_collection_modifyitems(items):

@@ -102,7 +102,7 @@ def test_a_changed_flow_runner_image_is_built_on_a_worker_host_and_reaches_the_d
     (their keys did not hash it), so the pool kept the old tag and case 4 failed on the
     next new worker host, which has only the new one. The pool and case 4's deployment
     now name the new tag. (A worker host created later gets the current image and runs
-    case 4: tests/e2e/test_durability.py, the lost-machines test.)
+    case 4: tests/e2e/test_durability.py, the morning after the nightly teardown.)
 
     The new image is made the way aws makes it (STACK_FLOW_RUNNER_BUILD=host): the
     repository lacks its tag, so the first worker host builds it on Debian (the twin's

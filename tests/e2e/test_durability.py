@@ -178,6 +178,9 @@ def test_a_host_killed_mid_run_crashes_its_run_and_a_reboot_brings_everything_ba
     vols = aws.client(s, "ec2").describe_volumes(
         Filters=[{"Name": "tag:Name", "Values": [s.data_volume_name]}])["Volumes"]
     assert len(vols) == 1
+    # The new server found the database on the kept data volume: nothing was restored (a
+    # server on an empty volume would have restored a backup and hidden the loss).
+    assert report["restore"]["restored"] is False, report["restore"]
     assert_nothing_lost(before, s)
     assert_case3_ran(report)
 

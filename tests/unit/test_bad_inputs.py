@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, clean_env, early_result
+from tests.conftest import EARLY_STOP, REPO, clean_env, early_result
 
 PREFIX = "p2bad"
 
@@ -82,7 +82,9 @@ CASES = [
 ]
 
 
-def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
+def run_case(case: Case, tmp: Path, base_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Path]:
+    if EARLY_STOP.is_set():
+        raise RuntimeError("the test session ended before this case began")
     cwd = REPO
     if case.edit:
         cwd = tmp / "repo"
@@ -112,7 +114,7 @@ def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
         held.bind(("127.0.0.1", int(env[case.bind])))
         held.listen()
     try:
-        proc = subprocess.run([sys.executable, "-m", *case.argv], cwd=cwd, env=clean_env(**env),
+        proc = subprocess.run([sys.executable, "-m", *case.argv], cwd=cwd, env=clean_env(base_env, **env),
                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     finally:
         if held:
@@ -120,7 +122,10 @@ def run_case(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, Path(env["STACK_STATE_DIR"])
 
 
-def start_early() -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+EARLY_FIXTURE = "outcomes"
+
+
+def start_early(env: dict[str, str]) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
     """Every case, four at a time, each in a folder of its own (removed at exit)."""
     base = Path(tempfile.mkdtemp(prefix="p2bad-cases-"))
     atexit.register(shutil.rmtree, base, ignore_errors=True)
@@ -128,7 +133,7 @@ def start_early() -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
     for folder in folders.values():
         folder.mkdir()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        done = pool.map(lambda c: run_case(c, folders[c.id]), CASES)
+        done = pool.map(lambda c: run_case(c, folders[c.id], env), CASES)
         return {c.id: d for c, d in zip(CASES, done)}
 
 

@@ -32,11 +32,19 @@ for call in sys.argv[1:]:
     out, err = io.StringIO(), io.StringIO()
     code = 0
     sys.argv = [module, option]
+    # The project's own modules are imported afresh for each call, as by a new python -m
+    # (an import cycle only one entry point meets still shows); Prefect stays imported.
+    for name in [n for n in sys.modules if n.split(".")[0] in ("flows", "stack", "blocks")]:
+        del sys.modules[name]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as exited:
-            code = exited.code if isinstance(exited.code, int) else 1
+            if exited.code is None or isinstance(exited.code, int):
+                code = exited.code or 0
+            else:  # SystemExit("message"): python prints it and exits 1
+                print(exited.code, file=sys.stderr)
+                code = 1
     answers[call] = [code, out.getvalue(), err.getvalue()]
 sys.stdout.write(json.dumps(answers))
 """
@@ -52,7 +60,10 @@ def _answers(calls: list[tuple[str, str]]) -> dict[tuple[str, str], subprocess.C
     return {(m, a): subprocess.CompletedProcess([f"flows.{m}", a], *answered[f"flows.{m} {a}"]) for m, a in calls}
 
 
-def start_early() -> dict[tuple[str, str], subprocess.CompletedProcess]:
+EARLY_FIXTURE = "answers"
+
+
+def start_early(env: dict[str, str]) -> dict[tuple[str, str], subprocess.CompletedProcess]:
     return _answers([(m, a) for m in STEP_MODULES for a in ("--help", "--dry-run")])
 
 

@@ -1,6 +1,7 @@
 """Pins and images: host packages pinned from constraints.txt (stack/pins.py), the images' content-hash
-tags and the baked host image's tag, and superseded images pruned. One test talks to the real Docker
-engine (tiny images of its own, removed after); none asks the package index."""
+tags and the baked host image's tag, and superseded images pruned. Two tests talk to the real Docker
+engine (tiny images of their own, removed after; a base image build from an unreachable mirror, with
+mmdebstrap); none asks the package index."""
 
 from __future__ import annotations
 
