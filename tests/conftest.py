@@ -122,13 +122,15 @@ def stack(test_settings):
 
 # The order of a whole run. First the end-to-end tests that leave the shared stack as it
 # was (SHARED_STACK_ORDER), then the tests that need no stack, then those marked
-# ``teardown_last``, which change or destroy the shared stack (TEARDOWN_LAST_ORDER):
-# faults the platform survives, the stack scaled, then destroyed; last, a stack made anew
-# on stock hosts and an older Prefect, upgraded and rolled back. Within a module, tests
-# run in the order they are written.
+# ``teardown_last``, which change or destroy the shared stack (TEARDOWN_LAST_ORDER): the
+# stack scaled out and back, faults the platform survives, then destroyed; last, a stack
+# made anew on stock hosts and an older Prefect, upgraded and rolled back. Scale comes
+# first because it asserts that configure runs on the new host alone, which needs the
+# stack's own settings in the last bootstrap: the last fault test bootstraps with
+# STACK_BAKE=ami. Within a module, tests run in the order they are written.
 SHARED_STACK_ORDER = ("test_benchmark", "test_bootstrap_steps", "test_browser", "test_control_plane",
                       "test_hosts_and_configure", "test_platform", "test_provision", "test_remote_state")
-TEARDOWN_LAST_ORDER = ("test_durability", "test_scale", "test_teardown", "test_upgrade")
+TEARDOWN_LAST_ORDER = ("test_scale", "test_durability", "test_teardown", "test_upgrade")
 
 # --- Work started early in the fast lane ---------------------------------------------------
 # The fast lane's slowest work is CPU-bound commands: ansible-lint, and some thirty

@@ -5,7 +5,8 @@ that ran each run is on the run, as its ``prefect.worker.name`` label); going ba
 one removes that host, its workers show offline, and a run that was in flight there ends
 Crashed instead of staying Running for ever.
 
-It changes the shared stack, so it runs with the fault tests, and leaves the stack at
+It changes the shared stack, so it runs after the others, first of those that do
+(tests/conftest.py says why), and leaves the stack at
 one worker host, bootstrapped.
 """
 
