@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from stack.steps import STEPS
 from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
 
 pytestmark = pytest.mark.e2e
@@ -218,8 +219,7 @@ def _deployment_names(api: str) -> set[str]:
 def test_control_plane_serves_every_step_and_the_run_button_of_configure_runs_only_configure(stack):
     s = stack["settings"]
     names = _deployment_names(s.control_plane_api_url)
-    for step in ("bootstrap", "preflight", "bake", "provision", "hosts", "configure", "restore", "register", "deploy",
-                 "smoke", "nightly-teardown", "backup"):
+    for step in ("bootstrap", *STEPS, "nightly-teardown", "backup"):
         assert f"p2test-{step}" in names
     run = _run_deployment_and_wait(s.control_plane_api_url, "configure/p2test-configure")
     assert run.state.is_completed(), run.state
