@@ -9,7 +9,8 @@ holder (user@machine, command, process, start time). Only one ``PUT`` with
 ``If-None-Match: *`` can create it; the holder renews it every RENEW_SECONDS with
 ``If-Match`` on its own version, and deletes it when done. A holder that dies stops
 renewing: after LEASE_SECONDS the lease has expired and the next command takes it over
-(a conditional delete, so two takers cannot both win).
+(a conditional delete, so two takers cannot both win). One that died on the same machine
+(same user and host name, its process gone) is taken over at once.
 
 Terraform's own S3 lock file still guards each state during an apply; this lease makes a
 second operator's command wait, or fail naming the first, before anything starts.
@@ -50,7 +51,7 @@ def _code(exc: Exception) -> str:
 
 def _body(command: str, started: dt.datetime) -> bytes:
     return json.dumps({
-        "holder": f"{getpass.getuser()}@{socket.gethostname()}", "command": command, "pid": os.getpid(),
+        "holder": _holder(), "command": command, "pid": os.getpid(),
         "started": started.isoformat(timespec="seconds"),
         "expires": (_now() + dt.timedelta(seconds=LEASE_SECONDS)).isoformat(timespec="seconds"),
     }).encode()
@@ -59,6 +60,26 @@ def _body(command: str, started: dt.datetime) -> bytes:
 def describe(lease: dict) -> str:
     return (f"{lease.get('holder', 'someone')} runs {lease.get('command', 'a command')} (pid {lease.get('pid', '?')}) "
             f"since {lease.get('started', '?')}")
+
+
+def _holder() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _died_here(lease: dict) -> bool:
+    """Was the lease taken by a command of this user on this machine whose process is
+    gone (killed, or the machine restarted)? Then nobody renews it: waiting LEASE_SECONDS
+    for it to expire would only delay the next command. A process of that number that
+    runs (another one, after a restart) counts as the holder: the lease then expires."""
+    if lease.get("holder") != _holder() or not isinstance(lease.get("pid"), int) or lease["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(lease["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -90,8 +111,11 @@ def held(settings: StackSettings, command: str) -> Iterator[None]:
         except s3.exceptions.NoSuchKey:
             continue  # released in between
         other = json.loads(current["Body"].read() or b"{}")
-        if dt.datetime.fromisoformat(other.get("expires", "1970-01-01T00:00:00+00:00")) < _now():
-            get_logger().warning("taking over the stack's lease: its holder stopped renewing it (%s)", describe(other))
+        expired = dt.datetime.fromisoformat(other.get("expires", "1970-01-01T00:00:00+00:00")) < _now()
+        if expired or _died_here(other):
+            get_logger().warning("taking over the stack's lease: its holder %s (%s)",
+                                 "stopped renewing it" if expired else "is no longer running on this machine",
+                                 describe(other))
             with contextlib.suppress(s3.exceptions.ClientError):  # another taker was first: try again
                 s3.delete_object(Bucket=bucket, Key=key, IfMatch=current["ETag"])
             continue

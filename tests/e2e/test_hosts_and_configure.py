@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stack import aws, credentials, hostexec
+from stack import accountlease, aws, credentials, hostexec, statebackend
 from stack.ansible import ANSIBLE_DIR, environment
 from stack.localcloud.flow_runner import flow_runner_image, publish, repository_name, repository_url
 from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
@@ -207,6 +207,16 @@ def test_a_configure_killed_halfway_leaves_no_secret_of_its_environment(stack):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # The killed command's lease in the account is left behind, unrenewed. The next
+    # command on this machine sees its process gone and takes it over at once, rather
+    # than waiting until it expires (accountlease.LEASE_SECONDS).
+    bucket, key = statebackend.state_bucket_name(s), accountlease.lease_key(s)
+    left = json.loads(aws.client(s, "s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert left["pid"] == proc.pid, left
+    asked = time.monotonic()
+    with accountlease.held(s, "the test, after the killed configure"):
+        waited = time.monotonic() - asked
+    assert waited < 10, f"waited {waited:.0f} s for the lease of a process that is gone"
     leaks = [str(f) for f in s.state_path.rglob("*") if f.is_file() and canary.encode() in f.read_bytes()]
     assert leaks == []
     # Nor in the folder of the credential server it left behind (a config file, a socket).
