@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flows.bake import BakeReport
-from stack import aws, bake, cloudstate, platform, statebackend
+from stack import aws, backups, bake, cloudstate, platform, statebackend
 from stack.localcloud import hosts as host_containers
 from stack.proc import CommandError, StackError
 from stack.lock import exclusive
@@ -177,6 +177,19 @@ def apply_root_module(settings: StackSettings, tf: Terraform) -> dict:
     return terraform_output(tf)
 
 
+def keep_backups_for(settings: StackSettings, bucket: str) -> None:
+    """The code bucket's lifecycle rule: each backup, and every older version of one,
+    expires after STACK_BACKUP_RETENTION_DAYS; flow code is not touched. Put after the
+    data module's apply (the bucket and its versioning exist), on every provision: the
+    same rule again changes nothing. Not a Terraform resource:
+    the AWS provider waits about 55 s after creating one, for S3 to read it back the same
+    several times, and the compute module would wait as long on every new stack."""
+    days = settings.backup_retention_days
+    aws.client(settings, "s3").put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [{
+        "ID": "expire-backups", "Status": "Enabled", "Filter": {"Prefix": backups.BACKUP_PREFIX},
+        "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": days}}]})
+
+
 def stand_in_repository_arn(settings: StackSettings) -> str:
     """For a destroy of a stack provisioned before the modules had the flow-runner
     repository (its states name none): any valid ARN does, as the policy that names it
@@ -217,6 +230,7 @@ def provision(settings: StackSettings | None = None, baked: BakeReport | None = 
     data_tf = Terraform(settings, DATA)
     data = apply_root_module(settings, data_tf)
     volume = DataVolume(**data["data_volume"])
+    keep_backups_for(settings, data["bucket_name"])
     if settings.target == "local":
         host_containers.record_self_stopped(settings)  # what EC2 would already show
     # Bootstrap brings the platform up: instances that stopped (a host's safety stop when

@@ -214,7 +214,6 @@ class Terraform:
                 # The emulator speaks plain HTTP and enforces bucket policies: a TLS-only
                 # policy would refuse every request there. Always on for real AWS.
                 "bucket_tls_only": s.target != "local",
-                "backup_retention_days": s.backup_retention_days,
             }
         return {
             **common,

@@ -59,25 +59,16 @@ resource "aws_s3_bucket_policy" "code" {
   depends_on = [aws_s3_bucket_public_access_block.code]
 }
 
-# Backups do not grow forever: each one (and any older version of it) expires after
-# backup_retention_days. Flow code is not touched.
-resource "aws_s3_bucket_lifecycle_configuration" "backups" {
-  bucket = aws_s3_bucket.code.id
+# Backups do not grow forever: the provision step puts the code bucket's lifecycle rule
+# (each backup expires after STACK_BACKUP_RETENTION_DAYS) with one S3 call, not as a
+# resource here, whose creation waits about 55 s for S3 to read the rule back the same
+# several times, and holds the compute module back as long (flows/provision.py,
+# keep_backups_for). A stack made when it was a resource here keeps its rule: Terraform
+# forgets it without deleting it.
+removed {
+  from = aws_s3_bucket_lifecycle_configuration.backups
 
-  rule {
-    id     = "expire-backups"
-    status = "Enabled"
-    filter {
-      prefix = "backups/"
-    }
-    expiration {
-      days = var.backup_retention_days
-    }
-    noncurrent_version_expiration {
-      noncurrent_days = var.backup_retention_days
-    }
+  lifecycle {
+    destroy = false
   }
-
-  # A lifecycle rule on a versioned bucket needs the versioning set first.
-  depends_on = [aws_s3_bucket_versioning.code]
 }

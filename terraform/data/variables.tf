@@ -57,17 +57,6 @@ variable "bucket_force_destroy" {
   default     = false
 }
 
-variable "backup_retention_days" {
-  description = "Days a backup (backups/ in the bucket) is kept, and an overwritten or deleted one's older versions."
-  type        = number
-  default     = 30
-
-  validation {
-    condition     = var.backup_retention_days >= 1 && var.backup_retention_days <= 3650 && floor(var.backup_retention_days) == var.backup_retention_days
-    error_message = "backup_retention_days must be a whole number of days from 1 to 3650."
-  }
-}
-
 variable "bucket_tls_only" {
   description = "Deny every request to the code bucket that does not use TLS. Only the emulated cloud, which speaks plain HTTP and enforces bucket policies, turns it off."
   type        = bool

@@ -73,7 +73,7 @@ def test_api_port_is_not_open_to_the_world(stack):
         assert cidrs == {4200: ["127.0.0.1/32"], 22: ["127.0.0.1/32"]}
 
 
-def test_code_bucket_is_encrypted_private_and_versioned(stack):
+def test_code_bucket_is_encrypted_private_versioned_and_its_backups_expire(stack):
     s = stack["settings"]
     s3 = aws.client(s, "s3")
     bucket = stack["first_bootstrap"]["provision"]["bucket_name"]
@@ -83,6 +83,11 @@ def test_code_bucket_is_encrypted_private_and_versioned(stack):
     block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
     assert all(block.values()) and len(block) == 4
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    # Backups expire after STACK_BACKUP_RETENTION_DAYS (put by provision, not Terraform);
+    # flow code does not.
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [(r["Filter"]["Prefix"], r["Status"], r["Expiration"]["Days"], r["NoncurrentVersionExpiration"]["NoncurrentDays"])
+            for r in rules] == [("backups/", "Enabled", s.backup_retention_days, s.backup_retention_days)], rules
     # The TLS-only policy is off on the emulator (plain HTTP); terraform test asserts it
     # is on for real AWS.
     assert s3.list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200

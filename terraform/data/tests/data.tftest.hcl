@@ -62,31 +62,13 @@ run "data_volume_encrypted_and_named" {
   }
 }
 
-run "backups_expire_and_no_apply_can_delete_them" {
+run "no_apply_can_delete_the_backups" {
   command = plan
-
-  variables {
-    backup_retention_days = 14
-  }
 
   assert {
     condition     = aws_s3_bucket.code.force_destroy == false
     error_message = "only teardown --all may empty the bucket: no force_destroy"
   }
-  assert {
-    condition = (one(aws_s3_bucket_lifecycle_configuration.backups.rule).filter[0].prefix == "backups/"
-    && one(aws_s3_bucket_lifecycle_configuration.backups.rule).expiration[0].days == 14)
-    error_message = "backups must expire after backup_retention_days"
-  }
-}
-
-run "a_retention_of_zero_days_is_refused" {
-  command = plan
-
-  variables {
-    backup_retention_days = 0
-  }
-  expect_failures = [var.backup_retention_days]
 }
 
 run "flow_runner_repository_immutable_encrypted_and_pruned" {
