@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from stack import aws, statebackend
 from stack.proc import StackError, get_logger
@@ -51,7 +52,7 @@ def _code(exc: Exception) -> str:
 
 def _body(command: str, started: dt.datetime) -> bytes:
     return json.dumps({
-        "holder": _holder(), "command": command, "pid": os.getpid(),
+        "holder": _holder(), "boot": _boot(), "command": command, "pid": os.getpid(),
         "started": started.isoformat(timespec="seconds"),
         "expires": (_now() + dt.timedelta(seconds=LEASE_SECONDS)).isoformat(timespec="seconds"),
     }).encode()
@@ -66,12 +67,22 @@ def _holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
+def _boot() -> str:
+    """This boot of this machine's kernel (Linux; '' elsewhere): with the holder's name it
+    tells a process number of this machine from one of another machine of the same name."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _died_here(lease: dict) -> bool:
-    """Was the lease taken by a command of this user on this machine whose process is
-    gone (killed, or the machine restarted)? Then nobody renews it: waiting LEASE_SECONDS
-    for it to expire would only delay the next command. A process of that number that
-    runs (another one, after a restart) counts as the holder: the lease then expires."""
-    if lease.get("holder") != _holder() or not isinstance(lease.get("pid"), int) or lease["pid"] == os.getpid():
+    """Was the lease taken by a command of this user on this machine, in this boot, whose
+    process is gone (killed)? Then nobody renews it: waiting LEASE_SECONDS for it to expire
+    would only delay the next command. Any doubt (another machine, another boot, a
+    process of that number running) leaves the lease to expire."""
+    if (lease.get("holder") != _holder() or lease.get("boot", "") != _boot()
+            or not isinstance(lease.get("pid"), int) or lease["pid"] == os.getpid()):
         return False
     try:
         os.kill(lease["pid"], 0)
