@@ -10,7 +10,8 @@ holder (user@machine, command, process, start time). Only one ``PUT`` with
 ``If-Match`` on its own version, and deletes it when done. A holder that dies stops
 renewing: after LEASE_SECONDS the lease has expired and the next command takes it over
 (a conditional delete, so two takers cannot both win). One that died on the same machine
-(same user and host name, its process gone) is taken over at once.
+(same user, host name, boot and pid namespace, its process group gone) is taken over at
+once.
 
 Terraform's own S3 lock file still guards each state during an apply; this lease makes a
 second operator's command wait, or fail naming the first, before anything starts.
@@ -52,7 +53,7 @@ def _code(exc: Exception) -> str:
 
 def _body(command: str, started: dt.datetime) -> bytes:
     return json.dumps({
-        "holder": _holder(), "boot": _boot(), "command": command, "pid": os.getpid(),
+        "holder": _holder(), "machine": _machine(), "command": command, "pid": os.getpid(), "group": os.getpgid(0),
         "started": started.isoformat(timespec="seconds"),
         "expires": (_now() + dt.timedelta(seconds=LEASE_SECONDS)).isoformat(timespec="seconds"),
     }).encode()
@@ -67,28 +68,31 @@ def _holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def _boot() -> str:
-    """This boot of this machine's kernel (Linux; '' elsewhere): with the holder's name it
-    tells a process number of this machine from one of another machine of the same name."""
+def _machine() -> str:
+    """This boot of this machine's kernel and this process's pid namespace (Linux; ''
+    elsewhere): with the holder's name it tells a process number seen here from one of
+    another machine, boot, container or WSL distribution of the same name."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
 
 
 def _died_here(lease: dict) -> bool:
-    """Was the lease taken by a command of this user on this machine, in this boot, whose
-    process is gone (killed)? Then nobody renews it: waiting LEASE_SECONDS for it to expire
-    would only delay the next command. Any doubt (another machine, another boot, a
-    process of that number running) leaves the lease to expire."""
-    if (lease.get("holder") != _holder() or lease.get("boot", "") != _boot()
-            or not isinstance(lease.get("pid"), int) or lease["pid"] == os.getpid()):
+    """Was the lease taken by a command of this user, seen from here (_machine), whose
+    process group is gone (killed, its Terraform or Ansible children with it)? Then nobody
+    renews it: waiting LEASE_SECONDS for it to expire would only delay the next command.
+    Any doubt (another machine, no way to tell machines apart, a process of that group
+    still running) leaves the lease to expire."""
+    if (not _machine() or lease.get("holder") != _holder() or lease.get("machine") != _machine()
+            or not isinstance(lease.get("group"), int) or lease["group"] == os.getpgid(0)):
         return False
     try:
-        os.kill(lease["pid"], 0)
+        os.killpg(lease["group"], 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # another user's process: alive
+    except PermissionError:  # another user's processes: alive
         return False
     return False
 

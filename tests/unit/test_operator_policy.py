@@ -100,7 +100,6 @@ TERRAFORM_ACTIONS = {
                                                            "s3:GetEncryptionConfiguration"],
     "aws_s3_bucket_public_access_block": ["s3:PutBucketPublicAccessBlock", "s3:GetBucketPublicAccessBlock"],
     "aws_s3_bucket_policy": ["s3:PutBucketPolicy", "s3:GetBucketPolicy", "s3:DeleteBucketPolicy"],
-    "aws_s3_bucket_lifecycle_configuration": ["s3:PutLifecycleConfiguration", "s3:GetLifecycleConfiguration"],
     "aws_ssm_association": ["ssm:CreateAssociation", "ssm:DescribeAssociation", "ssm:DeleteAssociation"],
     "aws_subnet": ["ec2:DescribeSubnets"],  # STACK_SUBNET_ID's VPC
     "aws_ecr_repository": ["ecr:CreateRepository", "ecr:DescribeRepositories", "ecr:ListTagsForResource",
