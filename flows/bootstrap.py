@@ -249,9 +249,12 @@ def bootstrap(settings: StackSettings | None = None, force: bool = False, from_s
     runner = StepRunner(settings, force, from_step, only)
     try:
         # settings -> cloud resources -> hosts -> configured platform -> its data -> runs
+        checked = runner.run("preflight", preflight)
         # A stack without hosts (new, or after the nightly teardown) needs the hosts'
-        # images: preflight starts building them, and they build while Terraform runs.
-        checked = runner.run("preflight", preflight, prebuild_host_images=True)
+        # images: they build in the background while Terraform runs (already started by
+        # the command line's start_early_builds; this is for the Run button).
+        if settings.target == "local" and start_prebuild(settings):
+            log.info("building the hosts' images in the background (baked host, flow runner)")
         if only in (None, "bake", "provision", "configure"):
             # Made (or read from the account) before any step's key is computed: a key
             # reads the secrets' caches and makes nothing; --only smoke needs none of this.

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from stack import aws, capacity, upgrade
+from stack import aws, capacity, checks, upgrade
 from stack.localcloud import emulator
-from stack.localcloud.bake import start_prebuild
-from stack.localcloud.images import docker_client
 from stack.proc import StackError
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
@@ -25,31 +19,25 @@ class PreflightReport(BaseModel):
     emulator_endpoint: str | None = None
 
 
-def _require_tool(name: str, hint: str) -> str:
-    venv_bin = Path(sys.executable).parent / name
-    found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
-    if not found:
-        raise StackError(f"`{name}` is not installed; {hint}")
-    return found
-
-
 @flow(name="preflight")
 @exclusive
-def preflight(settings: StackSettings | None = None, prebuild_host_images: bool = False) -> PreflightReport:
-    """Check everything the later steps need, before anything is created.
+def preflight(settings: StackSettings | None = None) -> PreflightReport:
+    """Check everything the later steps need, before anything is created: the tools,
+    then the cloud (settings are checked when they load).
 
-    ``prebuild_host_images`` (bootstrap sets it): once the tools and the Docker engine are
-    there, start building the hosts' images in the background for a stack without hosts,
-    beside the emulator's start and provision."""
+    The tools' checks are stack/checks.py's, which every command runs first; they run
+    here again for the control plane's Run button, which does not go through the command
+    line. On local the cloud is the emulator, started here: an account that answers is
+    what the checks below check."""
     settings = settings or load_settings()
     log = get_run_logger()
-    _require_tool("terraform", "install Terraform >= 1.10 and put it on PATH")
-    _require_tool("ansible-playbook", "run bin/setup to install the pinned Python packages")
+    for check in (checks.terraform_binary, checks.ansible_binary, checks.docker_engine):
+        try:
+            check(settings)
+        except checks.InputError as exc:
+            raise StackError(str(exc)) from None
     endpoint = None
     if settings.target == "local":
-        docker_client()  # raises with a clear message when no engine answers
-        if prebuild_host_images and start_prebuild(settings):
-            log.info("building the hosts' images in the background (baked host, flow runner)")
         st = emulator.up(settings)
         endpoint = st.endpoint
         log.info("emulated cloud %s is %s at %s", emulator.container_name(settings), st.state, endpoint)

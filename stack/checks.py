@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,6 +104,13 @@ def terraform_binary(settings: StackSettings) -> None:
     if found < TERRAFORM_MINIMUM:
         raise InputError(f"terraform {version} is too old: the stack's state lock needs Terraform {want} or "
                          "newer (use_lockfile of the S3 backend); install a newer one")
+
+
+def ansible_binary(settings: StackSettings) -> None:
+    """ansible-playbook, from this interpreter's environment (bin/setup installs it into
+    .venv, which need not be on PATH) or from PATH."""
+    if not ((Path(sys.executable).parent / "ansible-playbook").exists() or shutil.which("ansible-playbook")):
+        raise InputError("ansible-playbook is not installed; run bin/setup to install the pinned Python packages")
 
 
 def _port_taken(port: int) -> bool:
@@ -204,11 +212,11 @@ def terraform_files(settings: StackSettings) -> None:
 # Which checks each command runs: all read the machine; the files only where used.
 MACHINE = (state_dir, auth_file, docker_engine, ports)
 CHECKS: dict[str, tuple[Callable[[StackSettings], None], ...]] = {
-    "bootstrap": MACHINE + (terraform_binary, terraform_files, playbooks, deployments),
-    "preflight": MACHINE + (terraform_binary, terraform_files, playbooks, deployments),
+    "bootstrap": MACHINE + (terraform_binary, ansible_binary, terraform_files, playbooks, deployments),
+    "preflight": MACHINE + (terraform_binary, ansible_binary, terraform_files, playbooks, deployments),
     "provision": MACHINE + (terraform_binary, terraform_files),
     "hosts": MACHINE,
-    "configure": MACHINE + (playbooks,),
+    "configure": MACHINE + (ansible_binary, playbooks),
     "register": MACHINE,
     "deploy": MACHINE + (deployments,),
     "smoke": MACHINE + (deployments,),

@@ -179,3 +179,15 @@ def test_a_terraform_too_old_for_the_state_lock_is_refused_naming_the_version(tm
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(InputError, match="not on PATH"):
         terraform_binary(StackSettings(state_dir=tmp_path))
+
+
+def test_ansible_playbook_missing_from_the_environment_and_path_names_bin_setup(tmp_path, monkeypatch):
+    from stack.checks import InputError, ansible_binary
+    from stack.settings import StackSettings
+
+    settings = StackSettings(state_dir=tmp_path)
+    ansible_binary(settings)  # bin/setup put it beside this interpreter
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(InputError, match="ansible-playbook is not installed; run bin/setup"):
+        ansible_binary(settings)
