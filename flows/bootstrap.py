@@ -40,6 +40,7 @@ from flows.restore import RestoreReport, restore
 from flows.smoke import SmokeReport, health_check, smoke_test
 from stack import platform, steps, tls
 from stack.localcloud import hosts as host_containers
+from stack.localcloud.bake import start_prebuild
 from stack.localcloud.images import remove_superseded_images
 from stack.lock import exclusive
 from stack.proc import StackError
