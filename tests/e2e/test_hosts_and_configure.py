@@ -22,7 +22,7 @@ from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
 from stack.pins import pinned_prefect
 from stack.localcloud.images import docker_client, ensure_base_image
 from stack.terraform import ssh_public_key
-from tests.conftest import REPO, TEST_STACK_ENV, clean_env, result_json, run_step
+from tests.conftest import REPO, TEST_STACK_ENV, clean_env
 
 pytestmark = pytest.mark.e2e
 WORKER, SERVER = "p2test-ec2-1", "p2test-ec2-0"
