@@ -51,9 +51,15 @@ def _code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
 
+def owner() -> dict:
+    """Who runs this command, in a form died_here can check later: user@host, this machine
+    (_machine), the process and its process group."""
+    return {"holder": _holder(), "machine": _machine(), "pid": os.getpid(), "group": os.getpgid(0)}
+
+
 def _body(command: str, started: dt.datetime) -> bytes:
     return json.dumps({
-        "holder": _holder(), "machine": _machine(), "command": command, "pid": os.getpid(), "group": os.getpgid(0),
+        **owner(), "command": command,
         "started": started.isoformat(timespec="seconds"),
         "expires": (_now() + dt.timedelta(seconds=LEASE_SECONDS)).isoformat(timespec="seconds"),
     }).encode()
@@ -79,12 +85,12 @@ def _machine() -> str:
         return ""
 
 
-def _died_here(lease: dict) -> bool:
-    """Was the lease taken by a command of this user, seen from here (_machine), whose
-    process group is gone (killed, its Terraform or Ansible children with it)? Then nobody
-    renews it: waiting LEASE_SECONDS for it to expire would only delay the next command.
-    Any doubt (another machine, no way to tell machines apart, a process of that group
-    still running) leaves the lease to expire."""
+def died_here(lease: dict) -> bool:
+    """Was the lease (or another record with owner()'s fields) taken by a command of this
+    user, seen from here (_machine), whose process group is gone (killed, its Terraform or
+    Ansible children with it)? Then nobody renews it: waiting for it to expire would only
+    delay the next command. Any doubt (another machine, no way to tell machines apart, a
+    process of that group still running) leaves the lease to expire."""
     if (not _machine() or lease.get("holder") != _holder() or lease.get("machine") != _machine()
             or not isinstance(lease.get("group"), int) or lease["group"] == os.getpgid(0)):
         return False
@@ -106,7 +112,7 @@ def held(settings: StackSettings, command: str) -> Iterator[None]:
     key = lease_key(settings)
     try:
         bucket = statebackend.state_bucket_name(settings)
-        s3.head_bucket(Bucket=bucket)
+        aws.probe_client(settings, "s3").head_bucket(Bucket=bucket)
     except Exception:  # noqa: BLE001  (no bucket yet, no emulator, no account: nothing to guard)
         yield
         return
@@ -127,7 +133,7 @@ def held(settings: StackSettings, command: str) -> Iterator[None]:
             continue  # released in between
         other = json.loads(current["Body"].read() or b"{}")
         expired = dt.datetime.fromisoformat(other.get("expires", "1970-01-01T00:00:00+00:00")) < _now()
-        if expired or _died_here(other):
+        if expired or died_here(other):
             get_logger().warning("taking over the stack's lease: its holder %s (%s)",
                                  "stopped renewing it" if expired else "is no longer running on this machine",
                                  describe(other))

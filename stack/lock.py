@@ -17,8 +17,11 @@ import inspect
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
+from uuid import UUID
 
 from stack import accountlease
 from stack.proc import StackError, get_logger
@@ -67,6 +70,86 @@ async def _ensure_limit(name: str) -> None:
                 await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
+def _read_holder(settings: StackSettings) -> dict:
+    try:
+        return json.loads(_holder_file(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _free_slot_of_a_dead_holder(client, settings: StackSettings) -> None:
+    """A command killed on this machine (its process group gone, accountlease.died_here)
+    cannot release its slot: release it for it, by the lease id it recorded, rather than
+    wait until the lease runs out (the server ignores a lease already released or
+    expired). Anything else (another machine's control plane, a holder still running)
+    waits."""
+    left = _read_holder(settings)
+    if not left.get("lease_id") or not accountlease.died_here(left):
+        return
+    client.release_concurrency_slots_with_lease(UUID(left["lease_id"]))
+    get_logger().warning("freed the stack's slot: its holder %s run %s (pid %s) is no longer running on this machine",
+                         left.get("flow", "?"), left.get("run", "?"), left.get("pid", "?"))
+    _holder_file(settings).unlink(missing_ok=True)
+
+
+def _acquire_slot(settings: StackSettings, name: str) -> UUID:
+    """Take the limit's one slot with a LEASE_SECONDS lease, waiting up to
+    STACK_LOCK_WAIT_SECONDS (then TimeoutError). Prefect's own ``concurrency()`` keeps the
+    lease id to itself, and the id is what lets the next command free the slot of one that
+    was killed; so this uses the client's public lease calls, as ``concurrency()`` does."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + settings.lock_wait_seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            _free_slot_of_a_dead_holder(client, settings)
+            try:
+                taken = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS).json()
+                if not taken.get("limits"):
+                    raise StackError(f"the control plane has no concurrency limit {name}")
+                return UUID(taken["lease_id"])
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:  # 423 Locked: another command holds it
+                    raise
+                retry_after = float(exc.response.headers.get("Retry-After") or 1)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(name)
+            time.sleep(min(max(retry_after, 0.5), 3, left))
+
+
+@contextlib.contextmanager
+def _renewed(lease_id: UUID) -> Iterator[None]:
+    """Renew the slot's lease while the block runs, release it after. A command that is
+    killed stops renewing: its slot frees itself within LEASE_SECONDS, or at once when the
+    next command on this machine finds its holder gone."""
+    from prefect.client.orchestration import get_client
+
+    stop = threading.Event()
+
+    def renew() -> None:
+        with get_client(sync_client=True) as client:
+            while not stop.wait(LEASE_SECONDS / 4):
+                try:
+                    client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - the account lease still guards the stack
+                    get_logger().warning("could not renew the stack's slot (%s); another command may take it "
+                                         "once its lease runs out", exc)
+
+    # The thread sees this context's Prefect settings (the API URL of this stack).
+    renewer = threading.Thread(target=contextvars.copy_context().run, args=(renew,), name="stack-slot", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        with get_client(sync_client=True) as client, contextlib.suppress(Exception):
+            client.release_concurrency_slots_with_lease(lease_id)
+
+
 @contextlib.contextmanager
 def stack_lock(settings: StackSettings) -> Iterator[None]:
     """Hold the stack's slot for the duration (re-entrant within one run)."""
@@ -74,35 +157,31 @@ def stack_lock(settings: StackSettings) -> Iterator[None]:
     if _held.get():
         yield
         return
-    from prefect.concurrency.sync import concurrency
-
     name = limit_name(settings)
     asyncio.run(_ensure_limit(name))
     try:
-        # A 60 s lease, renewed while we run: a command that is killed frees the stack
-        # within about a minute instead of holding it for ever.
-        with concurrency(name, occupy=1, timeout_seconds=settings.lock_wait_seconds, strict=True,
-                         lease_duration=LEASE_SECONDS):
-            token = _held.set(True)
-            holder = _holder_file(settings)
-            holder.parent.mkdir(parents=True, exist_ok=True)
-            this_run = _this_run()
-            holder.write_text(json.dumps(this_run))
-            try:
-                # ... and the lease in the account, which another operator's clone shares.
-                with accountlease.held(settings, f"{this_run['flow']} ({this_run['run']})"):
-                    _held_by_process = True
-                    yield
-            finally:
-                _held_by_process = False
-                _held.reset(token)
-                holder.unlink(missing_ok=True)
+        lease_id = _acquire_slot(settings, name)
     except TimeoutError:
-        who = json.loads(_holder_file(settings).read_text()) if _holder_file(settings).exists() else {}
+        who = _read_holder(settings)
         raise StackError(
             f"stack {settings.name_prefix} is busy: {who.get('flow', 'another command')} run "
             f"{who.get('run', '?')} ({who.get('id', '?')}) holds it; waited {settings.lock_wait_seconds} s. "
             "Try again when it has finished (see the control plane UI)") from None
+    with _renewed(lease_id):
+        token = _held.set(True)
+        holder = _holder_file(settings)
+        holder.parent.mkdir(parents=True, exist_ok=True)
+        this_run = _this_run()
+        holder.write_text(json.dumps({**this_run, **accountlease.owner(), "lease_id": str(lease_id)}))
+        try:
+            # ... and the lease in the account, which another operator's clone shares.
+            with accountlease.held(settings, f"{this_run['flow']} ({this_run['run']})"):
+                _held_by_process = True
+                yield
+        finally:
+            _held_by_process = False
+            _held.reset(token)
+            holder.unlink(missing_ok=True)
 
 
 def exclusive(fn: F) -> F:

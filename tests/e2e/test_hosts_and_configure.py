@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from stack import accountlease, aws, credentials, hostexec, statebackend
+from stack import accountlease, aws, credentials, hostexec, lock, statebackend
 from stack.ansible import ANSIBLE_DIR, environment
 from stack.localcloud.flow_runner import flow_runner_image, publish, repository_name, repository_url
 from stack.localcloud.hosts import SERVER_HOST_CPU_SHARES
@@ -207,16 +208,19 @@ def test_a_configure_killed_halfway_leaves_no_secret_of_its_environment(stack):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # The killed command's lease in the account is left behind, unrenewed. The next
-    # command on this machine sees its process gone and takes it over at once, rather
-    # than waiting until it expires (accountlease.LEASE_SECONDS).
+    # The killed command's slot on the control plane and its lease in the account are
+    # left behind, unrenewed. The next command on this machine sees its process group
+    # gone, frees the one and takes over the other at once, rather than waiting until
+    # they expire (lock.LEASE_SECONDS, accountlease.LEASE_SECONDS).
     bucket, key = statebackend.state_bucket_name(s), accountlease.lease_key(s)
     left = json.loads(aws.client(s, "s3").get_object(Bucket=bucket, Key=key)["Body"].read())
     assert left["pid"] == proc.pid, left
+    assert json.loads((s.state_path / "lock-holder.json").read_text())["pid"] == proc.pid
     asked = time.monotonic()
-    with accountlease.held(s, "the test, after the killed configure"):
+    with temporary_settings(updates={PREFECT_API_URL: s.control_plane_api_url}), \
+            lock.stack_lock(s):
         waited = time.monotonic() - asked
-    assert waited < 10, f"waited {waited:.0f} s for the lease of a process that is gone"
+    assert waited < 10, f"waited {waited:.0f} s for the slot and the lease of a process that is gone"
     leaks = [str(f) for f in s.state_path.rglob("*") if f.is_file() and canary.encode() in f.read_bytes()]
     assert leaks == []
     # Nor in the folder of the credential server it left behind (a config file, a socket).

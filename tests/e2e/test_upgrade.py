@@ -230,6 +230,10 @@ def test_a_bootstrap_with_a_newer_prefect_upgrades_in_place_and_an_older_one_is_
     rolled = result_json(run_step("flows.restore", "--backup", pre_upgrade, env=old_env, timeout=2400))
     assert rolled["restored"] is True and rolled["reason"] == f"rollback to Prefect {OLD}"
     assert versions(old_env) == {"server": OLD, "hosts": {SERVER: OLD, WORKER: OLD}, "unanswered": {}}
+    # A switch back to the old version's virtualenv, kept beside the new one: no install.
+    for host in (SERVER, WORKER):
+        assert in_host(host, "readlink", "/opt/prefect/venv") == f"/opt/prefect/venv-prefect-{OLD}"
+        assert in_host(host, "ls", f"/opt/prefect/venv-prefect-{NEW}/stack-installed.txt") != ""
     assert_nothing_lost(before, s)
     # The backup holds the pools paused (they were, for the upgrade); the rollback resumed them.
     assert asyncio.run(pools_paused(s, url)) == {platform.PROCESS_POOL: False, platform.DOCKER_POOL: False}

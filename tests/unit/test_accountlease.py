@@ -24,23 +24,23 @@ def _here(**lease) -> dict:
 
 def test_a_lease_whose_process_group_on_this_machine_is_gone_is_taken_over_at_once():
     assert accountlease._machine()  # Linux: the boot and the pid namespace
-    assert accountlease._died_here(_here(group=_dead_group())) is True
+    assert accountlease.died_here(_here(group=_dead_group())) is True
 
 
 def test_a_lease_that_may_still_be_held_waits_for_its_expiry():
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True) as alive:
         try:
-            assert accountlease._died_here(_here(group=alive.pid)) is False  # a group still running
+            assert accountlease.died_here(_here(group=alive.pid)) is False  # a group still running
         finally:
             alive.kill()
-    assert accountlease._died_here(_here(group=os.getpgid(0))) is False     # ours
-    assert accountlease._died_here(_here()) is False                         # no group named (an older lease)
+    assert accountlease.died_here(_here(group=os.getpgid(0))) is False     # ours
+    assert accountlease.died_here(_here()) is False                         # no group named (an older lease)
     # Another machine's processes cannot be looked at from here, dead or alive: another
     # host name, or the same name in another boot, container or WSL distribution.
-    assert accountlease._died_here(_here(holder="alice@her-laptop", group=_dead_group())) is False
-    assert accountlease._died_here(_here(machine="another-boot pid:[1]", group=_dead_group())) is False
+    assert accountlease.died_here(_here(holder="alice@her-laptop", group=_dead_group())) is False
+    assert accountlease.died_here(_here(machine="another-boot pid:[1]", group=_dead_group())) is False
 
 
 def test_where_machines_cannot_be_told_apart_no_lease_is_taken_over_early(monkeypatch):
     monkeypatch.setattr(accountlease, "_machine", lambda: "")  # not Linux
-    assert accountlease._died_here(_here(group=_dead_group())) is False
+    assert accountlease.died_here(_here(group=_dead_group())) is False
