@@ -131,7 +131,7 @@ class BenchmarkReport(BaseModel):
     started_at: str
     finished_at: str | None = None
     stack: str
-    machine: dict[str, int]
+    machine: dict[str, int | str]
     runs: int
     bootstrap: dict[str, dict[str, float]] = {}      # label -> step -> seconds (+ "wall")
     bootstrap_outcomes: dict[str, dict[str, str]] = {}
@@ -477,6 +477,64 @@ def table(report: BenchmarkReport) -> str:
     return "\n".join(out)
 
 
+DOCS = REPO_ROOT / "docs" / "performance.md"
+DOCS_BEGIN = "<!-- benchmark: begin (written by python -m benchmarks --write-docs; edits here are replaced) -->"
+DOCS_END = "<!-- benchmark: end -->"
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def markdown(report: BenchmarkReport) -> str:
+    """The report as docs/performance.md shows it: the latest run only, with its date and machine."""
+    m = report.machine
+    out = [f"Measured {report.started_at[:10]} by `python -m benchmarks` on {m.get('cores')} cores "
+           f"({m.get('cpu', 'unknown CPU')}, {int(m.get('memory_mib', 0)) / 1024:.0f} GiB), {report.runs} runs per "
+           "case; seconds unless said."]
+    if report.bootstrap:
+        out += ["", "| bootstrap | " + " | ".join(STEP_ORDER) + " | wall |", "|---" * (len(STEP_ORDER) + 2) + "|"]
+        out += [f"| {label} | " + " | ".join(f"{steps.get(s, 0):.1f}" for s in STEP_ORDER) + f" | {steps['wall']:.1f} |"
+                for label, steps in report.bootstrap.items()]
+    if report.latency:
+        out += ["", "| case | workers | created->pending | pending->running | created->running (median, p90, worst) "
+                    "| floor | ratio to floor | target |", "|---" * 8 + "|"]
+        for c in report.latency:
+            target = "" if c.meets_target is None else ("met" if c.meets_target else "missed")
+            out.append(f"| {c.case} | {c.worker_settings} | {c.created_to_pending.median:.2f} | "
+                       f"{c.pending_to_running.median:.2f} | {c.created_to_running.median:.2f}, "
+                       f"{c.created_to_running.p90:.2f}, {c.created_to_running.worst:.2f} | "
+                       f"{f'{c.floor_s:.2f}' if c.floor_s else '-'} | "
+                       f"{f'{c.ratio_to_floor:.2f}' if c.ratio_to_floor else '-'} | {target} |")
+    if report.throughput:
+        out += ["", "| throughput | runs completed | seconds | runs a minute | peak running | worker CPU % | "
+                    "server CPU % | machine CPU % | bound by |", "|---" * 9 + "|"]
+        out += [f"| {t.worker_hosts} worker host(s) | {t.completed}/{t.runs} | {t.seconds:.1f} | "
+                f"{t.runs_per_minute:.1f} | {t.peak_running} | {t.worker_cpu_percent:.0f} | {t.server_cpu_percent:.0f} | "
+                f"{t.machine_cpu_percent:.0f} | {t.bound_by} |" for t in report.throughput]
+    if report.peak_memory_mib:
+        out += ["", "| peak memory | MiB |", "|---|---|"]
+        out += [f"| {k} | {v:.1f} |" for k, v in sorted(report.peak_memory_mib.items())]
+    if report.targets:
+        out += ["", "| target | |", "|---|---|"]
+        out += [f"| {k} | {'n/a' if v is None else ('met' if v else 'missed')} |" for k, v in report.targets.items()]
+    return "\n".join(out)
+
+
+def write_docs(report: BenchmarkReport, path: Path = DOCS) -> None:
+    """Replace the benchmark's block of docs/performance.md with this report."""
+    text = path.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise SystemExit(f"{path} has no benchmark block ({DOCS_BEGIN} ... {DOCS_END}): nothing written")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    path.write_text(f"{head}{DOCS_BEGIN}\n{markdown(report)}\n{DOCS_END}{tail}")
+
+
 def record_bootstrap(report: BenchmarkReport, label: str, result: dict, wall: float) -> None:
     report.bootstrap[label] = {s["step"]: s["seconds"] for s in result["steps"]} | {"wall": round(wall, 1)}
     report.bootstrap_outcomes[label] = {s["step"]: s["outcome"] for s in result["steps"]}
@@ -494,7 +552,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--on-current-stack", action="store_true",
                         help="measure the stack of the environment's settings; bootstrap nothing, tear nothing down")
     parser.add_argument("--keep", action="store_true", help="leave the benchmark's own stack up")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also write the figures into docs/performance.md (its benchmark block)")
+    parser.add_argument("--docs-from", metavar="JSON", type=Path,
+                        help="write docs/performance.md's benchmark block from a report written before; run nothing")
     args = parser.parse_args(argv)
+    if args.docs_from:
+        write_docs(BenchmarkReport.model_validate_json(args.docs_from.read_text()))
+        print(f"wrote the figures of {args.docs_from} into {DOCS}")
+        return
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = ([s for s in sections if s not in SECTIONS + OWN_STACK_SECTIONS]
@@ -534,7 +600,7 @@ def _platform_sections(args: argparse.Namespace, sections: list[str], cases: lis
     settings = load_settings()
     report = BenchmarkReport(started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              stack=settings.name_prefix, runs=args.runs,
-                             machine={"cores": os.cpu_count() or 0,
+                             machine={"cores": os.cpu_count() or 0, "cpu": _cpu_model(),
                                       "memory_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20})
     out_file = settings.state_path / "benchmark.json"
     memory = MemorySampler(settings)
@@ -594,3 +660,6 @@ def _platform_sections(args: argparse.Namespace, sections: list[str], cases: lis
             step(env, "flows.controlplane", "stop")
     print(table(report))
     print(f"\nJSON: {out_file}")
+    if args.write_docs:
+        write_docs(report)
+        print(f"written into {DOCS}")

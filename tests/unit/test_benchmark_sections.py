@@ -33,3 +33,30 @@ def test_the_benchmark_refuses_a_section_it_does_not_know():
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "latncy"], cwd=REPO,
                           env=clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown section or case: latncy" in proc.stderr
+
+
+def test_the_benchmark_writes_its_latest_figures_into_the_docs_block_and_nothing_else(tmp_path):
+    """docs/performance.md's benchmark block holds the latest run only (issue: no history
+    rows): --write-docs replaces the block and keeps the text around it."""
+    spread = platform_bench.Spread(median=1.5, p90=1.9, worst=2.4)
+    report = platform_bench.BenchmarkReport(
+        started_at="2026-12-02T13:00:00+00:00", stack="p2bench", runs=10,
+        machine={"cores": 2, "cpu": "Test CPU", "memory_mib": 24576},
+        bootstrap={"from nothing": {s: 1.0 for s in platform_bench.STEP_ORDER} | {"wall": 135.0}},
+        latency=[platform_bench.CaseLatency(case="case3-s3-process", worker_settings="stack", runs=10, completed=10,
+                                            created_to_pending=spread, pending_to_running=spread,
+                                            created_to_running=spread, floor_s=1.2, ratio_to_floor=1.25,
+                                            meets_target=True)],
+        peak_memory_mib={"p2bench-ec2-0": 812.5}, targets={"created->running <= 1.5 x floor, every case": True})
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Before\n{platform_bench.DOCS_BEGIN}\nold figures\n{platform_bench.DOCS_END}\n## After\n")
+    platform_bench.write_docs(report, doc)
+    text = doc.read_text()
+    assert text.startswith("# Before\n") and text.endswith(f"{platform_bench.DOCS_END}\n## After\n")
+    assert "old figures" not in text
+    assert "Measured 2026-12-02 by `python -m benchmarks` on 2 cores (Test CPU, 24 GiB)" in text
+    assert "| case3-s3-process | stack | 1.50 | 1.50 | 1.50, 1.90, 2.40 | 1.20 | 1.25 | met |" in text
+    assert "| p2bench-ec2-0 | 812.5 |" in text and "| 135.0 |" in text
+    # The real page has the block, once.
+    real = platform_bench.DOCS.read_text()
+    assert real.count(platform_bench.DOCS_BEGIN) == 1 and real.count(platform_bench.DOCS_END) == 1
