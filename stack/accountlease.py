@@ -20,6 +20,7 @@ second operator's command wait, or fail naming the first, before anything starts
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import getpass
 import json
@@ -27,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from stack import aws, statebackend
@@ -104,6 +105,30 @@ def died_here(lease: dict) -> bool:
 
 
 @contextlib.contextmanager
+def renewing(renew: Callable[[], None], every: float, what: str) -> Iterator[None]:
+    """Call ``renew`` every ``every`` seconds in a thread while the block runs (a lease's
+    keep-alive). A failed renewal is logged, not raised: the lease then expires as a
+    killed holder's would. The thread sees this context's variables (Prefect's settings)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                renew()
+            except Exception as exc:  # noqa: BLE001
+                get_logger().warning("could not renew %s (%s); another command may take it once it expires",
+                                     what, _code(exc) or exc)
+
+    renewer = threading.Thread(target=contextvars.copy_context().run, args=(loop,), name="lease-renewal", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+
+
+@contextlib.contextmanager
 def held(settings: StackSettings, command: str) -> Iterator[None]:
     """Hold the stack's lease while the block runs. Waits up to STACK_LOCK_WAIT_SECONDS
     for another holder, then fails naming it. A stack with no state bucket yet (or an
@@ -149,25 +174,16 @@ def held(settings: StackSettings, command: str) -> Iterator[None]:
             told = True
         time.sleep(POLL_SECONDS)
 
-    stop = threading.Event()
     version = {"etag": etag}
 
     def renew() -> None:
-        while not stop.wait(RENEW_SECONDS):
-            try:
-                version["etag"] = s3.put_object(Bucket=bucket, Key=key, Body=_body(command, started),
-                                                IfMatch=version["etag"], ContentType="application/json")["ETag"]
-            except Exception as exc:  # noqa: BLE001
-                get_logger().warning("could not renew the stack's lease (%s); another command may take it "
-                                     "once it expires", _code(exc) or exc)
+        version["etag"] = s3.put_object(Bucket=bucket, Key=key, Body=_body(command, started),
+                                        IfMatch=version["etag"], ContentType="application/json")["ETag"]
 
-    renewer = threading.Thread(target=renew, name="stack-lease", daemon=True)
-    renewer.start()
     try:
-        yield
+        with renewing(renew, RENEW_SECONDS, "the stack's lease"):
+            yield
     finally:
-        stop.set()
-        renewer.join(timeout=5)
         # Ours only; gone already when teardown --all deleted the state bucket.
         with contextlib.suppress(Exception):
             s3.delete_object(Bucket=bucket, Key=key, IfMatch=version["etag"])

@@ -17,7 +17,6 @@ import inspect
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -127,27 +126,14 @@ def _renewed(lease_id: UUID) -> Iterator[None]:
     next command on this machine finds its holder gone."""
     from prefect.client.orchestration import get_client
 
-    stop = threading.Event()
-
-    def renew() -> None:
-        with get_client(sync_client=True) as client:
-            while not stop.wait(LEASE_SECONDS / 4):
-                try:
-                    client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
-                except Exception as exc:  # noqa: BLE001 - the account lease still guards the stack
-                    get_logger().warning("could not renew the stack's slot (%s); another command may take it "
-                                         "once its lease runs out", exc)
-
-    # The thread sees this context's Prefect settings (the API URL of this stack).
-    renewer = threading.Thread(target=contextvars.copy_context().run, args=(renew,), name="stack-slot", daemon=True)
-    renewer.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        renewer.join(timeout=5)
-        with get_client(sync_client=True) as client, contextlib.suppress(Exception):
-            client.release_concurrency_slots_with_lease(lease_id)
+    with get_client(sync_client=True) as client:
+        try:
+            with accountlease.renewing(lambda: client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS),
+                                       LEASE_SECONDS / 4, "the stack's slot"):
+                yield
+        finally:
+            with contextlib.suppress(Exception):
+                client.release_concurrency_slots_with_lease(lease_id)
 
 
 @contextlib.contextmanager
