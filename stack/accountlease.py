@@ -49,7 +49,10 @@ def _now() -> dt.datetime:
 
 
 def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    """botocore's error code ('' for anything else, such as an httpx error, whose
+    ``response`` is not a dict)."""
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
 
 
 def owner() -> dict:
@@ -72,7 +75,11 @@ def describe(lease: dict) -> str:
 
 
 def _holder() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # a container's user with no name (no USER, no passwd entry)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _machine() -> str:
@@ -133,11 +140,14 @@ def held(settings: StackSettings, command: str) -> Iterator[None]:
     """Hold the stack's lease while the block runs. Waits up to STACK_LOCK_WAIT_SECONDS
     for another holder, then fails naming it. A stack with no state bucket yet (or an
     emulated cloud that is not running) has nothing in the account to guard: no lease."""
+    if settings.target == "local" and not aws.emulator_listening(settings):
+        yield  # its account is not running yet (preflight starts it): nothing to guard
+        return
     s3 = aws.client(settings, "s3")
     key = lease_key(settings)
     try:
         bucket = statebackend.state_bucket_name(settings)
-        aws.probe_client(settings, "s3").head_bucket(Bucket=bucket)
+        s3.head_bucket(Bucket=bucket)
     except Exception:  # noqa: BLE001  (no bucket yet, no emulator, no account: nothing to guard)
         yield
         return

@@ -3,6 +3,8 @@ credential chain on aws."""
 
 from __future__ import annotations
 
+import socket
+
 import boto3
 
 from stack.proc import StackError
@@ -28,20 +30,15 @@ def client(settings: StackSettings, service: str):
     return boto3.client(service, region_name=settings.region)
 
 
-def probe_client(settings: StackSettings, service: str):
-    """A client for a question whose "no" is an answer, such as "which account" or "is
-    there a state bucket yet": on local, an emulator that is not running (yet) refuses at
-    once, and the SDK's retries of a refused connection (about 11 s) would only delay the
-    command that asked. On aws the usual retries stay (a refusal there is a network fault)."""
-    if settings.target == "local":
-        from botocore.config import Config
-
-        return boto3.client(
-            service, region_name=settings.region, endpoint_url=settings.emulator_endpoint,
-            aws_access_key_id=EMULATOR_ACCESS_KEY, aws_secret_access_key=EMULATOR_SECRET_KEY,
-            config=Config(retries={"total_max_attempts": 1}, connect_timeout=5),
-        )
-    return client(settings, service)
+def emulator_listening(settings: StackSettings) -> bool:
+    """Whether the emulated cloud's port accepts a connection (local). One that is not
+    running refuses at once, where the AWS SDK would retry the refusal for about 11 s
+    before a command learns what one look tells."""
+    try:
+        socket.create_connection(("127.0.0.1", settings.emulator_port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def project_instances(settings: StackSettings, states=("pending", "running", "stopping", "stopped")) -> list[dict]:

@@ -88,7 +88,9 @@ def _free_slot_of_a_dead_holder(client, settings: StackSettings) -> None:
     client.release_concurrency_slots_with_lease(UUID(left["lease_id"]))
     get_logger().warning("freed the stack's slot: its holder %s run %s (pid %s) is no longer running on this machine",
                          left.get("flow", "?"), left.get("run", "?"), left.get("pid", "?"))
-    _holder_file(settings).unlink(missing_ok=True)
+    # Unless another waiter has freed it too and taken the slot since, writing its own.
+    if _read_holder(settings).get("lease_id") == left["lease_id"]:
+        _holder_file(settings).unlink(missing_ok=True)
 
 
 def _acquire_slot(settings: StackSettings, name: str) -> UUID:

@@ -12,7 +12,6 @@ Prefect server itself listens on the host's loopback. Every client verifies with
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import ssl
 import time

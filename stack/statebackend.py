@@ -36,7 +36,7 @@ def account_id(settings: StackSettings) -> str:
     where = (settings.target, settings.region, settings.emulator_endpoint)
     if where not in _accounts:
         try:
-            _accounts[where] = aws.probe_client(settings, "sts").get_caller_identity()["Account"]
+            _accounts[where] = aws.client(settings, "sts").get_caller_identity()["Account"]
         except Exception as exc:  # botocore's errors: no credentials, no endpoint
             raise StackError(f"could not read the AWS account id ({exc}); check the AWS credentials "
                              f"(target {settings.target}, region {settings.region})") from None
