@@ -28,7 +28,7 @@ from stack.settings import REPO_ROOT, StackSettings
 
 def bench_settings() -> StackSettings:
     return StackSettings(name_prefix="p2bench", state_dir=Path(REPO_ROOT / ".stack-bench"),
-                         emulator_port=4866, control_plane_port=4800, platform_port=4801,
+                         emulator_port=4866, control_plane_port=4800, platform_port=4801, load_balancer_port=4802,
                          nightly_teardown_cron="")
 
 

@@ -65,7 +65,21 @@ def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | No
         "prefect_worker_limit": capacity.worker_concurrency(settings),
         **backup_vars(settings),
         **safety_stop_vars(settings),
+        **multi_server_vars(settings),
     }
+
+
+def multi_server_vars(settings: StackSettings) -> dict:
+    """Multi-server mode (STACK_SERVER_COUNT 2 or more): where the hosts' clients find the
+    API (the load balancer) and the servers find Redis. Empty with one server host, so
+    that mode's configuration stays what it was."""
+    if not settings.multi_server:
+        return {}
+    return {"prefect_server_multi": True,
+            "stack_api_address": platform.api_address(settings) or "",
+            "prefect_server_redis_address": platform.redis_address(settings),
+            # The redis host's certificate is the stack CA's; ElastiCache's is public.
+            "prefect_server_redis_ca": "/etc/prefect/ca.pem" if settings.target == "local" else ""}
 
 
 def image_vars(settings: StackSettings, image: flow_runner.FlowRunnerImage | None, repository_url: str) -> dict:
@@ -237,6 +251,9 @@ def server_certificate(settings: StackSettings) -> bool:
     """The server certificate names every address clients use; a replaced server instance
     (new IPs on aws) gets a new one, and the playbook delivers it. Whether it was issued."""
     reissued = tls.ensure_server_certificate(settings, platform.server_tls_names(settings))
+    if settings.multi_server and settings.target == "local":
+        # The redis host's TLS port (the servers verify it with the stack's CA).
+        reissued |= tls.ensure_server_certificate(settings, [platform.redis_address(settings)], stem="redis")
     if reissued:
         get_run_logger().info("issued the platform's server certificate (CA %s)", tls.ca_file(settings))
     return reissued

@@ -31,7 +31,11 @@ AUTH_STRING = "platform-auth"
 SSH_PRIVATE_KEY = "ssh-private-key"
 CA_KEY = "ca-key"
 CA_CERT = "ca-cert"
-ALL = (AUTH_STRING, SSH_PRIVATE_KEY, CA_KEY, CA_CERT)
+# Multi-server mode's (STACK_SERVER_COUNT 2 or more): the API hosts' PostgreSQL password
+# and Redis's AUTH token, made only when that mode is first used.
+DATABASE_PASSWORD = "database-password"
+REDIS_AUTH_TOKEN = "redis-auth-token"
+ALL = (AUTH_STRING, SSH_PRIVATE_KEY, CA_KEY, CA_CERT, DATABASE_PASSWORD, REDIS_AUTH_TOKEN)
 
 # The values this process read, by stack, target and name: one call per secret per process.
 _read: dict[tuple, str] = {}

@@ -184,6 +184,8 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_SSH_KEY_FILE": str(ssh_key_file(settings)),
         "STACK_SSH_KNOWN_HOSTS": str(known_hosts_file(settings)),
         "STACK_PLATFORM_AUTH_FILE": str(settings.state_path / "platform-auth"),
+        "STACK_DATABASE_PASSWORD_FILE": str(settings.state_path / "database-password"),
+        "STACK_REDIS_AUTH_FILE": str(settings.state_path / "redis-auth-token"),
         # The CA and server certificate (stack/tls.py); the roles copy from this folder.
         "STACK_TLS_DIR": str(tls.tls_dir(settings)),
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),

@@ -138,8 +138,10 @@ def ports(settings: StackSettings) -> None:
                          "program; stop it or set STACK_CONTROL_PLANE_PORT to a free port")
     if settings.target != "local":
         return
-    for port, setting in ((settings.platform_port, "STACK_PLATFORM_PORT"),
-                          (settings.emulator_port, "STACK_EMULATOR_PORT")):
+    local_ports = [(settings.platform_port, "STACK_PLATFORM_PORT"), (settings.emulator_port, "STACK_EMULATOR_PORT")]
+    if settings.multi_server:
+        local_ports.append((settings.load_balancer_port, "STACK_LOAD_BALANCER_PORT"))
+    for port, setting in local_ports:
         if _port_taken(port) and not _published_by_us(settings, port):
             raise InputError(f"port {port} ({setting}) is taken by another program; stop it or set "
                              f"{setting} to a free port")

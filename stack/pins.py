@@ -79,7 +79,9 @@ def platform_constraints(version: str) -> Path:
 # What the platform's Prefect virtualenvs hold: the hosts' (the server and the workers)
 # and, of these, the flow-runner image's. The caps keep the server off releases that
 # break it quietly (fastapi 0.151 answers 422, SQLAlchemy 2.1 schedules no runs).
-PLATFORM_PACKAGES = ("prefect", "prefect-aws", "prefect-docker", "s3fs", "docker")
+# prefect-redis: the multi-server mode's messaging, ordering, leases (STACK_SERVER_COUNT);
+# installed everywhere so that one lock serves every host, unused with one server host.
+PLATFORM_PACKAGES = ("prefect", "prefect-aws", "prefect-docker", "s3fs", "docker", "prefect-redis")
 PLATFORM_CAPS = ("fastapi<0.151", "sqlalchemy<2.1")
 # The hosts and the flow-runner image run Debian 12's python3.
 PLATFORM_PYTHON = "3.11"

@@ -67,6 +67,30 @@ def auth_string(settings: StackSettings, create: bool = False) -> str:
     return accountsecrets.stack_secret(settings, AUTH_SECRET, auth_file(settings), make if create else None).strip()
 
 
+def database_password_file(settings: StackSettings) -> Path:
+    return settings.state_path / "database-password"
+
+
+def redis_auth_file(settings: StackSettings) -> Path:
+    return settings.state_path / "redis-auth-token"
+
+
+def database_password(settings: StackSettings, create: bool = False) -> str:
+    """Multi-server mode: the password the API hosts give PostgreSQL on the server host
+    (a secret in the account, cached 0600, never printed)."""
+    make = (lambda: secrets.token_urlsafe(24)) if create else None
+    return accountsecrets.stack_secret(settings, accountsecrets.DATABASE_PASSWORD, database_password_file(settings),
+                                       make).strip()
+
+
+def redis_auth_token(settings: StackSettings, create: bool = False) -> str:
+    """Multi-server mode: Redis's AUTH token (ElastiCache's, or the redis host's
+    requirepass): letters and digits only, as ElastiCache requires."""
+    make = (lambda: secrets.token_hex(24)) if create else None
+    return accountsecrets.stack_secret(settings, accountsecrets.REDIS_AUTH_TOKEN, redis_auth_file(settings),
+                                       make).strip()
+
+
 def make_stack_secrets(settings: StackSettings) -> None:
     """The stack's own secrets, made once in the account (or read from it, and cached):
     the API auth string, the CA, the SSH key pair. Bootstrap makes them before it computes
@@ -77,6 +101,9 @@ def make_stack_secrets(settings: StackSettings) -> None:
     auth_string(settings, create=True)
     tls.ensure_ca(settings, create=True)
     ssh_public_key(settings, create=True)
+    if settings.multi_server:
+        database_password(settings, create=True)
+        redis_auth_token(settings, create=True)
 
 
 def auth_string_digest(settings: StackSettings) -> bytes:
@@ -91,12 +118,48 @@ def server_host(settings: StackSettings) -> str:
 
 
 def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str:
-    """The API as the operator sees it."""
+    """The API as the operator sees it: the server host's, or in multi-server mode the
+    load balancer's (``server_public_ip`` is then the balancer's DNS name on aws)."""
     if settings.target == "local":
-        return f"https://127.0.0.1:{settings.platform_port}/api"
+        port = settings.load_balancer_port if settings.multi_server else settings.platform_port
+        return f"https://127.0.0.1:{port}/api"
     if not server_public_ip:
         raise StackError("the server host has no public IP yet; run provision first")
     return f"https://{server_public_ip}:{SERVER_PORT}/api"
+
+
+def load_balancer_dns(settings: StackSettings) -> str | None:
+    """Multi-server mode on aws: the API load balancer's DNS name (None before provision)."""
+    from stack import aws
+
+    elb = aws.client(settings, "elbv2")
+    try:
+        found = elb.describe_load_balancers(Names=[settings.load_balancer_name])["LoadBalancers"]
+    except elb.exceptions.LoadBalancerNotFoundException:
+        return None
+    return found[0]["DNSName"] if found else None
+
+
+def redis_address(settings: StackSettings) -> str:
+    """Multi-server mode: the Redis the servers share (the redis host on local,
+    ElastiCache's primary endpoint on aws: an output of the compute module)."""
+    if settings.target == "local":
+        return f"{settings.name_prefix}-redis"
+    from stack.terraform import COMPUTE, Terraform
+
+    address = Terraform(settings, COMPUTE).state_outputs().get("redis_address")
+    if not address:
+        raise StackError("the multi-server mode's Redis is not provisioned yet; run python -m flows.bootstrap")
+    return address
+
+
+def api_address(settings: StackSettings) -> str | None:
+    """How the hosts (workers, flow runs) reach the API, on port 4200: in multi-server
+    mode the load balancer (its container's name on local, its DNS name on aws); else
+    None, and Ansible uses the server host (group_vars/all.yml)."""
+    if not settings.multi_server:
+        return None
+    return settings.load_balancer_name if settings.target == "local" else load_balancer_dns(settings)
 
 
 def running_server(settings: StackSettings) -> dict | None:
@@ -117,13 +180,19 @@ def server_public_ip(settings: StackSettings) -> str | None:
 
 def server_tls_names(settings: StackSettings) -> list[str]:
     """The names the server certificate must carry now (on aws: with the running server's IPs)."""
-    return tls.server_names(settings, running_server(settings) if settings.target == "aws" else None)
+    names = tls.server_names(settings, running_server(settings) if settings.target == "aws" else None)
+    if settings.multi_server:
+        # Every API host serves the same certificate; clients name the balancer.
+        names += [n for n in (api_address(settings),) if n]
+    return list(dict.fromkeys(names))
 
 
 def operator_api_url(settings: StackSettings) -> str:
     """The operator's API URL, looking up the server's public IP on aws."""
     if settings.target == "local":
         return api_url(settings)
+    if settings.multi_server:
+        return api_url(settings, load_balancer_dns(settings))
     return api_url(settings, server_public_ip(settings))
 
 

@@ -60,6 +60,13 @@ class StackSettings(BaseSettings):
     )
     instance_type: str = Field("t3.small", description="EC2 instance type of every host.")
     worker_count: int = Field(1, ge=1, le=10, description="Number of worker hosts (1-10).")
+    server_count: int = Field(
+        1, ge=1, le=5,
+        description="Number of Prefect API server hosts (1-5). 1: one server host runs everything, as always. 2 or "
+                    "more: Prefect's multi-server mode (docs/architecture.md): API servers with --no-services behind "
+                    "a load balancer, the background services and PostgreSQL on the first server host, Redis for "
+                    "messaging (ElastiCache on aws, a Redis host on local).",
+    )
     worker_concurrency: int | None = Field(
         None, ge=1, le=100,
         description="Flow runs each worker (process and Docker) runs at once; the pools' limit is this times the "
@@ -113,6 +120,10 @@ class StackSettings(BaseSettings):
     )
     platform_port: int = Field(
         4201, ge=1024, le=65535, description="Loopback port the platform server host publishes (local)."
+    )
+    load_balancer_port: int = Field(
+        4202, ge=1024, le=65535,
+        description="Loopback port the load balancer publishes on local when server_count is 2 or more.",
     )
     state_dir: Path = Field(
         Path(".stack"), description="Where state, keys, logs and generated files live (git-ignored)."
@@ -345,9 +356,9 @@ class StackSettings(BaseSettings):
                 raise ValueError("teardown_grace_minutes: the hosts' safety stop would fall on the next night's "
                                  "teardown; use fewer than 1440 minutes, or set STACK_SAFETY_STOP=false")
         ports = {"emulator_port": self.emulator_port, "control_plane_port": self.control_plane_port,
-                 "platform_port": self.platform_port}
+                 "platform_port": self.platform_port, "load_balancer_port": self.load_balancer_port}
         if len(set(ports.values())) != len(ports):
-            raise ValueError(f"ports: emulator, control-plane and platform ports must differ, got {ports}")
+            raise ValueError(f"ports: emulator, control-plane, platform and load-balancer ports must differ, got {ports}")
         return self
 
     # --- derived values ---------------------------------------------------------------
@@ -402,6 +413,16 @@ class StackSettings(BaseSettings):
 
     def host_name(self, index: int) -> str:
         return f"{self.name_prefix}-ec2-{index}"
+
+    @property
+    def multi_server(self) -> bool:
+        """Prefect's multi-server mode: API hosts behind a load balancer, Redis."""
+        return self.server_count > 1
+
+    @property
+    def load_balancer_name(self) -> str:
+        """Name of the API's load balancer (and, on local, of the container that is it)."""
+        return f"{self.name_prefix}-api"
 
     def aws_env(self) -> dict[str, str]:
         """Environment for AWS clients (boto3, terraform, ansible) of this target."""

@@ -45,7 +45,7 @@ INIT_STAMP = ".terraform/stack-init.sha256"
 LEGACY_STATE = statebackend.LEGACY_STATE  # where a stack made before remote state kept it
 AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 # Emulated services the stack's resources use.
-EMULATED_SERVICES = ("ec2", "ecr", "iam", "s3", "sts", "ssm")
+EMULATED_SERVICES = ("ec2", "ecr", "elbv2", "iam", "s3", "sts", "ssm")
 
 # Messages that mean "try again": the emulator restarting, throttling, network blips.
 TRANSIENT_MARKERS = (
@@ -148,6 +148,11 @@ variable "install_ssm_agent" {
   default = false
 }
 
+# Its ElastiCache keeps no clusters: multi-server mode's Redis runs on a host of the stack.
+variable "redis_host" {
+  default = true
+}
+
 # moto's ModifyInstanceAttribute of the shutdown behaviour empties the instance's security
 # groups, so every later plan would put them back. EC2's default (stop, as on aws) holds.
 variable "instance_initiated_shutdown_behavior" {
@@ -220,6 +225,7 @@ class Terraform:
             "instance_type": s.instance_type,
             "ami_id": s.effective_ami_id,
             "worker_count": s.worker_count,
+            "server_count": s.server_count,
             "operator_cidr": s.effective_operator_cidr,
             "allow_public_api": s.allow_public_api,
             "ssh_public_key": ssh_public_key(s),
@@ -275,13 +281,19 @@ provider "aws" {{
         return text
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "TF_CLI_CONFIG_FILE": str(self.cli_config),
             "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0",
             "CHECKPOINT_DISABLE": "1",
             **self.settings.aws_env(),
         }
+        if self.root == COMPUTE and self.settings.multi_server and self.settings.target == "aws":
+            # ElastiCache's AUTH token: in the environment, not the variables file on disk.
+            from stack.platform import redis_auth_token
+
+            env["TF_VAR_redis_auth_token"] = redis_auth_token(self.settings)
+        return env
 
     # --- commands -----------------------------------------------------------------
     def _run(self, *args: str, ok_codes=(0,), json_stream: bool = True) -> tuple[int, list[dict]]:

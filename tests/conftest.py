@@ -30,6 +30,7 @@ TEST_STACK_ENV = {
     "STACK_EMULATOR_PORT": "4666",
     "STACK_CONTROL_PLANE_PORT": "4300",
     "STACK_PLATFORM_PORT": "4301",
+    "STACK_LOAD_BALANCER_PORT": "4302",
     "STACK_CONFIG_FILE": "/nonexistent/stack.toml",  # a user's stack.toml must not leak in
     "STACK_NIGHTLY_TEARDOWN_CRON": "",  # no scheduled teardown in the middle of a test run
     # The server host's backup timer stays armed (a test checks it), on a day no test run
@@ -76,7 +77,8 @@ def test_settings():
     return StackSettings(
         name_prefix=env["STACK_NAME_PREFIX"], state_dir=Path(env["STACK_STATE_DIR"]),
         emulator_port=int(env["STACK_EMULATOR_PORT"]), control_plane_port=int(env["STACK_CONTROL_PLANE_PORT"]),
-        platform_port=int(env["STACK_PLATFORM_PORT"]), backup_cron=env["STACK_BACKUP_CRON"],
+        platform_port=int(env["STACK_PLATFORM_PORT"]), load_balancer_port=int(env["STACK_LOAD_BALANCER_PORT"]),
+        backup_cron=env["STACK_BACKUP_CRON"],
     )
 
 

@@ -1,7 +1,12 @@
 locals {
+  # ec2-0 is the server host (PostgreSQL on the data volume; with server_count 2 or more
+  # also the background services); api-N are the further API hosts of the multi-server
+  # mode (multiserver.tf), and the redis host stands in for ElastiCache on the emulated cloud.
   hosts = concat(
     [{ name = "${var.name_prefix}-ec2-0", role = "server" }],
     [for i in range(var.worker_count) : { name = "${var.name_prefix}-ec2-${i + 1}", role = "worker" }],
+    [for i in range(var.server_count - 1) : { name = "${var.name_prefix}-api-${i + 1}", role = "api" }],
+    local.redis_host ? [{ name = "${var.name_prefix}-redis", role = "redis" }] : [],
   )
 }
 
@@ -42,6 +47,30 @@ resource "aws_security_group" "platform" {
     self        = true
   }
 
+  # Multi-server mode: the API hosts reach PostgreSQL on the server host, and (emulated
+  # cloud) the redis host's TLS port.
+  dynamic "ingress" {
+    for_each = var.server_count > 1 ? [5432] : []
+    content {
+      description = "PostgreSQL of the server host from the API hosts"
+      from_port   = ingress.value
+      to_port     = ingress.value
+      protocol    = "tcp"
+      self        = true
+    }
+  }
+
+  dynamic "ingress" {
+    for_each = var.server_count > 1 && var.redis_host ? [6379] : []
+    content {
+      description = "Redis (TLS) of the redis host from the server hosts"
+      from_port   = ingress.value
+      to_port     = ingress.value
+      protocol    = "tcp"
+      self        = true
+    }
+  }
+
   dynamic "ingress" {
     for_each = var.allow_public_api ? [1] : []
     content {
@@ -77,11 +106,12 @@ resource "terraform_data" "host_image" {
 resource "aws_instance" "host" {
   for_each = { for h in local.hosts : h.name => h }
 
-  ami                    = var.ami_id
-  availability_zone      = var.availability_zone
-  instance_type          = var.instance_type
-  key_name               = aws_key_pair.operator.key_name
-  iam_instance_profile   = aws_iam_instance_profile.host[each.value.role].name
+  ami               = var.ami_id
+  availability_zone = var.availability_zone
+  instance_type     = var.instance_type
+  key_name          = aws_key_pair.operator.key_name
+  # The redis host (emulated cloud only) needs no AWS access: the api role's (SSM only).
+  iam_instance_profile   = aws_iam_instance_profile.host[each.value.role == "redis" ? "api" : each.value.role].name
   vpc_security_group_ids = [aws_security_group.platform.id]
   subnet_id              = var.subnet_id
   # A default VPC's subnets give instances public IPs; a subnet given may not.

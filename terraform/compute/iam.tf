@@ -7,7 +7,9 @@
 data "aws_partition" "current" {}
 
 locals {
-  role_name  = { for role in ["server", "worker"] : role => "${var.name_prefix}-${var.region}-${role}" }
+  # The api role (multi-server mode's further API hosts) has the SSM agent's rights only.
+  role_name = { for role in concat(["server", "worker"], var.server_count > 1 ? ["api"] : []) :
+  role => "${var.name_prefix}-${var.region}-${role}" }
   code_arn   = "${var.bucket_arn}/${var.flow_code_prefix}/*"
   backup_arn = "${var.bucket_arn}/backups/*"
 }

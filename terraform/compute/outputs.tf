@@ -32,3 +32,17 @@ output "data_volume_attachment" {
     device_name = aws_volume_attachment.data.device_name
   }
 }
+
+output "load_balancer" {
+  description = "The API's load balancer in multi-server mode (name, DNS name, target group ARN); null with one server host."
+  value = local.multi_server ? {
+    name             = aws_lb.api[0].name
+    dns_name         = aws_lb.api[0].dns_name
+    target_group_arn = aws_lb_target_group.api[0].arn
+  } : null
+}
+
+output "redis_address" {
+  description = "Address of the multi-server mode's Redis (ElastiCache's primary endpoint, or the redis host's name on the emulated cloud); null with one server host."
+  value       = local.elasticache ? aws_elasticache_replication_group.redis[0].primary_endpoint_address : (local.redis_host ? "${var.name_prefix}-redis" : null)
+}

@@ -52,6 +52,35 @@ variable "worker_count" {
   }
 }
 
+variable "server_count" {
+  description = "Number of Prefect API server hosts. 1: the server host runs everything. 2 to 5: Prefect's multi-server mode behind a load balancer (multiserver.tf)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.server_count >= 1 && var.server_count <= 5 && floor(var.server_count) == var.server_count
+    error_message = "server_count must be a whole number from 1 to 5."
+  }
+}
+
+variable "redis_host" {
+  description = "Multi-server mode's Redis on a host of the stack (Debian's redis-server, TLS and a password) instead of ElastiCache: the emulated cloud's ElastiCache keeps no clusters."
+  type        = bool
+  default     = false
+}
+
+variable "redis_auth_token" {
+  description = "AUTH token of the multi-server mode's Redis (a stack secret in Secrets Manager). Empty with server_count 1."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.redis_auth_token == "" || length(var.redis_auth_token) >= 16
+    error_message = "redis_auth_token must be at least 16 characters (ElastiCache's minimum)."
+  }
+}
+
 variable "operator_cidr" {
   description = "CIDR allowed to reach the Prefect API (4200) and SSH (22)."
   type        = string

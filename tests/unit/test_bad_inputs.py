@@ -44,6 +44,8 @@ PATH_WITHOUT_TERRAFORM = ":".join(p for p in [str(Path(sys.executable).parent), 
 CASES = [
     # settings
     Case("worker-count-zero", "STACK_WORKER_COUNT", env={"STACK_WORKER_COUNT": "0"}),
+    Case("server-count-zero", "STACK_SERVER_COUNT", env={"STACK_SERVER_COUNT": "0"}),
+    Case("server-count-six", "STACK_SERVER_COUNT", env={"STACK_SERVER_COUNT": "6"}),
     Case("unknown-target", "STACK_TARGET", env={"STACK_TARGET": "gcp"}),
     Case("bad-prefix", "STACK_NAME_PREFIX", env={"STACK_NAME_PREFIX": "Bad_Prefix!"}),
     Case("bad-cron", "STACK_NIGHTLY_TEARDOWN_CRON", env={"STACK_NIGHTLY_TEARDOWN_CRON": "every night"}),

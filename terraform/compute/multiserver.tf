@@ -1,0 +1,137 @@
+# Prefect's multi-server mode (server_count 2 to 5; docs/architecture.md): the API hosts
+# behind one load balancer, and Redis for the servers' messaging, causal ordering, lease
+# storage and docket. Nothing here exists with server_count 1.
+#
+# The load balancer is a network load balancer passing TLS through: each API host's nginx
+# terminates it with the stack's certificate (which names the balancer's DNS name), so
+# clients verify the platform end to end exactly as with one server, websockets (events,
+# logs) need nothing special, and no certificate goes into ACM. Its target group checks
+# each host's /api/health over HTTPS.
+#
+# Redis lives in this (compute) module, not the data module: it holds only messages in
+# flight, leases and the docket's queue, all of which the servers rebuild; every run and
+# its history is in PostgreSQL on the data volume. So the nightly teardown removes it
+# with the hosts and stops its cost too.
+
+locals {
+  multi_server = var.server_count > 1
+  # On the emulated cloud a host of the stack runs Redis instead (its ElastiCache keeps
+  # no clusters); on aws, ElastiCache with TLS in transit and an AUTH token.
+  redis_host  = local.multi_server && var.redis_host
+  elasticache = local.multi_server && !var.redis_host
+  api_hosts   = [for h in local.hosts : h.name if contains(["server", "api"], h.role)]
+}
+
+# The subnet of the balancer: the one given, else the default VPC's in the hosts' zone.
+data "aws_subnet" "default_for_az" {
+  count             = local.multi_server && var.subnet_id == null ? 1 : 0
+  availability_zone = var.availability_zone
+  default_for_az    = true
+}
+
+locals {
+  lb_subnet_id = local.multi_server ? coalesce(var.subnet_id, one(data.aws_subnet.default_for_az[*].id)) : null
+}
+
+resource "aws_lb" "api" {
+  count              = local.multi_server ? 1 : 0
+  name               = "${var.name_prefix}-api"
+  load_balancer_type = "network"
+  internal           = false
+  subnets            = [local.lb_subnet_id]
+  # The hosts' group: the API port from the operator's CIDR (and the hosts) only.
+  security_groups = [aws_security_group.platform.id]
+
+  tags = { Name = "${var.name_prefix}-api" }
+}
+
+resource "aws_lb_target_group" "api" {
+  count       = local.multi_server ? 1 : 0
+  name        = "${var.name_prefix}-api"
+  port        = 4200
+  protocol    = "TCP"
+  target_type = "instance"
+  vpc_id      = local.multi_server ? (var.subnet_id == null ? one(data.aws_subnet.default_for_az[*].vpc_id) : one(data.aws_subnet.chosen[*].vpc_id)) : null
+  # A host leaving (configure restarts API hosts one at a time) gets this long to finish
+  # its requests before the balancer forgets it.
+  deregistration_delay = 15
+
+  health_check {
+    protocol            = "HTTPS"
+    path                = "/api/health"
+    port                = "traffic-port"
+    interval            = 10
+    healthy_threshold   = 2
+    unhealthy_threshold = 2
+  }
+
+  tags = { Name = "${var.name_prefix}-api" }
+}
+
+resource "aws_lb_target_group_attachment" "api" {
+  for_each         = toset(local.multi_server ? local.api_hosts : [])
+  target_group_arn = aws_lb_target_group.api[0].arn
+  target_id        = aws_instance.host[each.key].id
+  port             = 4200
+}
+
+resource "aws_lb_listener" "api" {
+  count             = local.multi_server ? 1 : 0
+  load_balancer_arn = aws_lb.api[0].arn
+  port              = 4200
+  protocol          = "TCP"
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.api[0].arn
+  }
+}
+
+# --- Redis on aws: ElastiCache -------------------------------------------------------------
+
+resource "aws_security_group" "redis" {
+  count       = local.elasticache ? 1 : 0
+  name        = "${var.name_prefix}-redis"
+  vpc_id      = var.subnet_id == null ? one(data.aws_subnet.default_for_az[*].vpc_id) : one(data.aws_subnet.chosen[*].vpc_id)
+  description = "Prefect multi-server Redis: TLS port from the platform hosts only"
+
+  ingress {
+    description     = "Redis (TLS) from the platform hosts"
+    from_port       = 6379
+    to_port         = 6379
+    protocol        = "tcp"
+    security_groups = [aws_security_group.platform.id]
+  }
+
+  tags = { Name = "${var.name_prefix}-redis" }
+}
+
+resource "aws_elasticache_subnet_group" "redis" {
+  count      = local.elasticache ? 1 : 0
+  name       = "${var.name_prefix}-redis"
+  subnet_ids = [local.lb_subnet_id]
+}
+
+resource "aws_elasticache_replication_group" "redis" {
+  count                      = local.elasticache ? 1 : 0
+  replication_group_id       = "${var.name_prefix}-redis"
+  description                = "Prefect multi-server messaging, causal ordering, leases and docket"
+  engine                     = "redis"
+  engine_version             = "7.1"
+  node_type                  = "cache.t4g.micro"
+  num_cache_clusters         = 1
+  port                       = 6379
+  subnet_group_name          = aws_elasticache_subnet_group.redis[0].name
+  security_group_ids         = [aws_security_group.redis[0].id]
+  transit_encryption_enabled = true
+  at_rest_encryption_enabled = true
+  auth_token                 = var.redis_auth_token
+  apply_immediately          = true
+
+  lifecycle {
+    precondition {
+      condition     = length(var.redis_auth_token) >= 16
+      error_message = "redis_auth_token must be set (the stack passes its secret) for ElastiCache."
+    }
+  }
+}
