@@ -131,3 +131,110 @@ def run_quiet(*argv: str) -> int:
     import subprocess
 
     return subprocess.run(list(argv), capture_output=True).returncode
+
+
+# --- Prefect's multi-server mode (issue 25) ---------------------------------------------
+MULTI = {"STACK_SERVER_COUNT": "2"}
+MULTI_RUNS = 50
+
+
+def container_running(name: str) -> bool:
+    import subprocess
+
+    done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True)
+    return done.stdout.strip() == "true"
+
+
+def unit_active(host: str, unit: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["docker", "exec", host, "systemctl", "is-active", "--quiet", unit]).returncode == 0
+
+
+def wait_target_states(settings, want: dict[str, str], timeout: float = 60) -> dict[str, str]:
+    from stack.localcloud import loadbalancer
+
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = loadbalancer.target_states(settings, settings.load_balancer_name)
+        if all(states.get(k) == v for k, v in want.items()):
+            break
+        time.sleep(1)
+    return states
+
+
+async def runs_of(settings, url, deployment_name: str, since) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, \
+        FlowRunFilterExpectedStartTime
+
+    async with platform.prefect_client(settings, url) as client:
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name.split("/", 1)[1]])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+            limit=500)
+
+
+def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack):
+    """STACK_SERVER_COUNT=2: an API host beside the server host, both behind the load
+    balancer (its container fed by the emulator's target group), Redis on a host of its
+    own, the background services once on the server host. 50 runs go through the load
+    balancer while the API host is stopped in the middle: every one ends Completed, none
+    is lost or made twice, and the API keeps answering. Bootstrap brings the host back
+    into service; STACK_SERVER_COUNT=1 goes back to one server host with every run kept."""
+    from datetime import datetime, timezone
+
+    s = stack["settings"]
+    multi = s.model_copy(update={"server_count": 2})
+    deployment = smoke.CASE_DEPLOYMENTS["case3-s3-process"]
+    out = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **MULTI)))
+    assert out["smoke"]["ok"] and not out["smoke"]["health_only"]
+    url = platform.api_url(multi)
+    assert url == f"https://127.0.0.1:{multi.load_balancer_port}/api"
+    assert out["configure"]["platform_api_url"] == url
+    server, api_host, redis_host = s.host_name(0), f"{s.name_prefix}-api-1", f"{s.name_prefix}-redis"
+    assert [i["name"] for i in aws.running_hosts(s, "api")] == [api_host]
+    assert [i["name"] for i in aws.running_hosts(s, "redis")] == [redis_host]
+
+    # The emulator's target group holds both server hosts; the balancer's checks see them up.
+    elb = aws.client(s, "elbv2")
+    group = elb.describe_target_groups(Names=[multi.load_balancer_name])["TargetGroups"][0]
+    registered = {t["Target"]["Id"] for t in
+                  elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])["TargetHealthDescriptions"]}
+    ids = {i["name"]: i["id"] for i in aws.running_hosts(s)}
+    assert registered == {ids[server], ids[api_host]}
+    states = wait_target_states(multi, {server: "UP", api_host: "UP"})
+    assert states == {server: "UP", api_host: "UP"}, states
+    # The background services run once, on the server host; the API host serves only.
+    assert unit_active(server, "prefect-services") and unit_active(server, "prefect-server")
+    assert unit_active(api_host, "prefect-server") and not unit_active(api_host, "prefect-services")
+    assert unit_active(redis_host, "redis-server")
+
+    since = datetime.now(timezone.utc)
+    first = asyncio.run(submit(multi, url, deployment, MULTI_RUNS // 2))
+    run_quiet("docker", "stop", api_host)  # what a reboot or a lost instance does to it
+    assert wait_target_states(multi, {api_host: "DOWN"}).get(api_host) == "DOWN"
+    second = asyncio.run(submit(multi, url, deployment, MULTI_RUNS - len(first)))
+    submitted = first + second
+    for i in submitted:
+        asyncio.run(smoke.wait_final(multi, url, i))
+    runs = asyncio.run(read_runs(multi, url, submitted))
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * MULTI_RUNS
+    made = asyncio.run(runs_of(multi, url, deployment, since))
+    assert sorted(r.id for r in made) == sorted(submitted), "a run was lost or made twice"
+
+    # Bootstrap starts the stopped host again and the balancer takes it back.
+    back = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **MULTI)))
+    assert back["smoke"]["ok"]
+    assert container_running(api_host)
+    assert wait_target_states(multi, {server: "UP", api_host: "UP"}) == {server: "UP", api_host: "UP"}
+
+    # Back to one server host: the API host, the redis host and the balancer go, the
+    # server host serves alone again on its own port, and every run is still there.
+    one = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV)))
+    assert one["smoke"]["ok"]
+    assert aws.running_hosts(s, "api") == [] and aws.running_hosts(s, "redis") == []
+    assert run_quiet("docker", "inspect", multi.load_balancer_name) != 0, "the load balancer's container was kept"
+    assert not unit_active(server, "prefect-services")
+    runs = asyncio.run(read_runs(s, platform.api_url(s), submitted))
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * MULTI_RUNS
