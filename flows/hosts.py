@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from flows.provision import ProvisionOutputs
 from stack import aws
 from stack.localcloud import hosts as host_containers
+from stack.localcloud import loadbalancer
 from stack.lock import exclusive
 from stack.settings import StackSettings, load_settings
 
@@ -24,6 +25,7 @@ class HostsReport(BaseModel):
     removed: list[str]
     unchanged: list[str]
     data_volume: str | None = None  # named Docker volume mounted on the server host
+    load_balancer: list[str] = []   # what the load balancer twin did (several API servers)
 
 
 @flow(name="hosts")
@@ -45,10 +47,14 @@ def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs |
     # Where each host's sshd answers, for Ansible's inventory and for backups (tags that
     # stand in for the public IP an instance has on aws).
     aws.record_ssh_endpoints(settings, r.ssh_ports)
+    # The API servers' load balancer (STACK_SERVER_COUNT >= 2), its targets these hosts.
+    lb_actions = loadbalancer.reconcile(settings, instances)
+    if lb_actions:
+        log.info("load balancer: %s", "; ".join(lb_actions))
     log.info("hosts: %d created, %d started, %d stopped, %d removed, %d unchanged",
              len(r.created), len(r.started), len(r.stopped), len(r.removed), len(r.unchanged))
     return HostsReport(hosts=r.hosts, ssh_ports=r.ssh_ports, created=r.created, started=r.started, stopped=r.stopped,
-                       removed=r.removed, unchanged=r.unchanged, data_volume=data_volume)
+                       removed=r.removed, unchanged=r.unchanged, data_volume=data_volume, load_balancer=lb_actions)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from flows.provision import compute_inputs, stand_in_repository_arn, terraform_i
 from stack import accountsecrets, aws, backups, bake, cloudstate, platform, statebackend, tls
 from stack.localcloud import emulator, registry
 from stack.localcloud import hosts as host_containers
+from stack.localcloud import loadbalancer
 from stack.proc import StackError
 from stack.lock import stack_lock
 from stack.settings import StackSettings, load_settings
@@ -123,6 +124,8 @@ def _teardown(settings: StackSettings, destroy_data: bool, stop_emulator: bool, 
         report.hosts_removed = host_containers.remove_all(settings)
         if report.hosts_removed:
             log.info("removed host containers and their root volumes: %s", ", ".join(report.hosts_removed))
+        if lbs := loadbalancer.remove_all(settings):
+            log.info("removed load balancer containers: %s", ", ".join(lbs))
 
     if destroy_data:
         if has_data:

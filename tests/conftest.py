@@ -93,10 +93,12 @@ def discard_test_stack(settings) -> None:
     from stack import controlplane
     from stack.localcloud import emulator, registry
     from stack.localcloud import hosts as host_containers
+    from stack.localcloud import loadbalancer
     from stack.localcloud.images import docker_client
 
     controlplane.stop(settings)
     host_containers.remove_all(settings)
+    loadbalancer.remove_all(settings)
     # The AMI bake's builder and the images of its AMIs (the emulator forgets the AMIs, and
     # a bake would register a kept image again instead of baking).
     host_containers.remove_builder(settings)

@@ -104,6 +104,24 @@ TERRAFORM_ACTIONS = {
     "aws_subnet": ["ec2:DescribeSubnets"],  # STACK_SUBNET_ID's VPC
     "aws_ecr_repository": ["ecr:CreateRepository", "ecr:DescribeRepositories", "ecr:ListTagsForResource",
                            "ecr:TagResource", "ecr:DeleteRepository"],
+    # Multi-server mode (terraform/compute/multiserver.tf).
+    "aws_lb": ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:DescribeLoadBalancers",
+               "elasticloadbalancing:DescribeLoadBalancerAttributes", "elasticloadbalancing:SetSecurityGroups",
+               "elasticloadbalancing:AddTags", "elasticloadbalancing:DescribeTags",
+               "elasticloadbalancing:DeleteLoadBalancer"],
+    "aws_lb_target_group": ["elasticloadbalancing:CreateTargetGroup", "elasticloadbalancing:DescribeTargetGroups",
+                            "elasticloadbalancing:DescribeTargetGroupAttributes",
+                            "elasticloadbalancing:ModifyTargetGroupAttributes",
+                            "elasticloadbalancing:DeleteTargetGroup"],
+    "aws_lb_target_group_attachment": ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets",
+                                       "elasticloadbalancing:DescribeTargetHealth"],
+    "aws_lb_listener": ["elasticloadbalancing:CreateListener", "elasticloadbalancing:DescribeListeners",
+                        "elasticloadbalancing:DeleteListener"],
+    "aws_elasticache_subnet_group": ["elasticache:CreateCacheSubnetGroup", "elasticache:DescribeCacheSubnetGroups",
+                                     "elasticache:DeleteCacheSubnetGroup"],
+    "aws_elasticache_replication_group": ["elasticache:CreateReplicationGroup",
+                                          "elasticache:DescribeReplicationGroups",
+                                          "elasticache:DeleteReplicationGroup", "elasticache:DescribeCacheClusters"],
     "aws_ecr_lifecycle_policy": ["ecr:PutLifecyclePolicy", "ecr:GetLifecyclePolicy", "ecr:DeleteLifecyclePolicy"],
     # Computed by Terraform or the provider without an AWS call.
     "aws_iam_policy_document": [],
@@ -326,7 +344,7 @@ def test_the_scoped_statements_reach_the_stack_own_names(monkeypatch):
         arn = f"arn:aws:secretsmanager:{s.region}:123456789012:secret:{accountsecrets.secret_id(s, name)}-AbC123"
         expected += [(a, arn) for a in ("secretsmanager:CreateSecret", "secretsmanager:GetSecretValue",
                                         "secretsmanager:DeleteSecret")]
-    for role in ("server", "worker"):  # terraform/compute/iam.tf: <prefix>-<region>-<role>
+    for role in ("server", "worker", "api"):  # terraform/compute/iam.tf: <prefix>-<region>-<role>
         name = f"{s.name_prefix}-{s.region}-{role}"
         expected += [(a, f"arn:aws:iam::123456789012:role/{name}") for a in ("iam:CreateRole", "iam:PassRole")]
         expected += [("iam:CreateInstanceProfile", f"arn:aws:iam::123456789012:instance-profile/{name}")]
