@@ -106,7 +106,11 @@ def haproxy_config(listeners: list[Listener]) -> str:
                   f"    default_backend targets-{listener.port}",
                   "", f"backend targets-{listener.port}", "    balance roundrobin"]
         if listener.health_protocol in ("HTTP", "HTTPS"):
-            lines += [f"    option httpchk GET {listener.health_path}", "    http-check expect status 200"]
+            # HTTP/1.1 with a Host header: HAProxy's default check (HTTP/1.0, no Host)
+            # reaches Prefect through nginx with an empty Host, and uvicorn answers 400.
+            lines += ["    option httpchk",
+                      f"    http-check send meth GET uri {listener.health_path} ver HTTP/1.1 hdr Host localhost",
+                      "    http-check expect status 200"]
         # init-addr: start even when a target's container is stopped (its name does not
         # resolve); the server stays down until it does. A target marked down has its
         # connections closed, so its clients connect again, to a live one.

@@ -24,7 +24,8 @@ def test_two_targets_are_both_checked_over_tls_and_resolved_by_docker_dns():
         "server p2test-ec2-0 p2test-ec2-0:4200 check check-ssl verify none inter 2s fall 2 rise 2",
     ]
     assert "mode tcp" in lines and "bind :4200" in lines and "balance roundrobin" in lines
-    assert "option httpchk GET /api/health" in lines and "http-check expect status 200" in lines
+    assert "option httpchk" in lines and "http-check expect status 200" in lines
+    assert "http-check send meth GET uri /api/health ver HTTP/1.1 hdr Host localhost" in lines
     assert "resolvers docker" in lines and "nameserver docker 127.0.0.11:53" in lines
     default_server = next(line for line in lines if line.startswith("default-server "))
     for option in ("resolvers docker", "init-addr last,libc,none", "on-marked-down shutdown-sessions"):
@@ -52,7 +53,7 @@ def test_an_http_health_check_does_not_use_tls():
     lines = _lines(haproxy_config([_api([("p2test-api-1", "p2test-api-1", 4200)], protocol="HTTP")]))
     server = next(line for line in lines if line.startswith("server "))
     assert "check-ssl" not in server and "verify" not in server
-    assert "option httpchk GET /api/health" in lines
+    assert "http-check send meth GET uri /api/health ver HTTP/1.1 hdr Host localhost" in lines
 
 
 def test_a_tcp_health_check_only_connects():
