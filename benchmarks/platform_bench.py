@@ -23,6 +23,11 @@ that way so that the benchmark cannot rot). Sections:
               bounded it (pool limit, CPU, server)
   memory      peak memory of each host container and of the control plane (sampled
               every few seconds throughout)
+  multiserver (not in the default list; the benchmark's own stack only) API requests per
+              second through the platform's URL and case 3's created->running, with one
+              server host, then with two API hosts behind the load balancer
+              (STACK_SERVER_COUNT=2), then back to one; the memory section then holds the
+              API host's, the redis host's and the load balancer's
 
 Targets: created->running at most 1.5 x its floor for every case; two worker hosts at
 least 1.8 x the throughput of one where the workers bound it.
@@ -62,7 +67,14 @@ BENCH_ENV = {
     "STACK_BACKUP_CRON": "",
     "STACK_CONFIG_FILE": "/nonexistent/stack.toml",
 }
-SECTIONS = ("bootstrap", "latency", "defaults", "throughput", "memory")
+SECTIONS = ("bootstrap", "latency", "defaults", "throughput", "memory", "multiserver")
+DEFAULT_SECTIONS = SECTIONS[:-1]
+# Multi-server mode: clients hammering the API at once, for how long, and the target of
+# case 3's created->running median with two API hosts against one.
+API_CLIENTS = 8
+API_SECONDS = 20.0
+MULTI_LATENCY_TARGET = 1.10
+MULTI_CASE = "case3-s3-process"
 # Sections that build the benchmark's stack again from nothing, each after the ones above
 # (benchmarks/stack_bench.py, benchmarks/durability_bench.py): not in the default run.
 OWN_STACK_SECTIONS = ("steps", "durability")
@@ -73,6 +85,8 @@ PREFECT_DEFAULT_QUERY_SECONDS = 10   # PREFECT_WORKER_QUERY_SECONDS when nobody 
 SCALE_TARGET = 1.8
 CONFIGURE_TARGET_S = 45
 SCALE_OUT = "one more worker host"   # the bootstrap row of the throughput section's scale-out
+MULTI_OUT = "two API hosts"          # the multiserver section's bootstrap rows
+MULTI_IN = "back to one server host"
 THROUGHPUT_DEPLOYMENT = "bench-my-flow"
 # What a flow run's process does before Prefect reports it Running, and no more: a fresh
 # interpreter imports the flow engine and reads the flow's code from the bucket.
@@ -128,6 +142,19 @@ class Throughput(BaseModel):
     bound_by: str
 
 
+class ApiFigures(BaseModel):
+    """One server mode's figures (the multiserver section)."""
+    api_hosts: int
+    url: str
+    requests: int
+    errors: int
+    requests_per_second: float
+    server_cpu_percent: dict[str, float]   # each API host container (100 = one core)
+    machine_cpu_percent: float
+    created_to_running: Spread | None = None
+    bound_by: str = ""
+
+
 class BenchmarkReport(BaseModel):
     started_at: str
     finished_at: str | None = None
@@ -139,6 +166,7 @@ class BenchmarkReport(BaseModel):
     latency: list[CaseLatency] = []
     throughput: list[Throughput] = []
     peak_memory_mib: dict[str, float] = {}           # host container or control-plane process -> MiB
+    multi_server: list[ApiFigures] = []
     targets: dict[str, bool | None] = {}
 
 
@@ -390,6 +418,60 @@ def throughput(settings: StackSettings, url: str, deployment: str, count: int) -
                       machine_cpu_percent=cpu.machine_percent, bound_by=bound)
 
 
+# -- multi-server mode ---------------------------------------------------------------------
+
+def api_figures(settings: StackSettings, url: str, runs: int) -> ApiFigures:
+    """API_CLIENTS clients reading flow runs (``POST /flow_runs/filter``, what the UI and
+    the CLI do most) through ``url`` for API_SECONDS, then case 3's latency."""
+    import httpx
+
+    from stack import aws, platform, tls
+
+    api_hosts = sorted(i["name"] for i in aws.running_hosts(settings) if i["role"] in ("server", "api"))
+    user, password = platform.auth_string(settings).split(":", 1)
+    counts = {"ok": 0, "errors": 0}
+    lock = threading.Lock()
+    deadline = time.monotonic() + API_SECONDS
+
+    def client() -> None:
+        with httpx.Client(verify=str(tls.ca_file(settings)), auth=(user, password), timeout=30) as http:
+            while time.monotonic() < deadline:
+                try:
+                    ok = http.post(f"{url}/flow_runs/filter", json={"limit": 10}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    counts["ok" if ok else "errors"] += 1
+
+    with CpuSampler(api_hosts) as cpu:
+        threads = [threading.Thread(target=client) for _ in range(API_CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    busiest = max(cpu.percent.values(), default=0.0)
+    bound = ("this machine's CPU (every host shares it)" if cpu.machine_percent >= 85
+             else "the API host's CPU (one Python process per host)" if busiest >= 85 else "neither CPU: latency")
+    figures = ApiFigures(api_hosts=len(api_hosts), url=url, requests=counts["ok"], errors=counts["errors"],
+                         requests_per_second=round(counts["ok"] / API_SECONDS, 1), server_cpu_percent=cpu.percent,
+                         machine_cpu_percent=cpu.machine_percent, bound_by=bound)
+    figures.created_to_running = case_latency(settings, url, MULTI_CASE, runs, "stack").created_to_running
+    return figures
+
+
+def multi_server_section(report: "BenchmarkReport", settings: StackSettings, url: str, own: bool, runs: int) -> None:
+    """One server host, then two API hosts behind the load balancer, then back to one."""
+    from stack import platform
+
+    report.multi_server.append(api_figures(settings, url, runs))
+    result, wall = step(stack_env(own, STACK_SERVER_COUNT="2"), "flows.bootstrap")
+    record_bootstrap(report, MULTI_OUT, result, wall)
+    multi = settings.model_copy(update={"server_count": 2})
+    report.multi_server.append(api_figures(multi, platform.operator_api_url(multi), runs))
+    result, wall = step(stack_env(own), "flows.bootstrap")
+    record_bootstrap(report, MULTI_IN, result, wall)
+
+
 # -- memory ------------------------------------------------------------------------------
 
 class MemorySampler(threading.Thread):
@@ -470,6 +552,12 @@ def table(report: BenchmarkReport) -> str:
             out.append(f"  {t.worker_hosts} worker host(s) {t.runs:5d} {t.completed:5d} {t.seconds:8.1f} "
                        f"{t.runs_per_minute:9.1f} {t.pool_limit or 0:11d} {t.peak_running:13d} "
                        f"{t.worker_cpu_percent:12.0f} {t.server_cpu_percent:13.0f} {t.machine_cpu_percent:14.0f}  {t.bound_by}")
+    if report.multi_server:
+        out += ["", "API through the platform URL   hosts  req/s  errors  machine CPU %  created->running med  bound by"]
+        for f in report.multi_server:
+            c2r = f"{f.created_to_running.median:6.2f}" if f.created_to_running else "   n/a"
+            out.append(f"  {'load balancer' if f.api_hosts > 1 else 'server host':<29}{f.api_hosts:>6}"
+                       f"{f.requests_per_second:>7.1f}{f.errors:>8}{f.machine_cpu_percent:>15.1f}{c2r:>22}  {f.bound_by}")
     if report.peak_memory_mib:
         out += ["", "peak memory (MiB)"] + [f"  {k:<32} {v:8.1f}" for k, v in sorted(report.peak_memory_mib.items())]
     if report.targets:
@@ -546,9 +634,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="runs per case for latency (default 10)")
     parser.add_argument("--throughput-runs", type=int, default=50, help="runs submitted at once (default 50)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated, of {', '.join(SECTIONS + OWN_STACK_SECTIONS)} (default: the first "
-                             f"{len(SECTIONS)})")
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS + OWN_STACK_SECTIONS)} (default: "
+                             f"{', '.join(DEFAULT_SECTIONS)})")
     parser.add_argument("--cases", default=",".join(WORKER_CASES), help="comma-separated worker cases for latency")
     parser.add_argument("--on-current-stack", action="store_true",
                         help="measure the stack of the environment's settings; bootstrap nothing, tear nothing down")
@@ -574,6 +662,8 @@ def main(argv: list[str] | None = None) -> None:
     sections = [s for s in sections if s in SECTIONS]
     if sections and not args.on_current_stack and "bootstrap" not in sections:
         parser.error("the benchmark's own stack starts from nothing: keep the bootstrap section, or use --on-current-stack")
+    if args.on_current_stack and "multiserver" in sections:
+        parser.error("multiserver changes the stack's server hosts: only on the benchmark's own stack")
     if args.on_current_stack and "bootstrap" in sections:
         parser.error("--on-current-stack measures a running stack: leave out the bootstrap section")
     if sections:
@@ -634,6 +724,8 @@ def _platform_sections(args: argparse.Namespace, sections: list[str], cases: lis
                     result, wall = step(stack_env(own, STACK_WORKER_COUNT="2"), "flows.bootstrap")
                     record_bootstrap(report, SCALE_OUT, result, wall)
                     report.throughput.append(throughput(settings, url, deployment, args.throughput_runs))
+            if "multiserver" in sections:
+                multi_server_section(report, settings, url, own, args.runs)
     finally:
         memory.done.set()
         memory.join()
@@ -653,6 +745,11 @@ def _platform_sections(args: argparse.Namespace, sections: list[str], cases: lis
             workers_bound = "pool limit" in one.bound_by or "worker" in one.bound_by
             report.targets[f"two worker hosts >= {SCALE_TARGET} x one (x{scale:.2f}; one host bound by: "
                            f"{one.bound_by})"] = (scale >= SCALE_TARGET) if workers_bound else None
+        if len(report.multi_server) == 2 and all(f.created_to_running for f in report.multi_server):
+            one, two = report.multi_server
+            ratio = two.created_to_running.median / one.created_to_running.median
+            report.targets[f"created->running with two API hosts <= {MULTI_LATENCY_TARGET} x one "
+                           f"(x{ratio:.2f})"] = ratio <= MULTI_LATENCY_TARGET
         report.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(report.model_dump_json(indent=2))
