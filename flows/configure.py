@@ -50,6 +50,11 @@ class ConfigureReport(BaseModel):
     upgrade: dict | None = None        # when this run upgraded it: from, to, backup, drained_runs, drain_seconds
 
 
+# The folder whose maker has the turn in the API hosts' rolling restart (multi-server
+# mode; ansible/roles/prefect_server/tasks/restart.yml).
+ROLLING_RESTART_TURN = "rolling-restart.lock"
+
+
 def extravars(settings: StackSettings, ui_api_url: str, data_volume_id: str | None = None,
               image: flow_runner.FlowRunnerImage | None = None, repository_url: str = "") -> dict:
     """Variables of the playbooks. Secrets are not among them: the auth string is read
@@ -309,6 +314,9 @@ def configure(settings: StackSettings | None = None, provisioned: ProvisionOutpu
     server_is_new = booted is not None and platform.server_host(settings) in booted.created
     upgraded = _prepare_upgrade(settings, change, ui_api_url, server_is_new) if change.is_upgrade else None
     _record_path(settings).unlink(missing_ok=True)  # written again once this run succeeded
+    # A rolling restart's turn that a killed run left (this command holds the stack's lock).
+    if (settings.state_path / ROLLING_RESTART_TURN).is_dir():
+        (settings.state_path / ROLLING_RESTART_TURN).rmdir()
     try:
         recap: dict[str, dict[str, int]] = {}
         attempts = 0

@@ -180,6 +180,10 @@ def environment(settings: StackSettings) -> dict[str, str]:
         "STACK_TARGET": settings.target,
         "STACK_REGION": settings.region,
         "STACK_NAME_PREFIX": settings.name_prefix,
+        # What python -m stack.localcloud.loadbalancer (the rolling restart, local) reads.
+        "STACK_EMULATOR_PORT": str(settings.emulator_port),
+        "STACK_LOAD_BALANCER_PORT": str(settings.load_balancer_port),
+        "STACK_STATE_DIR": str(settings.state_path),
         "STACK_SSH_USER": settings.ssh_user,
         "STACK_SSH_KEY_FILE": str(ssh_key_file(settings)),
         "STACK_SSH_KNOWN_HOSTS": str(known_hosts_file(settings)),

@@ -327,3 +327,46 @@ def target_states(settings: StackSettings, lb_name: str) -> dict[str, str]:
         if values.get("svname") not in (None, "FRONTEND", "BACKEND"):
             states[values["svname"]] = values["status"]
     return states
+
+
+def follow_targets(settings: StackSettings, wait_for: str | None = None, timeout: float = 60) -> list[str]:
+    """Make the running load balancer containers follow their target groups now: what
+    configure's rolling restart calls after it deregistered an API host (that host's new
+    connections stop at once; the old HAProxy workers finish the ones it had) and after
+    it registered it again, then with ``wait_for`` (that host's name), waiting until
+    HAProxy sees it up. Never creates, replaces or removes a container (the hosts step
+    does that)."""
+    import time
+
+    instances = aws.project_instances(settings, states=("running",))
+    client = docker_client()
+    existing = project_load_balancers(client, settings)
+    actions = []
+    for lb in load_balancers(settings, instances):
+        c = existing.get(lb.name)
+        if c is None or c.status != "running":
+            continue
+        config = haproxy_config(lb.listeners)
+        if _current_config(c) != config:
+            _reload(c, config)
+            actions.append(f"reloaded {lb.name} ({sum(len(li.targets) for li in lb.listeners)} targets)")
+        if wait_for is None or all(name != wait_for for li in lb.listeners for name, _, _ in li.targets):
+            continue
+        deadline = time.monotonic() + timeout
+        while (states := target_states(settings, lb.name)).get(wait_for) != "UP":
+            if time.monotonic() > deadline:
+                raise StackError(f"load balancer {lb.name}: {wait_for} not up after {timeout:.0f} s: {states}")
+            time.sleep(0.5)
+    return actions
+
+
+if __name__ == "__main__":
+    # ``python -m stack.localcloud.loadbalancer follow``: run by configure's rolling
+    # restart of the API hosts on the emulated cloud (ansible/roles/prefect_server).
+    import sys
+
+    from stack.settings import load_settings
+
+    if sys.argv[1:2] != ["follow"] or len(sys.argv) > 3:
+        sys.exit("usage: python -m stack.localcloud.loadbalancer follow [host to wait for]")
+    print("; ".join(follow_targets(load_settings(), wait_for=(sys.argv[2:] or [None])[0])) or "nothing to change")

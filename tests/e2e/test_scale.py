@@ -164,6 +164,82 @@ def wait_target_states(settings, want: dict[str, str], timeout: float = 60) -> d
     return states
 
 
+SCHEDULED = "multi-server-schedule"
+
+
+def unit_started(host: str, unit: str) -> str:
+    import subprocess
+
+    return subprocess.run(["docker", "exec", host, "systemctl", "show", "-P", "ActiveEnterTimestampMonotonic", unit],
+                          capture_output=True, text=True).stdout.strip()
+
+
+class ApiProbe:
+    """Reads flow runs through ``url`` every 0.1 s in a thread, counting answers and
+    keeping the failures, while the block runs."""
+
+    def __init__(self, settings, url: str):
+        import threading
+
+        self.settings, self.url, self.ok, self.failures = settings, url, 0, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import httpx
+
+        from stack import tls
+
+        user, password = platform.auth_string(self.settings).split(":", 1)
+        with httpx.Client(verify=str(tls.ca_file(self.settings)), auth=(user, password), timeout=10) as http:
+            while not self.stop.wait(0.1):
+                try:
+                    code = http.post(f"{self.url}/flow_runs/filter", json={"limit": 1}).status_code
+                except httpx.HTTPError as exc:
+                    code = repr(exc)
+                if code == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append((time.strftime("%H:%M:%S"), code))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+async def schedule_hourly(settings, url, like: str):
+    """A deployment of the testflow on the operator's pool (no worker polls it between
+    smokes, so its runs stay Scheduled) with an hourly schedule: the scheduler, which
+    runs in the services process only, makes its next runs."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    async with platform.prefect_client(settings, url) as client:
+        template = await client.read_deployment_by_name(like)
+        return await client.create_deployment(
+            flow_id=template.flow_id, name=SCHEDULED, work_pool_name=platform.OPERATOR_POOL,
+            entrypoint=template.entrypoint, pull_steps=template.pull_steps,
+            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(hours=1)))])
+
+
+async def scheduled_runs(settings, url, deployment_id) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with platform.prefect_client(settings, url) as client:
+        return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+async def delete_deployment(settings, url, deployment_id) -> None:
+    async with platform.prefect_client(settings, url) as client:
+        await client.delete_deployment(deployment_id)
+
+
 async def runs_of(settings, url, deployment_name: str, since) -> list:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, \
         FlowRunFilterExpectedStartTime
@@ -180,8 +256,10 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
     balancer (its container fed by the emulator's target group), Redis on a host of its
     own, the background services once on the server host. 50 runs go through the load
     balancer while the API host is stopped in the middle: every one ends Completed, none
-    is lost or made twice, and the API keeps answering. Bootstrap brings the host back
-    into service; STACK_SERVER_COUNT=1 goes back to one server host with every run kept."""
+    is lost or made twice, and the API keeps answering. The scheduler makes each
+    scheduled run once; the crashed-run automation fires when a worker host dies
+    mid-run. Bootstrap brings the hosts back into service; STACK_SERVER_COUNT=1 goes
+    back to one server host with every run kept."""
     from datetime import datetime, timezone
 
     s = stack["settings"]
@@ -210,6 +288,7 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
     assert unit_active(api_host, "prefect-server") and not unit_active(api_host, "prefect-services")
     assert unit_active(redis_host, "redis-server")
 
+    scheduled = asyncio.run(schedule_hourly(multi, url, deployment))
     since = datetime.now(timezone.utc)
     first = asyncio.run(submit(multi, url, deployment, MULTI_RUNS // 2))
     run_quiet("docker", "stop", api_host)  # what a reboot or a lost instance does to it
@@ -226,11 +305,48 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
     made = asyncio.run(runs_of(multi, url, deployment, since))
     assert sorted(r.id for r in made) == sorted(submitted), "a run was lost or made twice"
 
-    # Bootstrap starts the stopped host again and the balancer takes it back.
+    # The scheduler ran (its loop every 60 s, in the services process only) and made each
+    # scheduled run once: one run per start time.
+    deadline = time.monotonic() + 90
+    while not (planned := asyncio.run(scheduled_runs(multi, url, scheduled))) and time.monotonic() < deadline:
+        time.sleep(3)
+    times = [r.expected_start_time for r in planned]
+    assert len(times) >= 3 and len(times) == len(set(times)), times  # Prefect's minimum of 3 ahead
+    asyncio.run(delete_deployment(multi, url, scheduled))
+
+    # The crashed-run automation still fires: its trigger runs in the services process and
+    # sees the heartbeats that reached an API server through Redis. A worker host that dies
+    # mid-run stops them.
+    worker = worker_hosts(s)[0]
+    run_id = asyncio.run(smoke.run_deployment_once(multi, url, deployment))
+    deadline = time.monotonic() + 120
+    while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value != "RUNNING":
+        assert time.monotonic() < deadline and not run.state.is_final(), f"the run never started: {run.state}"
+        time.sleep(0.2)
+    time.sleep(1)  # its first heartbeat is on its way
+    run_quiet("docker", "kill", worker)
+    killed_at = time.monotonic()
+    while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value == "RUNNING" \
+            and time.monotonic() - killed_at < 180:
+        time.sleep(2)
+    assert run.state.type.value == "CRASHED" and "heartbeat" in (run.state.message or ""), \
+        f"{run.state} {time.monotonic() - killed_at:.0f} s after the worker host died"
+
+    # Bootstrap starts the stopped hosts again and the balancer takes the API host back.
     back = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **MULTI)))
     assert back["smoke"]["ok"]
-    assert container_running(api_host)
+    assert container_running(api_host) and container_running(worker)
     assert wait_target_states(multi, {server: "UP", api_host: "UP"}) == {server: "UP", api_host: "UP"}
+
+    # Configure restarts the API servers one at a time, each out of the load balancer's
+    # target group meanwhile: requests through the balancer keep succeeding throughout.
+    started = {h: unit_started(h, "prefect-server") for h in (server, api_host)}
+    for h in started:  # a changed server environment: configure writes it back and restarts
+        run_quiet("docker", "exec", h, "sh", "-c", "echo '# changed by test_scale' >> /etc/prefect/server.env")
+    with ApiProbe(multi, url) as probe:
+        run_step("flows.configure", env=clean_env(**TEST_STACK_ENV, **MULTI))
+    assert all(unit_started(h, "prefect-server") != started[h] for h in started), "a server was not restarted"
+    assert probe.ok > 100 and probe.failures == [], (probe.ok, probe.failures[:5])
 
     # Back to one server host: the API host, the redis host and the balancer go, the
     # server host serves alone again on its own port, and every run is still there.
