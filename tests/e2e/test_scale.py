@@ -248,7 +248,7 @@ async def runs_of(settings, url, deployment_name: str, since) -> list:
         return await client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name.split("/", 1)[1]])),
             flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
-            limit=500)
+            limit=200)
 
 
 def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack):
