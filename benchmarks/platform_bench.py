@@ -605,6 +605,13 @@ def markdown(report: BenchmarkReport) -> str:
         out += [f"| {t.worker_hosts} worker host(s) | {t.completed}/{t.runs} | {t.seconds:.1f} | "
                 f"{t.runs_per_minute:.1f} | {t.peak_running} | {t.worker_cpu_percent:.0f} | {t.server_cpu_percent:.0f} | "
                 f"{t.machine_cpu_percent:.0f} | {t.bound_by} |" for t in report.throughput]
+    if report.multi_server:
+        out += ["", "| API through the platform URL | API hosts | requests a second | errors | machine CPU % | "
+                    "created->running median | bound by |", "|---" * 7 + "|"]
+        out += [f"| {'the load balancer' if f.api_hosts > 1 else 'the server host'} | {f.api_hosts} | "
+                f"{f.requests_per_second:.1f} | {f.errors} | {f.machine_cpu_percent:.0f} | "
+                f"{f'{f.created_to_running.median:.2f}' if f.created_to_running else '-'} | {f.bound_by} |"
+                for f in report.multi_server]
     if report.peak_memory_mib:
         out += ["", "| peak memory | MiB |", "|---|---|"]
         out += [f"| {k} | {v:.1f} |" for k, v in sorted(report.peak_memory_mib.items())]

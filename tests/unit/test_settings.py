@@ -14,6 +14,8 @@ BAD_INPUTS = [
     ("STACK_OPERATOR_CIDR", "0.0.0.0/0"),
     ("STACK_WORKER_COUNT", "0"),
     ("STACK_WORKER_COUNT", "two"),
+    ("STACK_SERVER_COUNT", "0"),
+    ("STACK_SERVER_COUNT", "6"),
     ("STACK_BUCKET_NAME", "Not_A_Bucket"),
     ("STACK_STATE_BUCKET", "Not_A_Bucket"),
     ("STACK_BACKUP_RETENTION_DAYS", "0"),

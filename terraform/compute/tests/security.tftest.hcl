@@ -244,3 +244,52 @@ run "a_repository_arn_that_is_not_one_is_refused" {
   }
   expect_failures = [var.flow_runner_repository_arn]
 }
+
+run "one_server_host_makes_no_load_balancer_and_no_redis" {
+  command = plan
+
+  assert {
+    condition     = length(aws_lb.api) == 0 && length(aws_elasticache_replication_group.redis) == 0 && length(aws_instance.host) == 2
+    error_message = "server_count 1 must stay one server host: no load balancer, no Redis, no API host"
+  }
+}
+
+run "two_servers_behind_a_tls_passthrough_balancer_with_redis_encrypted" {
+  command = plan
+
+  variables {
+    server_count     = 2
+    redis_auth_token = "0123456789abcdef0123456789abcdef"
+  }
+
+  assert {
+    condition     = aws_instance.host["prefect2-api-1"].tags["Role"] == "api" && length(aws_instance.host) == 3
+    error_message = "server_count 2 adds one API host"
+  }
+  assert {
+    condition     = aws_lb.api[0].load_balancer_type == "network" && aws_lb_listener.api[0].protocol == "TCP" && aws_lb_listener.api[0].port == 4200
+    error_message = "the API's balancer passes TLS through on 4200 (a network load balancer, a TCP listener)"
+  }
+  assert {
+    condition     = length(aws_lb_target_group_attachment.api) == 2 && aws_lb_target_group.api[0].health_check[0].protocol == "HTTPS" && aws_lb_target_group.api[0].health_check[0].path == "/api/health"
+    error_message = "both server hosts are targets, checked over HTTPS on /api/health"
+  }
+  assert {
+    condition     = length(aws_lb.api[0].security_groups) == 1
+    error_message = "the balancer keeps the hosts' group: the API from the operator's CIDR only"
+  }
+  assert {
+    condition     = aws_elasticache_replication_group.redis[0].transit_encryption_enabled && aws_elasticache_replication_group.redis[0].at_rest_encryption_enabled
+    error_message = "ElastiCache must encrypt in transit and at rest"
+  }
+}
+
+run "server_count_above_five_is_refused" {
+  command = plan
+
+  variables {
+    server_count = 6
+  }
+
+  expect_failures = [var.server_count]
+}
