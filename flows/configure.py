@@ -195,7 +195,8 @@ def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limi
     # for its API at once, rather than after the wait's two minutes.
     waits = WaitsOnFailedHost(servers, frozenset({WORKER_WAITS_FOR_SERVER}))
     result = run_playbook(settings, playbook, extravars=variables, limit=limit,
-                          secrets=(platform.auth_string(settings), *secrets), waits=waits)
+                          secrets=(platform.auth_string(settings), *platform.multi_server_secrets(settings), *secrets),
+                          waits=waits)
     create_table_artifact(key=f"{settings.name_prefix}-ansible-recap", description=f"Ansible recap of {playbook}",
                           table=[{"host": h, **recap_row(r)} for h, r in sorted(result.recap.items())])
     if result.first_failure or result.status != "successful":

@@ -48,7 +48,10 @@ def hosts(settings: StackSettings | None = None, provisioned: ProvisionOutputs |
     # stand in for the public IP an instance has on aws).
     aws.record_ssh_endpoints(settings, r.ssh_ports)
     # The API servers' load balancer (STACK_SERVER_COUNT >= 2), its targets these hosts.
-    lb_actions = loadbalancer.reconcile(settings, instances)
+    # With one server host the emulator is not asked, unless a balancer container is left
+    # (the scale-in to one server host removes it here).
+    lb_actions = (loadbalancer.reconcile(settings, instances) if settings.multi_server
+                  or loadbalancer.project_load_balancers(loadbalancer.docker_client(), settings) else [])
     if lb_actions:
         log.info("load balancer: %s", "; ".join(lb_actions))
     log.info("hosts: %d created, %d started, %d stopped, %d removed, %d unchanged",

@@ -37,6 +37,11 @@ DATABASE_PASSWORD = "database-password"
 REDIS_AUTH_TOKEN = "redis-auth-token"
 ALL = (AUTH_STRING, SSH_PRIVATE_KEY, CA_KEY, CA_CERT, DATABASE_PASSWORD, REDIS_AUTH_TOKEN)
 
+
+def made_for(settings: StackSettings) -> tuple[str, ...]:
+    """The secrets a stack of these settings has made (platform.make_stack_secrets)."""
+    return ALL if settings.multi_server else tuple(n for n in ALL if n not in (DATABASE_PASSWORD, REDIS_AUTH_TOKEN))
+
 # The values this process read, by stack, target and name: one call per secret per process.
 _read: dict[tuple, str] = {}
 

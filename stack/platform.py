@@ -140,6 +140,18 @@ def load_balancer_dns(settings: StackSettings) -> str | None:
     return found[0]["DNSName"] if found else None
 
 
+def multi_server_secrets(settings: StackSettings) -> tuple[str, ...]:
+    """What a log must never show in multi-server mode (a journal line of a server that
+    fails to start can quote its Redis URL): the database password, Redis's token and
+    that token as it appears in a URL."""
+    if not settings.multi_server:
+        return ()
+    from urllib.parse import quote
+
+    token = redis_auth_token(settings)
+    return (database_password(settings), token, quote(token, safe=""))
+
+
 def redis_address(settings: StackSettings) -> str:
     """Multi-server mode: the Redis the servers share (the redis host on local,
     ElastiCache's primary endpoint on aws: an output of the compute module)."""

@@ -356,7 +356,9 @@ class StackSettings(BaseSettings):
                 raise ValueError("teardown_grace_minutes: the hosts' safety stop would fall on the next night's "
                                  "teardown; use fewer than 1440 minutes, or set STACK_SAFETY_STOP=false")
         ports = {"emulator_port": self.emulator_port, "control_plane_port": self.control_plane_port,
-                 "platform_port": self.platform_port, "load_balancer_port": self.load_balancer_port}
+                 "platform_port": self.platform_port}
+        if self.server_count > 1:  # the balancer's port is used only then
+            ports["load_balancer_port"] = self.load_balancer_port
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"ports: emulator, control-plane, platform and load-balancer ports must differ, got {ports}")
         return self

@@ -61,6 +61,7 @@ resource "aws_lb_target_group" "api" {
     path                = "/api/health"
     port                = "traffic-port"
     interval            = 10
+    timeout             = 5
     healthy_threshold   = 2
     unhealthy_threshold = 2
   }
