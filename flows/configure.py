@@ -83,6 +83,9 @@ def multi_server_vars(settings: StackSettings) -> dict:
     return {"prefect_server_multi": True,
             "stack_api_address": platform.api_address(settings) or "",
             "prefect_server_redis_address": platform.redis_address(settings),
+            # An API host starts its server only once the server host runs this Prefect
+            # (in an upgrade, the server host migrates the database first).
+            "prefect_server_version": settings.prefect_version,
             # The redis host's certificate is the stack CA's; ElastiCache's is public.
             "prefect_server_redis_ca": "/etc/prefect/ca.pem" if settings.target == "local" else ""}
 
@@ -376,7 +379,8 @@ def _roll_back_if_the_server_is_down(settings: StackSettings, change: upgrade.Ve
               "and Prefect %s", change.wanted, why, chosen.name, change.running)
     try:
         workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
-        backups.restore(old, platform.server_host(old), chosen, worker_hosts=workers, start_server=False)
+        backups.restore(old, platform.server_host(old), chosen, worker_hosts=workers, start_server=False,
+                        api_hosts=[i["name"] for i in aws.running_hosts(settings, "api")])
         upgrade.record_version(old)
         upgrade.mark_pools_paused(old)  # the backup holds them paused: configure resumes them
         configure(old, provisioned, booted)

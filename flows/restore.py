@@ -61,7 +61,8 @@ def restore(settings: StackSettings | None = None, backup_name: str | None = Non
                     "restoring %s from %s", chosen.name, chosen.created_at.isoformat())
     rollback = None if only_if_empty else _rollback_to(settings, chosen)
     workers = [i["name"] for i in aws.running_hosts(settings, "worker")]
-    backups.restore(settings, server, chosen, worker_hosts=workers, start_server=rollback is None)
+    backups.restore(settings, server, chosen, worker_hosts=workers, start_server=rollback is None,
+                    api_hosts=[i["name"] for i in aws.running_hosts(settings, "api")])
     if rollback:
         # The server stays stopped on the older database: configure installs the older
         # Prefect and starts it; register, deploy and the smoke follow.

@@ -26,6 +26,9 @@ BACKUP_PREFIX = "backups/"
 DB_NAME = "prefect"          # the prefect_server role's database and its owner
 DB_OWNER = "prefect"
 SERVER_SERVICE = "prefect-server"
+# Multi-server mode's background services (on the server host), which hold database
+# connections of their own, like the API hosts' servers.
+SERVICES_SERVICE = "prefect-services"
 # The prefect_worker role's services (prefect_worker_pools): stopped for a restore, so
 # that no worker keeps a work pool it read from the database being replaced.
 WORKER_SERVICES = ("prefect-worker-process", "prefect-worker-docker")
@@ -156,11 +159,14 @@ def database_is_empty(settings: StackSettings, server: str) -> bool:
 
 
 def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: Sequence[str] = (),
-            start_server: bool = True) -> None:
+            start_server: bool = True, api_hosts: Sequence[str] = ()) -> None:
     """Replace the platform database on ``server`` with ``backup``. The Prefect server and
     the workers on ``worker_hosts`` (names) are stopped meanwhile and started again
     afterwards; with ``start_server`` false (a rollback, whose older Prefect configure
-    installs next) the server stays stopped unless the restore failed.
+    installs next) the server stays stopped unless the restore failed. In multi-server
+    mode the background services and the servers of ``api_hosts`` are stopped and
+    started with it: each holds connections to the database, and dropdb refuses a
+    database in use (one that reconnected would read a half-restored one).
 
     Why the workers too: a worker keeps the work pool (its job template) it last read.
     One that started on an empty database created its pool with Prefect's default
@@ -179,7 +185,9 @@ def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: 
     try:
         for host in worker_hosts:
             run_on_host(settings, host, ["systemctl", "stop", *WORKER_SERVICES])
-        run_on_host(settings, server, ["systemctl", "stop", SERVER_SERVICE])
+        for host in api_hosts:
+            run_on_host(settings, host, ["systemctl", "stop", SERVER_SERVICE])
+        run_on_host(settings, server, ["systemctl", "stop", *server_services(settings)])
         run_on_host(settings, server, ["sudo", "-u", "postgres", "dropdb", "--if-exists", DB_NAME])
         run_on_host(settings, server, ["sudo", "-u", "postgres", "createdb", "-O", DB_OWNER, DB_NAME])
         proc = open_on_host(settings, server, ["sudo", "-u", DB_OWNER, "pg_restore", "--no-owner", "--no-privileges",
@@ -200,10 +208,18 @@ def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: 
     finally:
         body.close()
         if start_server or not restored:
-            run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE])
+            run_on_host(settings, server, ["systemctl", "start", *server_services(settings)])
+            for host in api_hosts:
+                run_on_host(settings, host, ["systemctl", "start", SERVER_SERVICE])
         # The workers wait for the server themselves (systemd restarts them until it answers).
         for host in worker_hosts:
             run_on_host(settings, host, ["systemctl", "start", *WORKER_SERVICES])
+
+
+def server_services(settings: StackSettings) -> list[str]:
+    """The server host's units that use the platform database: the server, and in
+    multi-server mode the background services beside it."""
+    return [SERVER_SERVICE, SERVICES_SERVICE] if settings.multi_server else [SERVER_SERVICE]
 
 
 def delete_all_local(settings: StackSettings) -> int:
