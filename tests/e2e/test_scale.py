@@ -1,13 +1,21 @@
-"""Scaling the worker hosts out and back in on the shared stack: the scale-out configures
-only the new host (the others keep their configuration); with two worker hosts,
-four workers are online and the runs of one deployment spread over both hosts (the host
-that ran each run is on the run, as its ``prefect.worker.name`` label); going back to
-one removes that host, its workers show offline, and a run that was in flight there ends
-Crashed instead of staying Running for ever.
+"""Scaling out and back in on the shared stack, workers and API hosts, in one test: each
+phase starts from the stack the one before it left, and the bootstraps serve two
+phases where they can (the suite's time).
+
+1. Workers: the scale-out to two worker hosts configures only the new host; four
+   workers are online and the runs of one deployment spread over both hosts (the host
+   that ran each run is on the run, as its ``prefect.worker.name`` label).
+2. Multi-server mode (issue 25): an API host beside the server host behind the load
+   balancer, Redis, the background services once; 50 runs with the API host stopped
+   half-way; the scheduler and the crashed-run automation; the UI through the balancer;
+   bootstrap brings the host back; configure restarts the servers one at a time.
+3. Back to one server host and one worker host: the leaving worker host's run in flight
+   ends Crashed instead of staying Running for ever, its workers show offline, and every
+   run is still there.
 
 It changes the shared stack, so it runs after the others, first of those that do
-(tests/conftest.py says why), and leaves the stack at
-one worker host, bootstrapped.
+(tests/conftest.py says why), and leaves the stack at one worker host and one server
+host, bootstrapped.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.teardown_last]
 # three times one worker's slots cannot all go to the first poller.
 SCALED = {"STACK_WORKER_COUNT": "2"}
 BURST = 12
+MULTI = {"STACK_SERVER_COUNT": "2", **SCALED}
+MULTI_RUNS = 50
 
 
 def worker_hosts(settings) -> list[str]:
@@ -53,67 +63,6 @@ def ran_on(run) -> str:
     return (run.labels or {})["prefect.worker.name"].rsplit("-", 1)[0]
 
 
-def test_two_worker_hosts_share_the_runs_and_scaling_back_crashes_what_was_in_flight(stack):
-    s = stack["settings"]
-    url = platform.api_url(s)
-
-    first = worker_hosts(s)
-    default = capacity.worker_concurrency(s)  # what a t3.small's memory holds: 4
-    assert default == 4
-    scaled = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **SCALED)))
-    assert scaled["smoke"]["ok"] and not scaled["smoke"]["health_only"]
-    two = worker_hosts(s)
-    assert len(two) == 2
-    assert sorted(scaled["configure"]["recap"]) == sorted(set(two) - set(first)), scaled["configure"]["recap"]
-    online = asyncio.run(smoke.workers_online(s, url, two))
-    assert len(online) == 4 and all(online.values()), online
-    limits, _ = asyncio.run(pools_and_workers(s, url))
-    assert limits == {platform.PROCESS_POOL: 2 * default, platform.DOCKER_POOL: 2 * default}  # per worker x 2 hosts
-
-    ids = asyncio.run(submit(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], BURST))
-    for i in ids:
-        asyncio.run(smoke.wait_final(s, url, i))
-    runs = asyncio.run(read_runs(s, url, ids))
-    assert [r.state.type.value for r in runs] == ["COMPLETED"] * BURST
-    assert {ran_on(r) for r in runs} == set(two), "the burst did not spread over both worker hosts"
-
-    # A run caught in flight on the host that goes away: freeze that host mid-run. As many
-    # runs as the burst, so that the first host's workers cannot take them all (with 4,
-    # one host's slots held every one of them, and no run ever went to the other).
-    leaving = two[-1]
-    ids = asyncio.run(submit(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], BURST))
-    in_flight = None
-    deadline = time.monotonic() + 120
-    while in_flight is None and time.monotonic() < deadline:
-        for r in asyncio.run(read_runs(s, url, ids)):
-            if r.state.type.value == "RUNNING" and (r.labels or {}).get("prefect.worker.name", "").startswith(leaving):
-                in_flight = r
-        time.sleep(0.2)
-    assert in_flight is not None, f"no run went to {leaving} within 120 s"
-    freeze(leaving)
-
-    back = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV)))
-    assert back["smoke"]["ok"]
-    assert worker_hosts(s) == two[:1]
-    assert run_quiet("docker", "inspect", leaving) != 0, f"host container {leaving} was not removed"
-    [after] = asyncio.run(read_runs(s, url, [in_flight.id]))
-    assert after.state.type.value == "CRASHED" and leaving in after.state.message
-    for i in ids:
-        asyncio.run(smoke.wait_final(s, url, i))  # nothing of the burst is left Running
-
-    limits, workers = asyncio.run(pools_and_workers(s, url))
-    assert limits == {platform.PROCESS_POOL: default, platform.DOCKER_POOL: default}  # the default, one host
-    # The server marks a worker offline after three missed heartbeats (10 s each here).
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        _, workers = asyncio.run(pools_and_workers(s, url))
-        if all(workers[f"{leaving}-{p}"] == "OFFLINE" for p in (platform.PROCESS_POOL, platform.DOCKER_POOL)):
-            break
-        time.sleep(5)
-    assert workers[f"{leaving}-process"] == "OFFLINE" and workers[f"{leaving}-docker"] == "OFFLINE", workers
-    assert workers[f"{two[0]}-process"] == "ONLINE" and workers[f"{two[0]}-docker"] == "ONLINE", workers
-
-
 def freeze(host: str) -> None:
     """``docker pause`` the host. The cgroup freezer can fail to settle while the host
     forks its runs' processes (runc: "unable to freeze"); a few tries get it."""
@@ -134,8 +83,6 @@ def run_quiet(*argv: str) -> int:
 
 
 # --- Prefect's multi-server mode (issue 25) ---------------------------------------------
-MULTI = {"STACK_SERVER_COUNT": "2"}
-MULTI_RUNS = 50
 
 
 def container_running(name: str) -> bool:
@@ -251,19 +198,70 @@ async def runs_of(settings, url, deployment_name: str, since) -> list:
             limit=200)
 
 
-def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack):
+
+def ui_shows_the_deployments(settings, url: str) -> None:
+    """The platform UI in headless Chromium through ``url`` (the load balancer): it asks
+    for the auth string, then lists the deployments (tests/e2e/test_browser.py does the
+    same against one server host)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_browser import CHROMIUM
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, ignore_https_errors=True)
+            page.goto(f"{url.removesuffix('/api')}/deployments")
+            password = page.locator("input[type=password]").first
+            password.wait_for(timeout=60_000)
+            password.fill(platform.auth_string(settings))
+            password.press("Enter")
+            page.get_by_text("case3-s3-process").first.wait_for(timeout=60_000)
+            out = settings.state_path / "screenshots" / "platform-through-load-balancer.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+            assert out.stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+def scale_out_the_workers(s) -> list[str]:
+    """One worker host to two: configure runs on the new host only, four workers are
+    online, the pools' limits double, and a burst spreads over both hosts."""
+    url = platform.api_url(s)
+    first = worker_hosts(s)
+    default = capacity.worker_concurrency(s)  # what a t3.small's memory holds: 4
+    assert default == 4
+    scaled = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **SCALED)))
+    assert scaled["smoke"]["ok"] and not scaled["smoke"]["health_only"]
+    two = worker_hosts(s)
+    assert len(two) == 2
+    assert sorted(scaled["configure"]["recap"]) == sorted(set(two) - set(first)), scaled["configure"]["recap"]
+    online = asyncio.run(smoke.workers_online(s, url, two))
+    assert len(online) == 4 and all(online.values()), online
+    limits, _ = asyncio.run(pools_and_workers(s, url))
+    assert limits == {platform.PROCESS_POOL: 2 * default, platform.DOCKER_POOL: 2 * default}  # per worker x 2 hosts
+
+    ids = asyncio.run(submit(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], BURST))
+    for i in ids:
+        asyncio.run(smoke.wait_final(s, url, i))
+    runs = asyncio.run(read_runs(s, url, ids))
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * BURST
+    assert {ran_on(r) for r in runs} == set(two), "the burst did not spread over both worker hosts"
+    return two
+
+
+def two_api_hosts_lose_no_run_when_one_stops(s, multi) -> list:
     """STACK_SERVER_COUNT=2: an API host beside the server host, both behind the load
     balancer (its container fed by the emulator's target group), Redis on a host of its
     own, the background services once on the server host. 50 runs go through the load
     balancer while the API host is stopped in the middle: every one ends Completed, none
     is lost or made twice, and the API keeps answering. The scheduler makes each
     scheduled run once; the crashed-run automation fires when a worker host dies
-    mid-run. Bootstrap brings the hosts back into service; STACK_SERVER_COUNT=1 goes
-    back to one server host with every run kept."""
+    mid-run. Bootstrap brings the hosts back into service, and configure restarts the
+    servers one at a time with no request failing. Returns the 50 runs' ids."""
     from datetime import datetime, timezone
 
-    s = stack["settings"]
-    multi = s.model_copy(update={"server_count": 2})
     deployment = smoke.CASE_DEPLOYMENTS["case3-s3-process"]
     out = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **MULTI)))
     assert out["smoke"]["ok"] and not out["smoke"]["health_only"]
@@ -287,6 +285,7 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
     assert unit_active(server, "prefect-services") and unit_active(server, "prefect-server")
     assert unit_active(api_host, "prefect-server") and not unit_active(api_host, "prefect-services")
     assert unit_active(redis_host, "redis-server")
+    ui_shows_the_deployments(multi, url)  # the UI answers through the balancer
 
     scheduled = asyncio.run(schedule_hourly(multi, url, deployment))
     since = datetime.now(timezone.utc)
@@ -304,6 +303,7 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
     assert [r.state.type.value for r in runs] == ["COMPLETED"] * MULTI_RUNS
     made = asyncio.run(runs_of(multi, url, deployment, since))
     assert sorted(r.id for r in made) == sorted(submitted), "a run was lost or made twice"
+    ui_shows_the_deployments(multi, url)  # and still with one of its hosts stopped
 
     # The scheduler ran (its loop every 60 s, in the services process only) and made each
     # scheduled run once: one run per start time.
@@ -317,12 +317,12 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
     # The crashed-run automation still fires: its trigger runs in the services process and
     # sees the heartbeats that reached an API server through Redis. A worker host that dies
     # mid-run stops them.
-    worker = worker_hosts(s)[0]
     run_id = asyncio.run(smoke.run_deployment_once(multi, url, deployment))
     deadline = time.monotonic() + 120
     while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value != "RUNNING":
         assert time.monotonic() < deadline and not run.state.is_final(), f"the run never started: {run.state}"
         time.sleep(0.2)
+    worker = ran_on(run)
     time.sleep(1)  # its first heartbeat is on its way
     run_quiet("docker", "kill", worker)
     killed_at = time.monotonic()
@@ -347,13 +347,62 @@ def test_two_api_hosts_behind_the_load_balancer_lose_no_run_when_one_stops(stack
         run_step("flows.configure", env=clean_env(**TEST_STACK_ENV, **MULTI))
     assert all(unit_started(h, "prefect-server") != started[h] for h in started), "a server was not restarted"
     assert probe.ok > 100 and probe.failures == [], (probe.ok, probe.failures[:5])
+    return submitted
 
-    # Back to one server host: the API host, the redis host and the balancer go, the
-    # server host serves alone again on its own port, and every run is still there.
+
+def freeze_a_run_in_flight(s, url, leaving: str):
+    """A run caught in flight on the worker host that goes away: that host frozen mid-run.
+    As many runs as the burst, so that the other host's workers cannot take them all."""
+    ids = asyncio.run(submit(s, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], BURST))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for r in asyncio.run(read_runs(s, url, ids)):
+            if r.state.type.value == "RUNNING" and (r.labels or {}).get("prefect.worker.name", "").startswith(leaving):
+                freeze(leaving)
+                return r, ids
+        time.sleep(0.2)
+    pytest.fail(f"no run went to {leaving} within 120 s")
+
+
+def test_worker_and_api_hosts_scale_out_and_back_without_losing_a_run(stack):
+    s = stack["settings"]
+    multi = s.model_copy(update={"server_count": 2})
+    two = scale_out_the_workers(s)
+    submitted = two_api_hosts_lose_no_run_when_one_stops(s, multi)
+
+    # Back to one server host and one worker host in one bootstrap: the API host, the
+    # redis host, the balancer and the second worker host go; the server host serves
+    # alone again on its own port.
+    leaving = two[-1]
+    in_flight, burst = freeze_a_run_in_flight(multi, platform.api_url(multi), leaving)
     one = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV)))
     assert one["smoke"]["ok"]
+    url = platform.api_url(s)
     assert aws.running_hosts(s, "api") == [] and aws.running_hosts(s, "redis") == []
     assert run_quiet("docker", "inspect", multi.load_balancer_name) != 0, "the load balancer's container was kept"
-    assert not unit_active(server, "prefect-services")
-    runs = asyncio.run(read_runs(s, platform.api_url(s), submitted))
-    assert [r.state.type.value for r in runs] == ["COMPLETED"] * MULTI_RUNS
+    assert not unit_active(s.host_name(0), "prefect-services")
+    assert worker_hosts(s) == two[:1]
+    assert run_quiet("docker", "inspect", leaving) != 0, f"host container {leaving} was not removed"
+    # The run frozen on the leaving host ends Crashed: configure ends the runs of a gone
+    # host, or, when this bootstrap took longer than its window, the crashed-run
+    # automation did first. Either way it names why.
+    [after] = asyncio.run(read_runs(s, url, [in_flight.id]))
+    assert after.state.type.value == "CRASHED", after.state
+    assert leaving in after.state.message or "heartbeat" in after.state.message, after.state.message
+    for i in burst:
+        asyncio.run(smoke.wait_final(s, url, i))  # nothing of the burst is left Running
+    runs = asyncio.run(read_runs(s, url, submitted))
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * MULTI_RUNS  # every run kept
+
+    default = capacity.worker_concurrency(s)
+    limits, workers = asyncio.run(pools_and_workers(s, url))
+    assert limits == {platform.PROCESS_POOL: default, platform.DOCKER_POOL: default}  # the default, one host
+    # The server marks a worker offline after three missed heartbeats (10 s each here).
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        _, workers = asyncio.run(pools_and_workers(s, url))
+        if all(workers[f"{leaving}-{p}"] == "OFFLINE" for p in (platform.PROCESS_POOL, platform.DOCKER_POOL)):
+            break
+        time.sleep(5)
+    assert workers[f"{leaving}-process"] == "OFFLINE" and workers[f"{leaving}-docker"] == "OFFLINE", workers
+    assert workers[f"{two[0]}-process"] == "ONLINE" and workers[f"{two[0]}-docker"] == "ONLINE", workers
