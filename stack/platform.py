@@ -129,7 +129,8 @@ def api_url(settings: StackSettings, server_public_ip: str | None = None) -> str
 
 
 def load_balancer_dns(settings: StackSettings) -> str | None:
-    """Multi-server mode on aws: the API load balancer's DNS name (None before provision)."""
+    """Multi-server mode on aws: the public API load balancer's DNS name, the operator's
+    (None before provision)."""
     from stack import aws
 
     elb = aws.client(settings, "elbv2")
@@ -165,13 +166,23 @@ def redis_address(settings: StackSettings) -> str:
     return address
 
 
+def internal_load_balancer_dns(settings: StackSettings) -> str | None:
+    """Multi-server mode on aws: the internal API load balancer's DNS name, the hosts'
+    (an output of the compute module; None before provision)."""
+    from stack.terraform import COMPUTE, Terraform
+
+    found = Terraform(settings, COMPUTE).state_outputs().get("internal_load_balancer")
+    return found.get("dns_name") if found else None
+
+
 def api_address(settings: StackSettings) -> str | None:
     """How the hosts (workers, flow runs) reach the API, on port 4200: in multi-server
-    mode the load balancer (its container's name on local, its DNS name on aws); else
-    None, and Ansible uses the server host (group_vars/all.yml)."""
+    mode a load balancer (its container's name on local; on aws the internal one's DNS
+    name, since the public one's resolves to public IPs, where the hosts' security group
+    does not admit them); else None, and Ansible uses the server host (group_vars/all.yml)."""
     if not settings.multi_server:
         return None
-    return settings.load_balancer_name if settings.target == "local" else load_balancer_dns(settings)
+    return settings.load_balancer_name if settings.target == "local" else internal_load_balancer_dns(settings)
 
 
 def running_server(settings: StackSettings) -> dict | None:
@@ -194,8 +205,10 @@ def server_tls_names(settings: StackSettings) -> list[str]:
     """The names the server certificate must carry now (on aws: with the running server's IPs)."""
     names = tls.server_names(settings, running_server(settings) if settings.target == "aws" else None)
     if settings.multi_server:
-        # Every API host serves the same certificate; clients name the balancer.
-        names += [n for n in (api_address(settings),) if n]
+        # Every API host serves the same certificate; clients name a balancer: the hosts'
+        # (api_address), and on aws the operator's public one too.
+        public = load_balancer_dns(settings) if settings.target == "aws" else None
+        names += [n for n in (api_address(settings), public) if n]
     return list(dict.fromkeys(names))
 
 

@@ -141,7 +141,7 @@ def ssh_public_key(settings: StackSettings, create: bool = False) -> str:
     return f"{public.decode()} {settings.name_prefix}-operator"
 
 
-# The one variable the emulated cloud changes in the compute module: its hosts reach no
+# The variables the emulated cloud changes in the compute module. Its hosts reach no
 # AWS download, so the user_data (which they run, through cloud-init) skips the SSM agent.
 COMPUTE_OVERRIDE_HCL = """
 variable "install_ssm_agent" {
@@ -151,6 +151,12 @@ variable "install_ssm_agent" {
 # Its ElastiCache keeps no clusters: multi-server mode's Redis runs on a host of the stack.
 variable "redis_host" {
   default = true
+}
+
+# The twin runs the <prefix>-api balancer only (an HAProxy container on the stack's
+# network, which the hosts reach directly): no internal balancer beside it.
+variable "enable_internal_load_balancer" {
+  default = false
 }
 
 # moto's ModifyInstanceAttribute of the shutdown behaviour empties the instance's security

@@ -8,6 +8,11 @@
 # logs) need nothing special, and no certificate goes into ACM. Its target group checks
 # each host's /api/health over HTTPS.
 #
+# On aws a second, internal balancer serves the clients on the hosts (workers, flow runs):
+# the public one's DNS name resolves to public IPs even inside the VPC, so their traffic
+# would leave through the internet gateway and come back from the hosts' public IPs, which
+# the group's self rule does not match. The operator keeps the public one.
+#
 # Redis lives in this (compute) module, not the data module: it holds only messages in
 # flight, leases and the docket's queue, all of which the servers rebuild; every run and
 # its history is in PostgreSQL on the data volume. So the nightly teardown removes it
@@ -19,6 +24,8 @@ locals {
   # no clusters); on aws, ElastiCache with TLS in transit and an AUTH token.
   redis_host  = local.multi_server && var.redis_host
   elasticache = local.multi_server && !var.redis_host
+  # The emulated cloud turns it off: its twin runs only the <prefix>-api balancer.
+  internal_lb = local.multi_server && var.enable_internal_load_balancer
   api_hosts   = [for h in local.hosts : h.name if contains(["server", "api"], h.role)]
 }
 
@@ -31,6 +38,7 @@ data "aws_subnet" "default_for_az" {
 
 locals {
   lb_subnet_id = local.multi_server ? coalesce(var.subnet_id, one(data.aws_subnet.default_for_az[*].id)) : null
+  lb_vpc_id    = local.multi_server ? (var.subnet_id == null ? one(data.aws_subnet.default_for_az[*].vpc_id) : one(data.aws_subnet.chosen[*].vpc_id)) : null
 }
 
 resource "aws_lb" "api" {
@@ -51,7 +59,7 @@ resource "aws_lb_target_group" "api" {
   port        = 4200
   protocol    = "TCP"
   target_type = "instance"
-  vpc_id      = local.multi_server ? (var.subnet_id == null ? one(data.aws_subnet.default_for_az[*].vpc_id) : one(data.aws_subnet.chosen[*].vpc_id)) : null
+  vpc_id      = local.lb_vpc_id
   # A host leaving (configure restarts API hosts one at a time) gets this long to finish
   # its requests before the balancer forgets it.
   deregistration_delay = 15
@@ -85,6 +93,67 @@ resource "aws_lb_listener" "api" {
   default_action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.api[0].arn
+  }
+}
+
+# --- The hosts' private path on aws: an internal balancer -----------------------------------
+# Same hosts, port and check; a target group belongs to one balancer only, hence its own.
+# Names: <prefix>-api-in stays within AWS's 32 characters (the prefix has at most 20).
+
+resource "aws_lb" "api_internal" {
+  count              = local.internal_lb ? 1 : 0
+  name               = "${var.name_prefix}-api-in"
+  load_balancer_type = "network"
+  internal           = true
+  subnets            = [local.lb_subnet_id]
+  # The hosts' group: its self rule admits the hosts, and the hosts admit the balancer.
+  security_groups = [aws_security_group.platform.id]
+
+  tags = { Name = "${var.name_prefix}-api-in" }
+}
+
+resource "aws_lb_target_group" "api_internal" {
+  count       = local.internal_lb ? 1 : 0
+  name        = "${var.name_prefix}-api-in"
+  port        = 4200
+  protocol    = "TCP"
+  target_type = "instance"
+  vpc_id      = local.lb_vpc_id
+  # The targets see the balancer's address (in the group, so the self rule admits it)
+  # instead of the client's: with the client's, a target that is its own client through
+  # the balancer (hairpinning) never gets its connection answered.
+  preserve_client_ip   = "false"
+  deregistration_delay = 15
+
+  health_check {
+    protocol            = "HTTPS"
+    path                = "/api/health"
+    port                = "traffic-port"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 2
+  }
+
+  tags = { Name = "${var.name_prefix}-api-in" }
+}
+
+resource "aws_lb_target_group_attachment" "api_internal" {
+  for_each         = toset(local.internal_lb ? local.api_hosts : [])
+  target_group_arn = aws_lb_target_group.api_internal[0].arn
+  target_id        = aws_instance.host[each.key].id
+  port             = 4200
+}
+
+resource "aws_lb_listener" "api_internal" {
+  count             = local.internal_lb ? 1 : 0
+  load_balancer_arn = aws_lb.api_internal[0].arn
+  port              = 4200
+  protocol          = "TCP"
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.api_internal[0].arn
   }
 }
 

@@ -69,6 +69,12 @@ variable "redis_host" {
   default     = false
 }
 
+variable "enable_internal_load_balancer" {
+  description = "Multi-server mode: also an internal network load balancer (<prefix>-api-in) that the hosts' clients use; the public one's DNS name resolves to public IPs even inside the VPC, where the hosts' self rule does not apply. The emulated cloud turns it off: its twin runs only the <prefix>-api balancer."
+  type        = bool
+  default     = true
+}
+
 variable "redis_auth_token" {
   description = "AUTH token of the multi-server mode's Redis (a stack secret in Secrets Manager). Empty with server_count 1."
   type        = string

@@ -166,3 +166,28 @@ def test_on_aws_configure_knows_a_host_by_its_instance_id():
     settings = StackSettings(target="aws", operator_cidr="203.0.113.0/24", ami_id="ami-0123456789abcdef0")
     running = [{"name": "prefect2-ec2-0", "id": "i-0a"}, {"name": "prefect2-ec2-1", "id": "i-0b"}]
     assert host_identities(settings, running) == {"prefect2-ec2-0": "i-0a", "prefect2-ec2-1": "i-0b"}
+
+
+def test_on_aws_the_hosts_reach_the_api_through_the_internal_balancer_and_the_operator_the_public_one(
+        aws_settings, monkeypatch):
+    from flows.configure import multi_server_vars
+    from stack import platform
+
+    multi = aws_settings.model_copy(update={"server_count": 2})
+    internal = "p2aws-api-in-0123456789abcdef.elb.eu-west-1.amazonaws.com"
+    outputs = {"internal_load_balancer": {"value": {"name": "p2aws-api-in", "dns_name": internal}},
+               "redis_address": {"value": "master.p2aws-redis.abc123.euw1.cache.amazonaws.com"}}
+    monkeypatch.setattr(statebackend, "read_state",
+                        lambda settings, root: {"outputs": outputs} if root == terraform.COMPUTE else None)
+    with mock_aws():
+        subnet = boto3.client("ec2", region_name="eu-west-1").describe_subnets()["Subnets"][0]["SubnetId"]
+        public = boto3.client("elbv2", region_name="eu-west-1").create_load_balancer(
+            Name="p2aws-api", Type="network", Subnets=[subnet])["LoadBalancers"][0]["DNSName"]
+        assert platform.api_address(multi) == internal != public
+        assert multi_server_vars(multi)["stack_api_address"] == internal  # the workers' URL
+        assert platform.operator_api_url(multi) == f"https://{public}:4200/api"
+        # Every API host's certificate names both: the hosts' clients and the operator verify it.
+        assert {internal, public} <= set(platform.server_tls_names(multi))
+        # Before provision made the internal balancer: no address (the hosts use the server host).
+        outputs.pop("internal_load_balancer")
+        assert platform.api_address(multi) is None and internal not in platform.server_tls_names(multi)

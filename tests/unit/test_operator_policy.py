@@ -104,11 +104,12 @@ TERRAFORM_ACTIONS = {
     "aws_subnet": ["ec2:DescribeSubnets"],  # STACK_SUBNET_ID's VPC
     "aws_ecr_repository": ["ecr:CreateRepository", "ecr:DescribeRepositories", "ecr:ListTagsForResource",
                            "ecr:TagResource", "ecr:DeleteRepository"],
-    # Multi-server mode (terraform/compute/multiserver.tf).
+    # Multi-server mode (terraform/compute/multiserver.tf). The first balancer or cache of
+    # an account makes its service's linked role, with the caller's permission.
     "aws_lb": ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:DescribeLoadBalancers",
                "elasticloadbalancing:DescribeLoadBalancerAttributes", "elasticloadbalancing:SetSecurityGroups",
                "elasticloadbalancing:AddTags", "elasticloadbalancing:DescribeTags",
-               "elasticloadbalancing:DeleteLoadBalancer"],
+               "elasticloadbalancing:DeleteLoadBalancer", "iam:CreateServiceLinkedRole"],
     "aws_lb_target_group": ["elasticloadbalancing:CreateTargetGroup", "elasticloadbalancing:DescribeTargetGroups",
                             "elasticloadbalancing:DescribeTargetGroupAttributes",
                             "elasticloadbalancing:ModifyTargetGroupAttributes",
@@ -121,7 +122,8 @@ TERRAFORM_ACTIONS = {
                                      "elasticache:DeleteCacheSubnetGroup"],
     "aws_elasticache_replication_group": ["elasticache:CreateReplicationGroup",
                                           "elasticache:DescribeReplicationGroups",
-                                          "elasticache:DeleteReplicationGroup", "elasticache:DescribeCacheClusters"],
+                                          "elasticache:DeleteReplicationGroup", "elasticache:DescribeCacheClusters",
+                                          "iam:CreateServiceLinkedRole"],
     "aws_ecr_lifecycle_policy": ["ecr:PutLifecyclePolicy", "ecr:GetLifecyclePolicy", "ecr:DeleteLifecyclePolicy"],
     # Computed by Terraform or the provider without an AWS call.
     "aws_iam_policy_document": [],
@@ -354,6 +356,20 @@ def test_the_scoped_statements_reach_the_stack_own_names(monkeypatch):
     assert not allows(policy, "secretsmanager:GetSecretValue",
                       "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-password-AbC123")
     assert not allows(policy, "iam:PassRole", "arn:aws:iam::123456789012:role/OrganizationAccountAccessRole")
+
+
+def test_the_policy_creates_the_linked_roles_of_the_load_balancer_and_elasticache_only():
+    policy = load_policy()
+    linked = [st for st in policy["Statement"] if "iam:CreateServiceLinkedRole" in as_list(st["Action"])]
+    assert len(linked) == 1 and as_list(linked[0]["Action"]) == ["iam:CreateServiceLinkedRole"]
+    # allows() does not evaluate conditions: this one is what scopes the statement.
+    assert linked[0]["Condition"] == {"StringEquals": {"iam:AWSServiceName": [
+        "elasticloadbalancing.amazonaws.com", "elasticache.amazonaws.com"]}}
+    for service, role in (("elasticloadbalancing.amazonaws.com", "AWSServiceRoleForElasticLoadBalancing"),
+                          ("elasticache.amazonaws.com", "AWSServiceRoleForElastiCache")):
+        assert allows(policy, "iam:CreateServiceLinkedRole", f"arn:aws:iam::123456789012:role/aws-service-role/"
+                                                              f"{service}/{role}")
+    assert not allows(policy, "iam:CreateServiceLinkedRole", "arn:aws:iam::123456789012:role/prefect2-server")
 
 
 @pytest.mark.parametrize("service, method, expected", [

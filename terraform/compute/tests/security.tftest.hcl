@@ -252,6 +252,10 @@ run "one_server_host_makes_no_load_balancer_and_no_redis" {
     condition     = length(aws_lb.api) == 0 && length(aws_elasticache_replication_group.redis) == 0 && length(aws_instance.host) == 2
     error_message = "server_count 1 must stay one server host: no load balancer, no Redis, no API host"
   }
+  assert {
+    condition     = length(aws_lb.api_internal) == 0 && length(aws_lb_target_group.api_internal) == 0 && output.internal_load_balancer == null
+    error_message = "server_count 1 makes no internal load balancer either"
+  }
 }
 
 run "two_servers_behind_a_tls_passthrough_balancer_with_redis_encrypted" {
@@ -281,6 +285,60 @@ run "two_servers_behind_a_tls_passthrough_balancer_with_redis_encrypted" {
   assert {
     condition     = aws_elasticache_replication_group.redis[0].transit_encryption_enabled && aws_elasticache_replication_group.redis[0].at_rest_encryption_enabled
     error_message = "ElastiCache must encrypt in transit and at rest"
+  }
+}
+
+run "two_servers_on_aws_give_the_hosts_an_internal_balancer" {
+  command = plan
+
+  variables {
+    server_count     = 2
+    redis_auth_token = "0123456789abcdef0123456789abcdef"
+  }
+
+  assert {
+    condition     = aws_lb.api_internal[0].internal && !aws_lb.api[0].internal && aws_lb.api_internal[0].name == "prefect2-api-in" && aws_lb.api_internal[0].load_balancer_type == "network"
+    error_message = "on aws the hosts get an internal network load balancer <prefix>-api-in beside the public <prefix>-api"
+  }
+  assert {
+    condition     = aws_lb_listener.api_internal[0].protocol == "TCP" && aws_lb_listener.api_internal[0].port == 4200 && aws_lb_target_group.api_internal[0].name == "prefect2-api-in"
+    error_message = "the internal balancer passes TLS through on 4200 to its own target group"
+  }
+  assert {
+    condition     = toset(keys(aws_lb_target_group_attachment.api_internal)) == toset(keys(aws_lb_target_group_attachment.api)) && length(aws_lb_target_group_attachment.api_internal) == 2
+    error_message = "the internal target group has the same hosts as the public one"
+  }
+  assert {
+    condition     = aws_lb_target_group.api_internal[0].health_check[0].protocol == "HTTPS" && aws_lb_target_group.api_internal[0].health_check[0].path == "/api/health"
+    error_message = "the internal target group checks the hosts as the public one does"
+  }
+  assert {
+    condition     = aws_lb_target_group.api_internal[0].preserve_client_ip == "false"
+    error_message = "the targets must see the internal balancer's address (the group's self rule, no hairpinning)"
+  }
+  assert {
+    condition     = length(aws_lb.api_internal[0].security_groups) == 1
+    error_message = "the internal balancer is in the hosts' group, whose self rule admits the hosts"
+  }
+}
+
+run "the_emulated_cloud_makes_no_internal_balancer" {
+  command = plan
+
+  # What stack/terraform.py's local override sets.
+  variables {
+    server_count                  = 2
+    redis_host                    = true
+    enable_internal_load_balancer = false
+  }
+
+  assert {
+    condition     = length(aws_lb.api) == 1 && length(aws_lb.api_internal) == 0 && length(aws_lb_target_group.api_internal) == 0 && length(aws_lb_target_group_attachment.api_internal) == 0 && length(aws_lb_listener.api_internal) == 0
+    error_message = "the twin runs only the <prefix>-api balancer: no internal one beside it"
+  }
+  assert {
+    condition     = output.internal_load_balancer == null
+    error_message = "no internal balancer, no output"
   }
 }
 
