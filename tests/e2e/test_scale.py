@@ -316,7 +316,7 @@ def two_api_hosts_lose_no_run_when_one_stops(s, multi) -> list:
 
     # The crashed-run automation still fires: its trigger runs in the services process and
     # sees the heartbeats that reached an API server through Redis. A worker host that dies
-    # mid-run stops them.
+    # mid-run stops them. Its window (90 s) passes while bootstrap and configure below run.
     run_id = asyncio.run(smoke.run_deployment_once(multi, url, deployment))
     deadline = time.monotonic() + 120
     while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value != "RUNNING":
@@ -326,11 +326,6 @@ def two_api_hosts_lose_no_run_when_one_stops(s, multi) -> list:
     time.sleep(1)  # its first heartbeat is on its way
     run_quiet("docker", "kill", worker)
     killed_at = time.monotonic()
-    while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value == "RUNNING" \
-            and time.monotonic() - killed_at < 180:
-        time.sleep(2)
-    assert run.state.type.value == "CRASHED" and "heartbeat" in (run.state.message or ""), \
-        f"{run.state} {time.monotonic() - killed_at:.0f} s after the worker host died"
 
     # Bootstrap starts the stopped hosts again and the balancer takes the API host back.
     back = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, **MULTI)))
@@ -347,6 +342,13 @@ def two_api_hosts_lose_no_run_when_one_stops(s, multi) -> list:
         run_step("flows.configure", env=clean_env(**TEST_STACK_ENV, **MULTI))
     assert all(unit_started(h, "prefect-server") != started[h] for h in started), "a server was not restarted"
     assert probe.ok > 100 and probe.failures == [], (probe.ok, probe.failures[:5])
+
+    # The run on the killed worker host (started again since; its run's process was not).
+    while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value == "RUNNING" \
+            and time.monotonic() - killed_at < 300:
+        time.sleep(2)
+    assert run.state.type.value == "CRASHED" and "heartbeat" in (run.state.message or ""), \
+        f"{run.state} {time.monotonic() - killed_at:.0f} s after the worker host died"
     return submitted
 
 
