@@ -47,30 +47,6 @@ resource "aws_security_group" "platform" {
     self        = true
   }
 
-  # Multi-server mode: the API hosts reach PostgreSQL on the server host, and (emulated
-  # cloud) the redis host's TLS port.
-  dynamic "ingress" {
-    for_each = var.server_count > 1 ? [5432] : []
-    content {
-      description = "PostgreSQL of the server host from the API hosts"
-      from_port   = ingress.value
-      to_port     = ingress.value
-      protocol    = "tcp"
-      self        = true
-    }
-  }
-
-  dynamic "ingress" {
-    for_each = var.server_count > 1 && var.redis_host ? [6379] : []
-    content {
-      description = "Redis (TLS) of the redis host from the server hosts"
-      from_port   = ingress.value
-      to_port     = ingress.value
-      protocol    = "tcp"
-      self        = true
-    }
-  }
-
   dynamic "ingress" {
     for_each = var.allow_public_api ? [1] : []
     content {
@@ -111,9 +87,12 @@ resource "aws_instance" "host" {
   instance_type     = var.instance_type
   key_name          = aws_key_pair.operator.key_name
   # The redis host (emulated cloud only) needs no AWS access: the api role's (SSM only).
-  iam_instance_profile   = aws_iam_instance_profile.host[each.value.role == "redis" ? "api" : each.value.role].name
-  vpc_security_group_ids = [aws_security_group.platform.id]
-  subnet_id              = var.subnet_id
+  iam_instance_profile = aws_iam_instance_profile.host[each.value.role == "redis" ? "api" : each.value.role].name
+  # Multi-server mode: the server hosts (and the redis host) are in the servers' group too,
+  # which alone opens PostgreSQL and Redis (multiserver.tf); the worker hosts are not.
+  vpc_security_group_ids = concat([aws_security_group.platform.id],
+  contains(["server", "api", "redis"], each.value.role) ? aws_security_group.servers[*].id : [])
+  subnet_id = var.subnet_id
   # A default VPC's subnets give instances public IPs; a subnet given may not.
   associate_public_ip_address = var.subnet_id == null ? null : true
   user_data                   = local.ssm_agent_user_data

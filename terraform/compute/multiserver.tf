@@ -157,20 +157,61 @@ resource "aws_lb_listener" "api_internal" {
   }
 }
 
+# --- The servers' own group ---------------------------------------------------------------
+# PostgreSQL (the API hosts use the server host's) and the redis host's Redis are open
+# between the server hosts only: a flow run on a worker host reaches the API, not the
+# database or the message broker under it.
+
+resource "aws_security_group" "servers" {
+  count       = local.multi_server ? 1 : 0
+  name        = "${var.name_prefix}-servers"
+  vpc_id      = local.lb_vpc_id
+  description = "Prefect server hosts: PostgreSQL and Redis between them only"
+
+  ingress {
+    description = "PostgreSQL of the server host from the API hosts"
+    from_port   = 5432
+    to_port     = 5432
+    protocol    = "tcp"
+    self        = true
+  }
+
+  dynamic "ingress" {
+    for_each = local.redis_host ? [6379] : []
+    content {
+      description = "Redis (TLS) of the redis host from the server hosts"
+      from_port   = ingress.value
+      to_port     = ingress.value
+      protocol    = "tcp"
+      self        = true
+    }
+  }
+
+  egress {
+    description = "All outbound traffic"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = { Name = "${var.name_prefix}-servers" }
+}
+
 # --- Redis on aws: ElastiCache -------------------------------------------------------------
 
 resource "aws_security_group" "redis" {
   count       = local.elasticache ? 1 : 0
   name        = "${var.name_prefix}-redis"
   vpc_id      = var.subnet_id == null ? one(data.aws_subnet.default_for_az[*].vpc_id) : one(data.aws_subnet.chosen[*].vpc_id)
-  description = "Prefect multi-server Redis: TLS port from the platform hosts only"
+  description = "Prefect multi-server Redis: TLS port from the server hosts only"
 
   ingress {
-    description     = "Redis (TLS) from the platform hosts"
+    description     = "Redis (TLS) from the server hosts"
     from_port       = 6379
     to_port         = 6379
     protocol        = "tcp"
-    security_groups = [aws_security_group.platform.id]
+    security_groups = aws_security_group.servers[*].id
   }
 
   tags = { Name = "${var.name_prefix}-redis" }

@@ -286,6 +286,15 @@ run "two_servers_behind_a_tls_passthrough_balancer_with_redis_encrypted" {
     condition     = aws_elasticache_replication_group.redis[0].transit_encryption_enabled && aws_elasticache_replication_group.redis[0].at_rest_encryption_enabled
     error_message = "ElastiCache must encrypt in transit and at rest"
   }
+  assert {
+    condition = length([for r in aws_security_group.servers[0].ingress : r
+    if r.self == true && r.from_port == 5432 && r.to_port == 5432]) == 1 && length(aws_security_group.servers[0].ingress) == 1
+    error_message = "PostgreSQL is open between the server hosts, in their own group (ElastiCache has its own)"
+  }
+  assert {
+    condition     = alltrue([for r in aws_security_group.platform.ingress : contains([4200, 22], r.from_port)])
+    error_message = "the hosts' group (the worker hosts') opens neither PostgreSQL nor Redis"
+  }
 }
 
 run "two_servers_on_aws_give_the_hosts_an_internal_balancer" {
@@ -339,6 +348,11 @@ run "the_emulated_cloud_makes_no_internal_balancer" {
   assert {
     condition     = output.internal_load_balancer == null
     error_message = "no internal balancer, no output"
+  }
+  assert {
+    condition = length([for r in aws_security_group.servers[0].ingress : r
+    if r.self == true && contains([5432, 6379], r.from_port)]) == 2
+    error_message = "the redis host's TLS port is open between the server hosts too"
   }
 }
 
