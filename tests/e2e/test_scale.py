@@ -349,6 +349,18 @@ def two_api_hosts_lose_no_run_when_one_stops(s, multi) -> list:
         time.sleep(2)
     assert run.state.type.value == "CRASHED" and "heartbeat" in (run.state.message or ""), \
         f"{run.state} {time.monotonic() - killed_at:.0f} s after the worker host died"
+
+    # A restore stops every client of the database first (the API host's server and the
+    # background services too: PostgreSQL refuses to drop a database in use), then starts
+    # them all again: the balancer takes both hosts back and every run is there.
+    taken = result_json(run_step("flows.backup", env=clean_env(**TEST_STACK_ENV, **MULTI)))
+    restored = result_json(run_step("flows.restore", "--backup", taken["name"],
+                                    env=clean_env(**TEST_STACK_ENV, **MULTI)))
+    assert restored["restored"] and restored["backup"]["name"] == taken["name"], restored
+    assert unit_active(server, "prefect-services") and unit_active(api_host, "prefect-server")
+    assert wait_target_states(multi, {server: "UP", api_host: "UP"}) == {server: "UP", api_host: "UP"}
+    runs = asyncio.run(read_runs(multi, url, submitted))
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * MULTI_RUNS
     return submitted
 
 
