@@ -36,6 +36,9 @@ BUILD_PLAYBOOK = "flow_runner_image.yml"
 REGISTRY_TOKEN_PREFIX = ".registry-token-"
 # The worker role's task that waits for the server's API (ansible/roles/prefect_worker).
 WORKER_WAITS_FOR_SERVER = "Wait until the Prefect API answers from this host"
+# Multi-server mode: the API hosts' waits for the server host (prefect_server role).
+API_HOST_WAITS_FOR_SERVER = ("Wait until the server host's API runs this Prefect (its migration done)",
+                             "Wait until the server host's API is ready (its migration done)")
 # Which machines the last successful configure converged, and with what configuration.
 CONFIGURED_FILE = "configured-hosts.json"
 
@@ -196,7 +199,7 @@ def apply_playbook(settings: StackSettings, playbook: str, variables: dict, limi
                                  UNREACHABLE_RETRIES + 1)
     # A server host that failed (its server keeps exiting) stops the worker hosts' wait
     # for its API at once, rather than after the wait's two minutes.
-    waits = WaitsOnFailedHost(servers, frozenset({WORKER_WAITS_FOR_SERVER}))
+    waits = WaitsOnFailedHost(servers, frozenset({WORKER_WAITS_FOR_SERVER, *API_HOST_WAITS_FOR_SERVER}))
     result = run_playbook(settings, playbook, extravars=variables, limit=limit,
                           secrets=(platform.auth_string(settings), *platform.multi_server_secrets(settings), *secrets),
                           waits=waits)
@@ -364,7 +367,9 @@ def _roll_back_if_the_server_is_down(settings: StackSettings, change: upgrade.Ve
     starting (a long migration), is an ordinary one: the next bootstrap carries on from
     configure. A rollback that fails too says both, and how to restore by hand."""
     log = get_run_logger()
-    if platform.ready(settings, platform.operator_api_url(settings)) or not _server_crashed(settings):
+    # The server host's own API: in multi-server mode the balancer still answers from an
+    # API host on the old Prefect.
+    if platform.ready(settings, platform.server_host_api_url(settings)) or not _server_crashed(settings):
         return
     old = settings.model_copy(update={"prefect_version": change.running})
     bucket = statebackend.code_bucket_name(settings)

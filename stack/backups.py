@@ -208,7 +208,14 @@ def restore(settings: StackSettings, server: str, backup: Backup, worker_hosts: 
     finally:
         body.close()
         if start_server or not restored:
-            run_on_host(settings, server, ["systemctl", "start", *server_services(settings)])
+            run_on_host(settings, server, ["systemctl", "start", SERVER_SERVICE])
+            beside = server_services(settings)[1:]
+            if beside or api_hosts:
+                # The server migrates a restored older database at its start; the services
+                # and the API hosts (which do not migrate) start on the migrated one.
+                run_on_host(settings, server, ["sh", "-c", WAIT_FOR_SERVER], timeout=SERVER_START_TIMEOUT + 30)
+            if beside:
+                run_on_host(settings, server, ["systemctl", "start", *beside])
             for host in api_hosts:
                 run_on_host(settings, host, ["systemctl", "start", SERVER_SERVICE])
         # The workers wait for the server themselves (systemd restarts them until it answers).
@@ -220,6 +227,14 @@ def server_services(settings: StackSettings) -> list[str]:
     """The server host's units that use the platform database: the server, and in
     multi-server mode the background services beside it."""
     return [SERVER_SERVICE, SERVICES_SERVICE] if settings.multi_server else [SERVER_SERVICE]
+
+
+# The server's loopback port (the prefect_server role's prefect_server_internal_port);
+# /api/health answers once its start (a migration included) is done.
+SERVER_START_TIMEOUT = 300
+WAIT_FOR_SERVER = (f"for i in $(seq {SERVER_START_TIMEOUT}); do curl -sf -o /dev/null "
+                   "http://127.0.0.1:4210/api/health && exit 0; sleep 1; done; "
+                   "echo 'the Prefect server did not answer on 127.0.0.1:4210' >&2; exit 1")
 
 
 def delete_all_local(settings: StackSettings) -> int:

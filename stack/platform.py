@@ -221,6 +221,11 @@ def operator_api_url(settings: StackSettings) -> str:
     return api_url(settings, server_public_ip(settings))
 
 
+def server_host_api_url(settings: StackSettings) -> str:
+    """The server host's own API (ec2-0), not the balancer's in multi-server mode."""
+    return operator_api_url(settings.model_copy(update={"server_count": 1}))
+
+
 def flow_code_aws(settings: StackSettings) -> dict:
     """AWS settings of the flow-code credentials block: the emulator as the hosts see it
     on local; nothing on aws, so the instance role is used."""

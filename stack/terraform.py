@@ -159,6 +159,16 @@ variable "enable_internal_load_balancer" {
   default = false
 }
 
+# moto's ModifyNetworkInterfaceAttribute changes an instance's security groups (ec2-0
+# joins the servers' group in multi-server mode) on its interface only, while
+# DescribeInstances keeps the old ones: every later plan would change them again. The
+# twin's network enforces no security group anyway.
+resource "aws_instance" "host" {
+  lifecycle {
+    ignore_changes = [ami, vpc_security_group_ids]
+  }
+}
+
 # moto's ModifyInstanceAttribute of the shutdown behaviour empties the instance's security
 # groups, so every later plan would put them back. EC2's default (stop, as on aws) holds.
 variable "instance_initiated_shutdown_behavior" {

@@ -389,6 +389,14 @@ def test_worker_and_api_hosts_scale_out_and_back_without_losing_a_run(stack):
     # alone again on its own port.
     leaving = two[-1]
     in_flight, burst = freeze_a_run_in_flight(multi, platform.api_url(multi), leaving)
+    # The burst's other runs end first, on the host that stays: the bootstrap below points
+    # its workers at the server host (a restart), which would cut them short.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if all(r.state.is_final() or (r.labels or {}).get("prefect.worker.name", "").startswith(leaving)
+               for r in asyncio.run(read_runs(multi, platform.api_url(multi), burst))):
+            break
+        time.sleep(1)
     one = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV)))
     assert one["smoke"]["ok"]
     url = platform.api_url(s)

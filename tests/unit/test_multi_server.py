@@ -76,6 +76,8 @@ def _restore(monkeypatch, tmp_path, s, **kw) -> list[tuple[str, str]]:
 
 def test_a_restore_in_multi_server_mode_stops_every_database_client_before_dropdb_and_starts_them_after(
         monkeypatch, tmp_path):
+    from stack import backups
+
     commands = _restore(monkeypatch, tmp_path, settings(server_count=2), worker_hosts=["p2unit-ec2-1"],
                         api_hosts=["p2unit-api-1"])
     drop = commands.index(("p2unit-ec2-0", "sudo -u postgres dropdb --if-exists prefect"))
@@ -83,9 +85,14 @@ def test_a_restore_in_multi_server_mode_stops_every_database_client_before_dropd
     assert ("p2unit-api-1", "systemctl stop prefect-server") in before
     assert ("p2unit-ec2-0", "systemctl stop prefect-server prefect-services") in before
     assert ("p2unit-ec2-1", "systemctl stop prefect-worker-process prefect-worker-docker") in before
-    assert after[-3:] == [("p2unit-ec2-0", "systemctl start prefect-server prefect-services"),
-                          ("p2unit-api-1", "systemctl start prefect-server"),
-                          ("p2unit-ec2-1", "systemctl start prefect-worker-process prefect-worker-docker")]
+    # The server first; the services and the API hosts once it answers (it migrates a
+    # restored older database at its start, and they do not).
+    assert [c for c in after if c[1].startswith(("systemctl start", "sh -c"))] == [
+        ("p2unit-ec2-0", "systemctl start prefect-server"),
+        ("p2unit-ec2-0", f"sh -c {backups.WAIT_FOR_SERVER}"),
+        ("p2unit-ec2-0", "systemctl start prefect-services"),
+        ("p2unit-api-1", "systemctl start prefect-server"),
+        ("p2unit-ec2-1", "systemctl start prefect-worker-process prefect-worker-docker")]
 
 
 def test_a_rollback_restore_leaves_every_server_stopped_for_configure_and_one_server_host_has_no_services(
@@ -94,4 +101,9 @@ def test_a_rollback_restore_leaves_every_server_stopped_for_configure_and_one_se
     assert not [c for c in multi if c[1].startswith("systemctl start prefect-server")]
     one = _restore(monkeypatch, tmp_path, settings())
     assert ("p2unit-ec2-0", "systemctl stop prefect-server") in one
-    assert not [c for c in one if "prefect-services" in c[1]]
+    assert not [c for c in one if "prefect-services" in c[1] or c[1].startswith("sh -c")]  # as before
+
+
+def test_the_server_hosts_own_url_is_not_the_balancers():
+    assert platform.server_host_api_url(settings(server_count=2)) == "https://127.0.0.1:4401/api"
+    assert platform.operator_api_url(settings(server_count=2)) == "https://127.0.0.1:4402/api"

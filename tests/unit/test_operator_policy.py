@@ -75,7 +75,9 @@ IAM_NAMES = {
 TERRAFORM_ACTIONS = {
     "aws_instance": ["ec2:RunInstances", "ec2:DescribeInstances", "ec2:DescribeInstanceAttribute",
                      "ec2:DescribeInstanceTypes", "ec2:DescribeVolumes", "ec2:CreateTags",
-                     "ec2:TerminateInstances", "ec2:ModifyInstanceAttribute", "iam:PassRole"],
+                     "ec2:TerminateInstances", "ec2:ModifyInstanceAttribute", "iam:PassRole",
+                     # a change of its security groups (multi-server mode's servers group)
+                     "ec2:ModifyNetworkInterfaceAttribute"],
     "aws_ebs_volume": ["ec2:CreateVolume", "ec2:DescribeVolumes", "ec2:DeleteVolume", "ec2:CreateTags"],
     "aws_volume_attachment": ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:DescribeVolumes",
                               "ec2:StopInstances"],  # stop_instance_before_detaching
