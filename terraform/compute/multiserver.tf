@@ -41,25 +41,44 @@ locals {
   lb_vpc_id    = local.multi_server ? (var.subnet_id == null ? one(data.aws_subnet.default_for_az[*].vpc_id) : one(data.aws_subnet.chosen[*].vpc_id)) : null
 }
 
+# The balancers, by name suffix: the operator's, internet-facing; on aws also the hosts',
+# internal (above). Same hosts, port and check; a target group belongs to one balancer
+# only, so each has its own. <prefix>-api-in stays within AWS's 32 characters (the
+# prefix has at most 20).
+locals {
+  balancers = merge(
+    local.multi_server ? { "api" = { internal = false, preserve_client_ip = null } } : {},
+    # The internal one's targets see its address (in the group, so the self rule admits
+    # it) instead of the client's: with the client's, a target that is its own client
+    # through the balancer (hairpinning) never gets its connection answered.
+    local.internal_lb ? { "api-in" = { internal = true, preserve_client_ip = "false" } } : {},
+  )
+  # One attachment per balancer and API host; the public balancer's keyed by host alone.
+  balancer_targets = { for pair in setproduct(keys(local.balancers), local.api_hosts) :
+  (pair[0] == "api" ? pair[1] : "${pair[0]}/${pair[1]}") => { balancer = pair[0], host = pair[1] } }
+}
+
 resource "aws_lb" "api" {
-  count              = local.multi_server ? 1 : 0
-  name               = "${var.name_prefix}-api"
+  for_each           = local.balancers
+  name               = "${var.name_prefix}-${each.key}"
   load_balancer_type = "network"
-  internal           = false
+  internal           = each.value.internal
   subnets            = [local.lb_subnet_id]
-  # The hosts' group: the API port from the operator's CIDR (and the hosts) only.
+  # The hosts' group: the API port from the operator's CIDR and from the hosts only (its
+  # self rule admits the hosts, and the hosts admit the balancer).
   security_groups = [aws_security_group.platform.id]
 
-  tags = { Name = "${var.name_prefix}-api" }
+  tags = { Name = "${var.name_prefix}-${each.key}" }
 }
 
 resource "aws_lb_target_group" "api" {
-  count       = local.multi_server ? 1 : 0
-  name        = "${var.name_prefix}-api"
-  port        = 4200
-  protocol    = "TCP"
-  target_type = "instance"
-  vpc_id      = local.lb_vpc_id
+  for_each           = local.balancers
+  name               = "${var.name_prefix}-${each.key}"
+  port               = 4200
+  protocol           = "TCP"
+  target_type        = "instance"
+  vpc_id             = local.lb_vpc_id
+  preserve_client_ip = each.value.preserve_client_ip
   # A host leaving (configure restarts API hosts one at a time) gets this long to finish
   # its requests before the balancer forgets it.
   deregistration_delay = 15
@@ -74,87 +93,42 @@ resource "aws_lb_target_group" "api" {
     unhealthy_threshold = 2
   }
 
-  tags = { Name = "${var.name_prefix}-api" }
+  tags = { Name = "${var.name_prefix}-${each.key}" }
 }
 
 resource "aws_lb_target_group_attachment" "api" {
-  for_each         = toset(local.multi_server ? local.api_hosts : [])
-  target_group_arn = aws_lb_target_group.api[0].arn
-  target_id        = aws_instance.host[each.key].id
+  for_each         = local.balancer_targets
+  target_group_arn = aws_lb_target_group.api[each.value.balancer].arn
+  target_id        = aws_instance.host[each.value.host].id
   port             = 4200
 }
 
 resource "aws_lb_listener" "api" {
-  count             = local.multi_server ? 1 : 0
-  load_balancer_arn = aws_lb.api[0].arn
+  for_each          = local.balancers
+  load_balancer_arn = aws_lb.api[each.key].arn
   port              = 4200
   protocol          = "TCP"
 
   default_action {
     type             = "forward"
-    target_group_arn = aws_lb_target_group.api[0].arn
+    target_group_arn = aws_lb_target_group.api[each.key].arn
   }
 }
 
-# --- The hosts' private path on aws: an internal balancer -----------------------------------
-# Same hosts, port and check; a target group belongs to one balancer only, hence its own.
-# Names: <prefix>-api-in stays within AWS's 32 characters (the prefix has at most 20).
-
-resource "aws_lb" "api_internal" {
-  count              = local.internal_lb ? 1 : 0
-  name               = "${var.name_prefix}-api-in"
-  load_balancer_type = "network"
-  internal           = true
-  subnets            = [local.lb_subnet_id]
-  # The hosts' group: its self rule admits the hosts, and the hosts admit the balancer.
-  security_groups = [aws_security_group.platform.id]
-
-  tags = { Name = "${var.name_prefix}-api-in" }
+# Stacks made when the public balancer was the only one (count = 1).
+moved {
+  from = aws_lb.api[0]
+  to   = aws_lb.api["api"]
 }
 
-resource "aws_lb_target_group" "api_internal" {
-  count       = local.internal_lb ? 1 : 0
-  name        = "${var.name_prefix}-api-in"
-  port        = 4200
-  protocol    = "TCP"
-  target_type = "instance"
-  vpc_id      = local.lb_vpc_id
-  # The targets see the balancer's address (in the group, so the self rule admits it)
-  # instead of the client's: with the client's, a target that is its own client through
-  # the balancer (hairpinning) never gets its connection answered.
-  preserve_client_ip   = "false"
-  deregistration_delay = 15
-
-  health_check {
-    protocol            = "HTTPS"
-    path                = "/api/health"
-    port                = "traffic-port"
-    interval            = 10
-    timeout             = 5
-    healthy_threshold   = 2
-    unhealthy_threshold = 2
-  }
-
-  tags = { Name = "${var.name_prefix}-api-in" }
+moved {
+  from = aws_lb_target_group.api[0]
+  to   = aws_lb_target_group.api["api"]
 }
 
-resource "aws_lb_target_group_attachment" "api_internal" {
-  for_each         = toset(local.internal_lb ? local.api_hosts : [])
-  target_group_arn = aws_lb_target_group.api_internal[0].arn
-  target_id        = aws_instance.host[each.key].id
-  port             = 4200
-}
-
-resource "aws_lb_listener" "api_internal" {
-  count             = local.internal_lb ? 1 : 0
-  load_balancer_arn = aws_lb.api_internal[0].arn
-  port              = 4200
-  protocol          = "TCP"
-
-  default_action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.api_internal[0].arn
-  }
+moved {
+  from = aws_lb_listener.api[0]
+  to   = aws_lb_listener.api["api"]
 }
 
 # --- The servers' own group ---------------------------------------------------------------

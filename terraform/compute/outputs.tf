@@ -36,18 +36,18 @@ output "data_volume_attachment" {
 output "load_balancer" {
   description = "The API's (public) load balancer in multi-server mode, the operator's (name, DNS name, target group ARN); null with one server host."
   value = local.multi_server ? {
-    name             = aws_lb.api[0].name
-    dns_name         = aws_lb.api[0].dns_name
-    target_group_arn = aws_lb_target_group.api[0].arn
+    name             = aws_lb.api["api"].name
+    dns_name         = aws_lb.api["api"].dns_name
+    target_group_arn = aws_lb_target_group.api["api"].arn
   } : null
 }
 
 output "internal_load_balancer" {
   description = "The internal load balancer the hosts' clients reach the API through in multi-server mode on aws (name, DNS name, target group ARN); null with one server host and on the emulated cloud."
   value = local.internal_lb ? {
-    name             = aws_lb.api_internal[0].name
-    dns_name         = aws_lb.api_internal[0].dns_name
-    target_group_arn = aws_lb_target_group.api_internal[0].arn
+    name             = aws_lb.api["api-in"].name
+    dns_name         = aws_lb.api["api-in"].dns_name
+    target_group_arn = aws_lb_target_group.api["api-in"].arn
   } : null
 }
 

@@ -253,7 +253,7 @@ run "one_server_host_makes_no_load_balancer_and_no_redis" {
     error_message = "server_count 1 must stay one server host: no load balancer, no Redis, no API host"
   }
   assert {
-    condition     = length(aws_lb.api_internal) == 0 && length(aws_lb_target_group.api_internal) == 0 && output.internal_load_balancer == null
+    condition     = !contains(keys(aws_lb.api), "api-in") && output.internal_load_balancer == null
     error_message = "server_count 1 makes no internal load balancer either"
   }
 }
@@ -271,15 +271,15 @@ run "two_servers_behind_a_tls_passthrough_balancer_with_redis_encrypted" {
     error_message = "server_count 2 adds one API host"
   }
   assert {
-    condition     = aws_lb.api[0].load_balancer_type == "network" && aws_lb_listener.api[0].protocol == "TCP" && aws_lb_listener.api[0].port == 4200
+    condition     = aws_lb.api["api"].load_balancer_type == "network" && aws_lb_listener.api["api"].protocol == "TCP" && aws_lb_listener.api["api"].port == 4200
     error_message = "the API's balancer passes TLS through on 4200 (a network load balancer, a TCP listener)"
   }
   assert {
-    condition     = length(aws_lb_target_group_attachment.api) == 2 && aws_lb_target_group.api[0].health_check[0].protocol == "HTTPS" && aws_lb_target_group.api[0].health_check[0].path == "/api/health"
+    condition     = length([for k in keys(aws_lb_target_group_attachment.api) : k if !startswith(k, "api-in/")]) == 2 && aws_lb_target_group.api["api"].health_check[0].protocol == "HTTPS" && aws_lb_target_group.api["api"].health_check[0].path == "/api/health"
     error_message = "both server hosts are targets, checked over HTTPS on /api/health"
   }
   assert {
-    condition     = length(aws_lb.api[0].security_groups) == 1
+    condition     = length(aws_lb.api["api"].security_groups) == 1
     error_message = "the balancer keeps the hosts' group: the API from the operator's CIDR only"
   }
   assert {
@@ -306,27 +306,27 @@ run "two_servers_on_aws_give_the_hosts_an_internal_balancer" {
   }
 
   assert {
-    condition     = aws_lb.api_internal[0].internal && !aws_lb.api[0].internal && aws_lb.api_internal[0].name == "prefect2-api-in" && aws_lb.api_internal[0].load_balancer_type == "network"
+    condition     = aws_lb.api["api-in"].internal && !aws_lb.api["api"].internal && aws_lb.api["api-in"].name == "prefect2-api-in" && aws_lb.api["api-in"].load_balancer_type == "network"
     error_message = "on aws the hosts get an internal network load balancer <prefix>-api-in beside the public <prefix>-api"
   }
   assert {
-    condition     = aws_lb_listener.api_internal[0].protocol == "TCP" && aws_lb_listener.api_internal[0].port == 4200 && aws_lb_target_group.api_internal[0].name == "prefect2-api-in"
+    condition     = aws_lb_listener.api["api-in"].protocol == "TCP" && aws_lb_listener.api["api-in"].port == 4200 && aws_lb_target_group.api["api-in"].name == "prefect2-api-in"
     error_message = "the internal balancer passes TLS through on 4200 to its own target group"
   }
   assert {
-    condition     = toset(keys(aws_lb_target_group_attachment.api_internal)) == toset(keys(aws_lb_target_group_attachment.api)) && length(aws_lb_target_group_attachment.api_internal) == 2
+    condition     = toset([for k in keys(aws_lb_target_group_attachment.api) : trimprefix(k, "api-in/") if startswith(k, "api-in/")]) == toset([for k in keys(aws_lb_target_group_attachment.api) : k if !startswith(k, "api-in/")]) && length(aws_lb_target_group_attachment.api) == 4
     error_message = "the internal target group has the same hosts as the public one"
   }
   assert {
-    condition     = aws_lb_target_group.api_internal[0].health_check[0].protocol == "HTTPS" && aws_lb_target_group.api_internal[0].health_check[0].path == "/api/health"
+    condition     = aws_lb_target_group.api["api-in"].health_check[0].protocol == "HTTPS" && aws_lb_target_group.api["api-in"].health_check[0].path == "/api/health"
     error_message = "the internal target group checks the hosts as the public one does"
   }
   assert {
-    condition     = aws_lb_target_group.api_internal[0].preserve_client_ip == "false"
+    condition     = aws_lb_target_group.api["api-in"].preserve_client_ip == "false"
     error_message = "the targets must see the internal balancer's address (the group's self rule, no hairpinning)"
   }
   assert {
-    condition     = length(aws_lb.api_internal[0].security_groups) == 1
+    condition     = length(aws_lb.api["api-in"].security_groups) == 1
     error_message = "the internal balancer is in the hosts' group, whose self rule admits the hosts"
   }
 }
@@ -342,7 +342,7 @@ run "the_emulated_cloud_makes_no_internal_balancer" {
   }
 
   assert {
-    condition     = length(aws_lb.api) == 1 && length(aws_lb.api_internal) == 0 && length(aws_lb_target_group.api_internal) == 0 && length(aws_lb_target_group_attachment.api_internal) == 0 && length(aws_lb_listener.api_internal) == 0
+    condition     = keys(aws_lb.api) == ["api"] && keys(aws_lb_target_group.api) == ["api"] && keys(aws_lb_listener.api) == ["api"] && length(aws_lb_target_group_attachment.api) == 2
     error_message = "the twin runs only the <prefix>-api balancer: no internal one beside it"
   }
   assert {
