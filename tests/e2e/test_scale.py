@@ -123,12 +123,19 @@ def unit_started(host: str, unit: str) -> str:
 
 class ApiProbe:
     """Reads flow runs through ``url`` every 0.1 s in a thread, counting answers and
-    keeping the failures, while the block runs."""
+    keeping the failures, while the block runs.
+
+    A kept-alive connection that its server closes while idle (nginx's graceful stop on a
+    host leaving the balancer) can cross the next request on the wire: the client sees
+    "Server disconnected without sending a response" and, as HTTP allows for a request
+    that changes nothing, sends it again on a new connection; Prefect's own client does
+    the same (RemoteProtocolError is among its retried errors). The probe does that once,
+    counts it in ``resent``, and keeps the second attempt's failure as a failure."""
 
     def __init__(self, settings, url: str):
         import threading
 
-        self.settings, self.url, self.ok, self.failures = settings, url, 0, []
+        self.settings, self.url, self.ok, self.failures, self.resent = settings, url, 0, [], 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -139,9 +146,16 @@ class ApiProbe:
 
         user, password = platform.auth_string(self.settings).split(":", 1)
         with httpx.Client(verify=str(tls.ca_file(self.settings)), auth=(user, password), timeout=10) as http:
+            def read() -> int:
+                return http.post(f"{self.url}/flow_runs/filter", json={"limit": 1}).status_code
+
             while not self.stop.wait(0.1):
                 try:
-                    code = http.post(f"{self.url}/flow_runs/filter", json={"limit": 1}).status_code
+                    try:
+                        code = read()
+                    except httpx.RemoteProtocolError:  # the connection closed under the request
+                        self.resent += 1
+                        code = read()
                 except httpx.HTTPError as exc:
                     code = repr(exc)
                 if code == 200:
@@ -342,6 +356,8 @@ def two_api_hosts_lose_no_run_when_one_stops(s, multi) -> list:
         run_step("flows.configure", env=clean_env(**TEST_STACK_ENV, **MULTI))
     assert all(unit_started(h, "prefect-server") != started[h] for h in started), "a server was not restarted"
     assert probe.ok > 100 and probe.failures == [], (probe.ok, probe.failures[:5])
+    # At most one closed connection per restarted host: the probe has one connection.
+    assert probe.resent <= len(started), probe.resent
 
     # The run on the killed worker host (started again since; its run's process was not).
     while (run := asyncio.run(read_runs(multi, url, [run_id]))[0]).state.type.value == "RUNNING" \
@@ -381,8 +397,14 @@ def freeze_a_run_in_flight(s, url, leaving: str):
 def test_worker_and_api_hosts_scale_out_and_back_without_losing_a_run(stack):
     s = stack["settings"]
     multi = s.model_copy(update={"server_count": 2})
-    two = scale_out_the_workers(s)
-    submitted = two_api_hosts_lose_no_run_when_one_stops(s, multi)
+    try:
+        two = scale_out_the_workers(s)
+        submitted = two_api_hosts_lose_no_run_when_one_stops(s, multi)
+    except BaseException:
+        # The later tests share this stack and expect one server host and one worker
+        # host: a failure here must not leave them two of each (and fail them too).
+        run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV), check=False)
+        raise
 
     # Back to one server host and one worker host in one bootstrap: the API host, the
     # redis host, the balancer and the second worker host go; the server host serves
