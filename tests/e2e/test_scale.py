@@ -12,6 +12,9 @@ phases where they can (the suite's time).
 3. Back to one server host and one worker host: the leaving worker host's run in flight
    ends Crashed instead of staying Running for ever, its workers show offline, and every
    run is still there.
+4. Two API hosts again, then one (the issue's 2 -> 1 -> 2): the mode comes back on a
+   server host that left it (the services unit, a new redis host, the balancer and its
+   target group made again) and every run of the earlier phases is still there.
 
 It changes the shared stack, so it runs after the others, first of those that do
 (tests/conftest.py says why), and leaves the stack at one worker host and one server
@@ -400,15 +403,20 @@ def test_worker_and_api_hosts_scale_out_and_back_without_losing_a_run(stack):
     try:
         two = scale_out_the_workers(s)
         submitted = two_api_hosts_lose_no_run_when_one_stops(s, multi)
+        kept = back_to_one_server_and_worker_host(s, multi, two, submitted)
+        two_api_hosts_again_and_back_keep_every_run(s, multi, kept)
     except (Exception, pytest.fail.Exception):  # a failed assert or pytest.fail; not Ctrl-C
         # The later tests share this stack and expect one server host and one worker
         # host: a failure here must not leave them two of each (and fail them too).
         run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV), check=False)
         raise
 
-    # Back to one server host and one worker host in one bootstrap: the API host, the
-    # redis host, the balancer and the second worker host go; the server host serves
-    # alone again on its own port.
+
+def back_to_one_server_and_worker_host(s, multi, two: list[str], submitted: list) -> dict:
+    """Back to one server host and one worker host in one bootstrap: the API host, the
+    redis host, the balancer and the second worker host go; the server host serves alone
+    again on its own port. The leaving worker host's run in flight ends Crashed, its
+    workers show offline, and every run is kept. Returns each kept run's final state."""
     leaving = two[-1]
     in_flight, burst = freeze_a_run_in_flight(multi, platform.api_url(multi), leaving)
     # The burst's other runs end first, on the host that stays: the bootstrap below points
@@ -450,3 +458,27 @@ def test_worker_and_api_hosts_scale_out_and_back_without_losing_a_run(stack):
         time.sleep(5)
     assert workers[f"{leaving}-process"] == "OFFLINE" and workers[f"{leaving}-docker"] == "OFFLINE", workers
     assert workers[f"{two[0]}-process"] == "ONLINE" and workers[f"{two[0]}-docker"] == "ONLINE", workers
+    runs = asyncio.run(read_runs(s, url, [*submitted, *burst]))
+    return {r.id: r.state.type.value for r in runs}
+
+
+def two_api_hosts_again_and_back_keep_every_run(s, multi, kept: dict) -> None:
+    """1 -> 2 -> 1 once more after the mode was left: the server host runs the services
+    apart again, a new redis host and balancer serve, the API host joins the target group,
+    and no run of the earlier phases is lost or changed, in either bootstrap."""
+    again = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV, STACK_SERVER_COUNT="2")))
+    assert again["smoke"]["ok"] and not again["smoke"]["health_only"]
+    url = platform.api_url(multi)
+    assert again["configure"]["platform_api_url"] == url
+    server, api_host = s.host_name(0), f"{s.name_prefix}-api-1"
+    assert [i["name"] for i in aws.running_hosts(s, "api")] == [api_host]
+    assert unit_active(server, "prefect-services") and unit_active(api_host, "prefect-server")
+    assert wait_target_states(multi, {server: "UP", api_host: "UP"}) == {server: "UP", api_host: "UP"}
+    runs = asyncio.run(read_runs(multi, url, list(kept)))
+    assert {r.id: r.state.type.value for r in runs} == kept, "a run changed or went with the scale-up"
+
+    one = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV)))
+    assert one["smoke"]["ok"]
+    assert aws.running_hosts(s, "api") == [] and not unit_active(server, "prefect-services")
+    runs = asyncio.run(read_runs(s, platform.api_url(s), list(kept)))
+    assert {r.id: r.state.type.value for r in runs} == kept, "a run changed or went with the scale-down"
