@@ -197,6 +197,20 @@ resource "aws_elasticache_subnet_group" "redis" {
   subnet_ids = [local.lb_subnet_id]
 }
 
+# Like the redis host's redis.conf: when memory is full, writes fail loudly instead of
+# keys being evicted (the default group's volatile-lru would drop leases and the docket's
+# keys, which carry a TTL, without a word).
+resource "aws_elasticache_parameter_group" "redis" {
+  count  = local.elasticache ? 1 : 0
+  name   = "${var.name_prefix}-redis"
+  family = "redis7"
+
+  parameter {
+    name  = "maxmemory-policy"
+    value = "noeviction"
+  }
+}
+
 resource "aws_elasticache_replication_group" "redis" {
   count                      = local.elasticache ? 1 : 0
   replication_group_id       = "${var.name_prefix}-redis"
@@ -207,6 +221,7 @@ resource "aws_elasticache_replication_group" "redis" {
   num_cache_clusters         = 1
   port                       = 6379
   subnet_group_name          = aws_elasticache_subnet_group.redis[0].name
+  parameter_group_name       = aws_elasticache_parameter_group.redis[0].name
   security_group_ids         = [aws_security_group.redis[0].id]
   transit_encryption_enabled = true
   at_rest_encryption_enabled = true

@@ -16,6 +16,8 @@ BAD_INPUTS = [
     ("STACK_WORKER_COUNT", "two"),
     ("STACK_SERVER_COUNT", "0"),
     ("STACK_SERVER_COUNT", "6"),
+    ("STACK_NAME_PREFIX", "team--a"),  # ElastiCache refuses "--" in its id
+    ("STACK_NAME_PREFIX", "internal"),  # a load balancer "internal-api" is refused by AWS
     ("STACK_BUCKET_NAME", "Not_A_Bucket"),
     ("STACK_STATE_BUCKET", "Not_A_Bucket"),
     ("STACK_BACKUP_RETENTION_DAYS", "0"),

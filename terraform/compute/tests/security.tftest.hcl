@@ -287,6 +287,10 @@ run "two_servers_behind_a_tls_passthrough_balancer_with_redis_encrypted" {
     error_message = "ElastiCache must encrypt in transit and at rest"
   }
   assert {
+    condition     = one([for q in aws_elasticache_parameter_group.redis[0].parameter : q.value if q.name == "maxmemory-policy"]) == "noeviction"
+    error_message = "ElastiCache refuses writes when full, like the redis host, instead of evicting leases and docket keys"
+  }
+  assert {
     condition = length([for r in aws_security_group.servers[0].ingress : r
     if r.self == true && r.from_port == 5432 && r.to_port == 5432]) == 1 && length(aws_security_group.servers[0].ingress) == 1
     error_message = "PostgreSQL is open between the server hosts, in their own group (ElastiCache has its own)"
