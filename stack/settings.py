@@ -216,7 +216,7 @@ class StackSettings(BaseSettings):
                 or re.match(r"internal(-|$)", v):
             raise ValueError(
                 f"{v!r} is not usable in resource names; use 2-20 lowercase letters, digits or single '-' "
-                "between them, starting with a letter and not with 'internal'"
+                "between them, starting with a letter, not 'internal' nor 'internal-...'"
             )
         return v
 

@@ -470,15 +470,25 @@ def two_api_hosts_again_and_back_keep_every_run(s, multi, kept: dict) -> None:
     assert again["smoke"]["ok"] and not again["smoke"]["health_only"]
     url = platform.api_url(multi)
     assert again["configure"]["platform_api_url"] == url
-    server, api_host = s.host_name(0), f"{s.name_prefix}-api-1"
+    server, api_host, redis_host = s.host_name(0), f"{s.name_prefix}-api-1", f"{s.name_prefix}-redis"
     assert [i["name"] for i in aws.running_hosts(s, "api")] == [api_host]
+    assert [i["name"] for i in aws.running_hosts(s, "redis")] == [redis_host]
     assert unit_active(server, "prefect-services") and unit_active(api_host, "prefect-server")
+    assert not unit_active(api_host, "prefect-services")  # the services run once, on the server host
     assert wait_target_states(multi, {server: "UP", api_host: "UP"}) == {server: "UP", api_host: "UP"}
     runs = asyncio.run(read_runs(multi, url, list(kept)))
     assert {r.id: r.state.type.value for r in runs} == kept, "a run changed or went with the scale-up"
+    # Runs made in this second spell of the mode are kept by the scale-down below too.
+    more = asyncio.run(submit(multi, url, smoke.CASE_DEPLOYMENTS["case3-s3-process"], 4))
+    for i in more:
+        asyncio.run(smoke.wait_final(multi, url, i))
+    kept = {**kept, **{r.id: r.state.type.value for r in asyncio.run(read_runs(multi, url, more))}}
+    assert list(kept.values())[-4:] == ["COMPLETED"] * 4, kept
 
     one = result_json(run_step("flows.bootstrap", env=clean_env(**TEST_STACK_ENV)))
     assert one["smoke"]["ok"]
-    assert aws.running_hosts(s, "api") == [] and not unit_active(server, "prefect-services")
+    assert aws.running_hosts(s, "api") == [] and aws.running_hosts(s, "redis") == []
+    assert run_quiet("docker", "inspect", multi.load_balancer_name) != 0, "the load balancer's container was kept"
+    assert not unit_active(server, "prefect-services")
     runs = asyncio.run(read_runs(s, platform.api_url(s), list(kept)))
     assert {r.id: r.state.type.value for r in runs} == kept, "a run changed or went with the scale-down"

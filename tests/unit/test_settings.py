@@ -18,6 +18,7 @@ BAD_INPUTS = [
     ("STACK_SERVER_COUNT", "6"),
     ("STACK_NAME_PREFIX", "team--a"),  # ElastiCache refuses "--" in its id
     ("STACK_NAME_PREFIX", "internal"),  # a load balancer "internal-api" is refused by AWS
+    ("STACK_NAME_PREFIX", "internal-a"),
     ("STACK_BUCKET_NAME", "Not_A_Bucket"),
     ("STACK_STATE_BUCKET", "Not_A_Bucket"),
     ("STACK_BACKUP_RETENTION_DAYS", "0"),
@@ -45,6 +46,11 @@ def test_bad_setting_is_refused_naming_it(variable, value, monkeypatch):
         load_settings()
     assert str(refused.value).startswith(f"setting {variable}"), str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_a_name_prefix_only_like_internal_is_accepted():
+    assert load_settings(name_prefix="internals").name_prefix == "internals"
+    assert load_settings(name_prefix="team-internal").name_prefix == "team-internal"
 
 
 def test_aws_target_requires_operator_cidr_and_ami():
