@@ -56,7 +56,9 @@ class StackSettings(BaseSettings):
     region: str = Field("us-east-1", description="AWS region.")
     name_prefix: str = Field(
         "prefect2",
-        description="Prefix of every resource name and the Project tag; hosts are <prefix>-ec2-N.",
+        description="Prefix of every resource name and the Project tag; hosts are <prefix>-ec2-N. 2-20 lowercase "
+                    "letters, digits and single '-' between them, starting with a letter; not 'internal' nor "
+                    "'internal-...' (AWS reserves it for balancer names).",
     )
     instance_type: str = Field("t3.small", description="EC2 instance type of every host.")
     worker_count: int = Field(1, ge=1, le=10, description="Number of worker hosts (1-10).")
