@@ -213,9 +213,9 @@ class StackSettings(BaseSettings):
     @field_validator("name_prefix")
     @classmethod
     def _name_prefix(cls, v: str) -> str:
-        # AWS refuses "--" in an ElastiCache id and a load balancer named "internal-...".
-        if not re.fullmatch(r"[a-z][a-z0-9-]{1,19}", v) or v.endswith("-") or "--" in v \
-                or re.match(r"internal(-|$)", v):
+        # Single '-' between letters and digits: AWS refuses "--" in an ElastiCache id;
+        # and a load balancer named "internal-...".
+        if len(v) > 20 or not re.fullmatch(r"[a-z](-?[a-z0-9])+", v) or re.match(r"internal(-|$)", v):
             raise ValueError(
                 f"{v!r} is not usable in resource names; use 2-20 lowercase letters, digits or single '-' "
                 "between them, starting with a letter, not 'internal' nor 'internal-...'"

@@ -15,9 +15,10 @@ variable "name_prefix" {
   default     = "prefect2"
 
   validation {
-    # AWS refuses "--" in an ElastiCache id and a load balancer named "internal-...".
-    condition = (can(regex("^[a-z][a-z0-9-]{1,19}$", var.name_prefix)) && !endswith(var.name_prefix, "-")
-    && !strcontains(var.name_prefix, "--") && !can(regex("^internal(-|$)", var.name_prefix)))
+    # Single '-' between letters and digits: AWS refuses "--" in an ElastiCache id; and a
+    # load balancer named "internal-...". As stack/settings.py checks it.
+    condition = (length(var.name_prefix) <= 20 && can(regex("^[a-z](-?[a-z0-9])+$", var.name_prefix))
+    && !can(regex("^internal(-|$)", var.name_prefix)))
     error_message = "name_prefix must be 2-20 lowercase letters, digits or single '-' between them, starting with a letter, not 'internal' nor 'internal-...'."
   }
 }
